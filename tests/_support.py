@@ -1,0 +1,65 @@
+"""Test helpers: PyTorch as the reference, and comparisons across backends."""
+
+from __future__ import annotations
+
+import numpy
+from hypothesis import HealthCheck, settings
+
+from xpnet import backend
+
+# Hypothesis re-runs the body for each example while the backend fixture stays selected.
+CASES = settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
+
+
+def torch_run(fn, inputs, dy):
+    """Run ``fn(*tensors)`` in PyTorch (float64) and backpropagate ``dy``.
+
+    inputs: host or device arrays (None passes through) -> (y, [input grads]) as host arrays.
+    """
+    import torch
+
+    ts = [
+        None if a is None else torch.tensor(backend.asnumpy(a), dtype=torch.float64, requires_grad=True)
+        for a in inputs
+    ]
+    y = fn(*ts)
+    y.backward(torch.tensor(backend.asnumpy(dy), dtype=torch.float64))
+    return y.detach().numpy(), [None if t is None else t.grad.numpy() for t in ts]
+
+
+def assert_close(actual, expected, rtol=2e-4, atol=2e-5, what=""):
+    numpy.testing.assert_allclose(backend.asnumpy(actual), expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def randn(xp, rng, *shape, dtype=numpy.float32):
+    return xp.asarray(rng.standard_normal(shape).astype(dtype))
+
+
+def spread(xp, rng, *shape, gap=0.05, dtype=numpy.float64):
+    """Values with distinct magnitudes at least ``gap`` apart and away from 0, so max-pool has no
+    ties and ReLU no kinks within a finite-difference step."""
+    n = int(numpy.prod(shape))
+    v = (rng.permutation(n) - n / 2 + 0.5) * gap
+    return xp.asarray(v.reshape(shape).astype(dtype))
+
+
+def to_float64(module):
+    """Cast a module's parameters, gradients and float buffers to float64, in place.
+
+    Parity tests against a float64 twin then check the math itself, free of the float32 rounding
+    that a deep chain of BatchNorms amplifies at tiny batches.
+    """
+    xp = backend.get_array_module(module.parameters()[0].data)
+    for m in module.modules():
+        for p in m._params.values():
+            p.data = p.data.astype(numpy.float64)
+            p.grad = xp.zeros_like(p.data)
+        for name, b in list(m._buffers.items()):
+            if b.dtype.kind == "f":
+                m.register_buffer(name, b.astype(numpy.float64))
+    return module

@@ -1,0 +1,117 @@
+"""Optimizer steps and schedules against torch.optim, to float32 precision."""
+
+import numpy
+import pytest
+from _support import assert_close
+
+from xpnet import backend, nn, optim
+
+torch = pytest.importorskip("torch")
+
+CASES = {
+    "sgd": (lambda p: optim.SGD(p, lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+    "sgd_momentum_wd": (
+        lambda p: optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4),
+    ),
+    "sgd_nesterov": (
+        lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    ),
+    "adam": (lambda p: optim.Adam(p, lr=1e-2), lambda p: torch.optim.Adam(p, lr=1e-2)),
+    "adam_wd": (
+        lambda p: optim.Adam(p, lr=1e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2),
+        lambda p: torch.optim.Adam(p, lr=1e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2),
+    ),
+    "adamw": (
+        lambda p: optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_steps_match_torch(xp, name):
+    make, make_torch = CASES[name]
+    rng = numpy.random.default_rng(0)
+    shapes = {"a": (4, 3), "b": (5,)}
+    ours = {k: nn.Parameter(xp.asarray(rng.standard_normal(s).astype(numpy.float32))) for k, s in shapes.items()}
+    theirs = {k: torch.tensor(backend.asnumpy(p.data), requires_grad=True) for k, p in ours.items()}
+    opt, topt = make(list(ours.items())), make_torch(list(theirs.values()))
+    for step in range(5):
+        for k, s in shapes.items():
+            g = rng.standard_normal(s).astype(numpy.float32)
+            ours[k].grad[...] = xp.asarray(g)
+            theirs[k].grad = torch.from_numpy(g.copy())
+        opt.step()
+        topt.step()
+        for k in shapes:
+            assert ours[k].data.dtype == numpy.float32
+            assert_close(ours[k].data, theirs[k].detach().numpy(), rtol=1e-6, atol=1e-7, what=f"{k} step {step}")
+
+
+def test_state_round_trip_continues_identically(xp):
+    rng = numpy.random.default_rng(1)
+    p1 = nn.Parameter(xp.asarray(rng.standard_normal(6).astype(numpy.float32)))
+    p2 = nn.Parameter(p1.data.copy())
+    a, b = optim.Adam([("w", p1)], lr=0.1), optim.Adam([("w", p2)], lr=0.1)
+    g = xp.asarray(rng.standard_normal(6).astype(numpy.float32))
+    for p in (p1, p2):
+        p.grad[...] = g
+    a.step()
+    arrays, scalars = a.state_dict()
+    assert set(arrays) == {"w.exp_avg", "w.exp_avg_sq"} and scalars["steps"] == 1
+    p2.data[...] = p1.data
+    b.load_state_dict({k: backend.asnumpy(v) for k, v in arrays.items()}, scalars)
+    a.step(), b.step()
+    numpy.testing.assert_array_equal(backend.asnumpy(p1.data), backend.asnumpy(p2.data))
+
+
+def test_bad_hyperparameters_are_rejected():
+    p = [nn.Parameter(numpy.zeros(2, dtype=numpy.float32))]
+    with pytest.raises(ValueError):
+        optim.SGD(p, lr=-1.0)
+    with pytest.raises(ValueError):
+        optim.SGD(p, lr=0.1, nesterov=True)
+    with pytest.raises(ValueError):
+        optim.Adam(p, betas=(1.0, 0.9))
+    with pytest.raises(ValueError):
+        optim.SGD([], lr=0.1)
+
+
+def _torch_lrs(make_sched, steps, lr):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = make_sched(opt)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return numpy.array(out)
+
+
+def test_onecycle_matches_torch():
+    total = 50
+    ours = numpy.array([optim.OneCycle(0.4, total, pct_start=0.3)(s) for s in range(total)])
+    ref = _torch_lrs(
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o, max_lr=0.4, total_steps=total, pct_start=0.3, cycle_momentum=False, anneal_strategy="cos"
+        ),
+        total,
+        0.4,
+    )
+    numpy.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_step_lr_matches_torch():
+    ours = numpy.array([optim.StepLR(0.1, 7, 0.5)(s) for s in range(30)])
+    ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.StepLR(o, 7, 0.5), 30, 0.1)
+    numpy.testing.assert_allclose(ours, ref, rtol=1e-12)
+
+
+def test_cosine_warms_up_then_decays_to_min():
+    s = optim.Cosine(1.0, 100, warmup=10, min_lr=0.01)
+    lrs = [s(i) for i in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert s(100) == pytest.approx(0.01)

@@ -1,0 +1,111 @@
+"""2-D convolution (cross-correlation, as in PyTorch) by im2col and one GEMM.
+
+The columns are built channels-last: for each of the kh*kw kernel taps one strided slice of the
+padded (N, Hp, Wp, C) input is copied into place, so a row of the column matrix is one output
+pixel's receptive field ordered (tap_i, tap_j, channel). The weight is reshaped to match, and the
+output comes straight out of the GEMM as channels-last rows.
+"""
+
+from __future__ import annotations
+
+from xpnet.backend import get_array_module
+from xpnet.functional.layout import from_rows, nchw, nhwc, to_rows
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def output_size(size, k, stride, padding, dilation):
+    """Output length of a convolution or pooling window along one axis."""
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def _tap(i, j, ho, wo, stride, dilation):
+    """The (rows, cols) slices of the padded input that tap (i, j) reads for every output pixel."""
+    (sh, sw), (dh, dw) = stride, dilation
+    return (
+        slice(i * dh, i * dh + sh * (ho - 1) + 1, sh),
+        slice(j * dw, j * dw + sw * (wo - 1) + 1, sw),
+    )
+
+
+def pad_nhwc(x, padding, value=0.0):
+    """x: (N, C, H, W) -> (N, H + 2ph, W + 2pw, C) contiguous copy with a constant border."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    ph, pw = padding
+    out = xp.empty((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    if ph or pw:
+        out.fill(value)
+    out[:, ph : ph + h, pw : pw + w, :] = nhwc(x)
+    return out
+
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+    """x: (N, C, H, W) -> (cols: (N*Ho*Wo, kh*kw*C), (Ho, Wo)).
+
+    Row ``(n, y, x)`` holds the receptive field of output pixel (y, x) of image n, ordered
+    (tap_i, tap_j, channel).
+    """
+    xp = get_array_module(x)
+    kh, kw = _pair(kernel_size)
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    n, c, h, w = x.shape
+    ho = output_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = output_size(w, kw, stride[1], padding[1], dilation[1])
+    xpad = pad_nhwc(x, padding)
+    cols = xp.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows, colsl = _tap(i, j, ho, wo, stride, dilation)
+            cols[:, :, :, i, j, :] = xpad[:, rows, colsl, :]
+    return cols.reshape(n * ho * wo, kh * kw * c), (ho, wo)
+
+
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1):
+    """The adjoint of ``im2col``: cols (N*Ho*Wo, kh*kw*C) -> dx (N, C, H, W), summing overlaps."""
+    xp = get_array_module(cols)
+    kh, kw = _pair(kernel_size)
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    n, c, h, w = x_shape
+    ho = output_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = output_size(w, kw, stride[1], padding[1], dilation[1])
+    ph, pw = padding
+    cols = cols.reshape(n, ho, wo, kh, kw, c)
+    dxpad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows, colsl = _tap(i, j, ho, wo, stride, dilation)
+            dxpad[:, rows, colsl, :] += cols[:, :, :, i, j, :]
+    return nchw(dxpad[:, ph : ph + h, pw : pw + w, :])
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
+    """x: (N, C, H, W); w: (O, C, kh, kw); b: (O,) or None -> (y: (N, O, Ho, Wo), cache).
+
+    y is channels-last in memory. The cache holds the columns for the weight gradient.
+    """
+    get_array_module(x, w, b)
+    o, c, kh, kw = w.shape
+    if x.shape[1] != c:
+        raise ValueError(f"conv2d: input has {x.shape[1]} channels, weight expects {c}")
+    cols, (ho, wo) = im2col(x, (kh, kw), stride, padding, dilation)
+    wmat = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)
+    y = cols @ wmat
+    if b is not None:
+        y += b
+    cache = (cols, wmat, x.shape, w.shape, b is not None, (stride, padding, dilation))
+    return from_rows(y, (x.shape[0], o, ho, wo)), cache
+
+
+def conv2d_backward(dy, cache):
+    """dy: (N, O, Ho, Wo) -> (dx: (N, C, H, W), dw: (O, C, kh, kw), db: (O,) or None)."""
+    cols, wmat, x_shape, w_shape, has_bias, (stride, padding, dilation) = cache
+    o, c, kh, kw = w_shape
+    dy_rows = to_rows(dy)
+    dw = (cols.T @ dy_rows).reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
+    db = dy_rows.sum(axis=0) if has_bias else None
+    dcols = dy_rows @ wmat.T
+    dx = col2im(dcols, x_shape, (kh, kw), stride, padding, dilation)
+    return dx, dw, db

@@ -1,0 +1,292 @@
+"""Layers: parameters, caches and train/eval mode around ``xpnet.functional``.
+
+Argument names and semantics follow ``torch.nn``; arrays are NCHW at the interface. Weights are
+initialised as PyTorch does (uniform in +-1/sqrt(fan_in), symmetric about zero) from a host
+``numpy.random.Generator``, then moved to the current backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from xpnet import backend
+from xpnet import functional as F
+from xpnet.nn.module import Module, Parameter
+
+DTYPE = numpy.float32
+
+
+def _uniform_param(rng, shape, bound):
+    rng = numpy.random.default_rng() if rng is None else rng
+    return Parameter(backend.to_device(rng.uniform(-bound, bound, size=shape).astype(DTYPE)))
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class _Cached(Module):
+    """A layer whose backward needs what its last training-mode forward saw.
+
+    Caches are kept only in training mode, so evaluation holds no activations; ``backward`` is
+    for training mode.
+    """
+
+    def __init__(self):
+        super().__init__()
+        object.__setattr__(self, "_cache", None)
+
+    def _take_cache(self):
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called without a forward pass")
+        object.__setattr__(self, "_cache", None)
+        return cache
+
+    def _keep(self, cache):
+        object.__setattr__(self, "_cache", cache if self.training else None)
+
+
+class Conv2d(_Cached):
+    """x: (N, in_channels, H, W) -> (N, out_channels, Ho, Wo); weight (out, in, kh, kw)."""
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias=True,
+        rng=None,
+    ):
+        super().__init__()
+        kh, kw = _pair(kernel_size)
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        bound = 1.0 / math.sqrt(in_channels * kh * kw)
+        self.weight = _uniform_param(rng, (out_channels, in_channels, kh, kw), bound)
+        self.bias = _uniform_param(rng, (out_channels,), bound) if bias else None
+
+    def forward(self, x):
+        b = None if self.bias is None else self.bias.data
+        y, cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, self.dilation)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = F.conv2d_backward(dy, self._take_cache())
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def extra_repr(self):
+        o, c, kh, kw = self.weight.shape
+        return (
+            f"{c}, {o}, kernel_size=({kh}, {kw}), stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, bias={self.bias is not None}"
+        )
+
+
+class BatchNorm2d(_Cached):
+    """x: (N, C, H, W) -> same shape, normalised per channel.
+
+    Training mode uses the batch's statistics and updates the running ones as PyTorch does:
+    ``running = (1 - momentum) * running + momentum * batch``, with the unbiased batch variance.
+    Eval mode uses the running statistics.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        xp = backend.xp()
+        self.eps, self.momentum = float(eps), float(momentum)
+        self.weight = Parameter(xp.ones(num_features, dtype=DTYPE))
+        self.bias = Parameter(xp.zeros(num_features, dtype=DTYPE))
+        self.register_buffer("running_mean", xp.zeros(num_features, dtype=DTYPE))
+        self.register_buffer("running_var", xp.ones(num_features, dtype=DTYPE))
+        self.register_buffer("num_batches_tracked", xp.zeros((), dtype=numpy.int64))
+
+    def forward(self, x):
+        if not self.training:
+            return F.batchnorm_eval_forward(
+                x, self.weight.data, self.bias.data, self.running_mean, self.running_var, self.eps
+            )
+        y, cache, mean, var = F.batchnorm_train_forward(x, self.weight.data, self.bias.data, self.eps)
+        m = x.size // x.shape[1]
+        mom = self.momentum
+        self.running_mean *= 1.0 - mom
+        self.running_mean += mom * mean
+        self.running_var *= 1.0 - mom
+        self.running_var += (mom * m / max(m - 1, 1)) * var
+        self.num_batches_tracked += 1
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        dx, dgamma, dbeta = F.batchnorm_backward(dy, self._take_cache())
+        self.weight.grad += dgamma
+        self.bias.grad += dbeta
+        return dx
+
+    def extra_repr(self):
+        return f"{self.weight.shape[0]}, eps={self.eps}, momentum={self.momentum}"
+
+
+class ReLU(_Cached):
+    """Elementwise max(x, 0); any shape."""
+
+    def forward(self, x):
+        y, cache = F.relu_forward(x)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        return F.relu_backward(dy, self._take_cache())
+
+
+class MaxPool2d(_Cached):
+    """x: (N, C, H, W) -> (N, C, Ho, Wo); stride defaults to kernel_size; padding pads -inf."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = self.kernel_size if stride is None else _pair(stride)
+        self.padding = _pair(padding)
+
+    def forward(self, x):
+        y, cache = F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        return F.maxpool2d_backward(dy, self._take_cache())
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AvgPool2d(_Cached):
+    """x: (N, C, H, W) -> (N, C, Ho, Wo), window means; stride defaults to kernel_size."""
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = self.kernel_size if stride is None else _pair(stride)
+
+    def forward(self, x):
+        y, cache = F.avgpool2d_forward(x, self.kernel_size, self.stride)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        return F.avgpool2d_backward(dy, self._take_cache())
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class GlobalAvgPool2d(_Cached):
+    """x: (N, C, H, W) -> (N, C, 1, 1), the mean over all pixels (``AdaptiveAvgPool2d(1)``)."""
+
+    def forward(self, x):
+        y, cache = F.global_avgpool_forward(x)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        return F.global_avgpool_backward(dy, self._take_cache())
+
+
+class Dropout(_Cached):
+    """Inverted dropout with drop probability ``p``: any shape; the identity in eval mode.
+
+    ``rng`` is the host generator the masks are drawn from; share the training loop's generator
+    so one saved state resumes a run exactly.
+    """
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        self.p = float(p)
+        object.__setattr__(self, "rng", numpy.random.default_rng() if rng is None else rng)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._keep(None)
+            return x
+        y, mask = F.dropout_forward(x, self.p, backend.uniform(self.rng, x.shape, x.dtype))
+        self._keep(mask)
+        return y
+
+    def backward(self, dy):
+        mask = self._cache
+        object.__setattr__(self, "_cache", None)
+        return dy if mask is None else F.dropout_backward(dy, mask)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Linear(_Cached):
+    """x: (N, in_features) -> (N, out_features); weight (out, in)."""
+
+    def __init__(self, in_features, out_features, bias=True, rng=None):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = _uniform_param(rng, (out_features, in_features), bound)
+        self.bias = _uniform_param(rng, (out_features,), bound) if bias else None
+
+    def forward(self, x):
+        b = None if self.bias is None else self.bias.data
+        y, cache = F.linear_forward(x, self.weight.data, b)
+        self._keep(cache)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = F.linear_backward(dy, self._take_cache(), self.bias is not None)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def extra_repr(self):
+        o, i = self.weight.shape
+        return f"in_features={i}, out_features={o}, bias={self.bias is not None}"
+
+
+class Flatten(_Cached):
+    """x: (N, d1, d2, ...) -> (N, d1*d2*...), in C order over the NCHW axes as in PyTorch."""
+
+    def forward(self, x):
+        self._keep(x.shape)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._take_cache())
+
+
+class CrossEntropyLoss:
+    """Mean softmax cross-entropy over a batch; ``label_smoothing`` as in PyTorch.
+
+    ``forward(logits (N, K), labels (N,)) -> float``; ``backward() -> dlogits (N, K)``.
+    """
+
+    def __init__(self, label_smoothing=0.0):
+        self.label_smoothing = float(label_smoothing)
+        self._cache = None
+
+    def forward(self, logits, labels):
+        loss, self._cache = F.cross_entropy_forward(logits, labels, self.label_smoothing)
+        return loss
+
+    __call__ = forward
+
+    def backward(self):
+        if self._cache is None:
+            raise RuntimeError("CrossEntropyLoss.backward called without a forward pass")
+        cache, self._cache = self._cache, None
+        return F.cross_entropy_backward(cache)

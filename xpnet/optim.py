@@ -1,0 +1,208 @@
+"""Optimizers and learning-rate schedules.
+
+Optimizers follow ``torch.optim``'s update rules exactly, so a step agrees with PyTorch to float32
+precision. They take ``model.named_parameters()`` (or bare Parameters, then named by position) and
+key their state on those names, which is what checkpoints store. Updates are in place, on
+whichever backend the parameters live.
+
+Schedules are pure functions of the global step, ``schedule(step) -> lr``: resuming a run needs
+nothing but the step count.
+"""
+
+from __future__ import annotations
+
+import math
+
+from xpnet.backend import get_array_module
+
+
+def _named(params):
+    items = list(params)
+    if items and isinstance(items[0], tuple):
+        return dict(items)
+    return {str(i): p for i, p in enumerate(items)}
+
+
+class Optimizer:
+    """Base class: holds named parameters, per-parameter state arrays and a step counter."""
+
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, params, lr):
+        if lr < 0:
+            raise ValueError(f"learning rate must be non-negative, got {lr}")
+        self.params = _named(params)
+        if not self.params:
+            raise ValueError("optimizer got an empty parameter list")
+        self.lr = float(lr)
+        self.steps = 0
+        self.state = {
+            name: {s: get_array_module(p.data).zeros_like(p.data) for s in self.slots}
+            for name, p in self.params.items()
+        }
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad.fill(0)
+
+    def step(self) -> None:
+        self.steps += 1
+        for name, p in self.params.items():
+            self._update(p, self.state[name])
+
+    def _update(self, p, state) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> tuple[dict, dict]:
+        """-> (arrays keyed "param_name.slot", scalars) for a checkpoint."""
+        arrays = {f"{n}.{s}": a for n, st in self.state.items() for s, a in st.items()}
+        return arrays, {"steps": self.steps, "lr": self.lr}
+
+    def load_state_dict(self, arrays: dict, scalars: dict) -> None:
+        for n, st in self.state.items():
+            for s, a in st.items():
+                value = arrays[f"{n}.{s}"]
+                if tuple(value.shape) != a.shape:
+                    raise ValueError(f"optimizer state {n}.{s} has shape {tuple(value.shape)}")
+                a[...] = get_array_module(a).asarray(value)
+        self.steps = int(scalars["steps"])
+        self.lr = float(scalars["lr"])
+
+
+class SGD(Optimizer):
+    """SGD with optional (Nesterov) momentum and L2 weight decay, as ``torch.optim.SGD``
+    (dampening 0): ``g = grad + wd*p; buf = momentum*buf + g; p -= lr * (g + momentum*buf if
+    nesterov else buf)``."""
+
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError("momentum and weight_decay must be non-negative")
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.slots = ("momentum_buffer",) if momentum else ()
+        super().__init__(params, lr)
+        self.momentum, self.nesterov, self.weight_decay = float(momentum), nesterov, float(weight_decay)
+
+    def _update(self, p, state):
+        g = p.grad
+        if self.weight_decay:
+            g = g + self.weight_decay * p.data
+        if self.momentum:
+            buf = state["momentum_buffer"]
+            buf *= self.momentum
+            buf += g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p.data -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam``; ``weight_decay`` is
+    L2 added to the gradient."""
+
+    slots = ("exp_avg", "exp_avg_sq")
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
+
+    def _update(self, p, state):
+        xp = get_array_module(p.data)
+        g = p.grad
+        if self.weight_decay and self.decoupled:
+            p.data *= 1.0 - self.lr * self.weight_decay
+        elif self.weight_decay:
+            g = g + self.weight_decay * p.data
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * (g * g)
+        bc1 = 1.0 - self.beta1**self.steps
+        bc2 = 1.0 - self.beta2**self.steps
+        denom = xp.sqrt(v)
+        denom *= 1.0 / math.sqrt(bc2)
+        denom += self.eps
+        p.data -= (self.lr / bc1) * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as ``torch.optim.AdamW``:
+    ``p *= 1 - lr*wd`` before the Adam step."""
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+# -- learning-rate schedules -------------------------------------------------------------------
+
+
+class Constant:
+    """lr(step) = lr."""
+
+    def __init__(self, lr):
+        self.lr = float(lr)
+
+    def __call__(self, step: int) -> float:
+        return self.lr
+
+
+class StepLR:
+    """lr(step) = lr * gamma ** (step // step_size), as ``torch.optim.lr_scheduler.StepLR``."""
+
+    def __init__(self, lr, step_size, gamma=0.1):
+        if step_size < 1:
+            raise ValueError("step_size must be >= 1")
+        self.lr, self.step_size, self.gamma = float(lr), int(step_size), float(gamma)
+
+    def __call__(self, step: int) -> float:
+        return self.lr * self.gamma ** (step // self.step_size)
+
+
+class Cosine:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from ``lr`` to ``min_lr`` at
+    ``total_steps``."""
+
+    def __init__(self, lr, total_steps, warmup=0, min_lr=0.0):
+        if total_steps < 1 or not 0 <= warmup < total_steps:
+            raise ValueError("need total_steps >= 1 and 0 <= warmup < total_steps")
+        self.lr, self.total, self.warmup, self.min_lr = float(lr), int(total_steps), int(warmup), float(min_lr)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+class OneCycle:
+    """One-cycle policy (Smith): cosine rise from ``max_lr/div`` to ``max_lr`` over the first
+    ``pct_start`` of ``total_steps``, then cosine fall to ``max_lr/(div*final_div)``, as
+    ``torch.optim.lr_scheduler.OneCycleLR`` with cosine annealing."""
+
+    def __init__(self, max_lr, total_steps, pct_start=0.25, div=25.0, final_div=1e4):
+        if total_steps < 2 or not 0.0 < pct_start < 1.0:
+            raise ValueError("need total_steps >= 2 and 0 < pct_start < 1")
+        self.max_lr, self.total = float(max_lr), int(total_steps)
+        self.initial = self.max_lr / div
+        self.final = self.initial / final_div
+        self.peak_step = float(pct_start * self.total) - 1.0
+
+    @staticmethod
+    def _cos(start, end, t):
+        return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * t))
+
+    def __call__(self, step: int) -> float:
+        step = min(step, self.total - 1)
+        if step <= self.peak_step:
+            return self._cos(self.initial, self.max_lr, step / self.peak_step if self.peak_step > 0 else 1.0)
+        t = (step - self.peak_step) / (self.total - 1 - self.peak_step)
+        return self._cos(self.max_lr, self.final, t)
+
+
+SCHEDULES = {"constant": Constant, "step": StepLR, "cosine": Cosine, "onecycle": OneCycle}
