@@ -1,0 +1,367 @@
+"""Tests for xpnet.checkpoint: safetensors round trips, atomic writes, refusal without pickle."""
+
+import io
+import json
+import os
+import pickle
+import struct
+import zipfile
+
+import numpy
+import pytest
+
+from xpnet import checkpoint
+from xpnet.checkpoint import CheckpointError
+
+
+class Tripwire:
+    """Unpickling this creates ``path``: proof that a loader ran pickle."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def sample_arrays():
+    rng = numpy.random.default_rng(0)
+    return {
+        "conv1.weight": rng.standard_normal((4, 1, 3, 3)).astype(numpy.float32),
+        "bn1.running_var": rng.random(4),
+        "bn1.num_batches_tracked": numpy.asarray(7, dtype=numpy.int64),
+        "head.idx": numpy.arange(-3, 3, dtype=numpy.int32),
+        "mask": numpy.array([[True, False], [False, True]]),
+        "pixels": numpy.arange(10, dtype=numpy.uint8),
+        "half": numpy.array([0.5, -2.0], dtype=numpy.float16),
+        "bytes": numpy.array([-128, 127], dtype=numpy.int8),
+        "u16": numpy.array([1, 65535], dtype=numpy.uint16),
+        "empty": numpy.zeros((0, 3), dtype=numpy.float32),
+        "transposed": numpy.arange(12, dtype=numpy.float64).reshape(3, 4).T,
+        "big_endian": numpy.arange(5, dtype=">i8"),
+    }
+
+
+def sample_meta():
+    rng = numpy.random.default_rng(123)
+    rng.random(5)
+    return {
+        "epoch": 3,
+        "config": {"width": 64, "shortcut": "conv", "lr": 0.1, "milestones": [10, 20]},
+        "rng": rng.bit_generator.state,
+        "schedule": {"step": 1407, "last_lr": 0.025},
+        "note": "ünïcode ok",
+        "nan_loss": None,
+    }
+
+
+def saved(tmp_path, name="ckpt.safetensors"):
+    path = tmp_path / name
+    checkpoint.save(path, sample_arrays(), sample_meta())
+    return path
+
+
+def assert_refused(path, *fragments):
+    with pytest.raises(CheckpointError) as excinfo:
+        checkpoint.load(path)
+    message = str(excinfo.value)
+    assert str(path) in message and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+    return message
+
+
+# --- round trip ----------------------------------------------------------------------------------
+
+
+def test_round_trip_arrays_and_meta(tmp_path):
+    arrays, meta = checkpoint.load(saved(tmp_path))
+    expected = sample_arrays()
+    assert list(arrays) == list(expected)
+    for name, a in expected.items():
+        assert arrays[name].dtype == a.dtype.newbyteorder("=")
+        assert arrays[name].shape == a.shape
+        numpy.testing.assert_array_equal(arrays[name], a)
+        assert arrays[name].flags.writeable
+    assert meta == sample_meta()
+
+
+def test_rng_state_resumes_the_stream(tmp_path):
+    rng = numpy.random.default_rng(42)
+    rng.random(10)
+    checkpoint.save(tmp_path / "r.safetensors", {}, {"rng": rng.bit_generator.state})
+    _, meta = checkpoint.load(tmp_path / "r.safetensors")
+    resumed = numpy.random.default_rng()
+    resumed.bit_generator.state = meta["rng"]
+    numpy.testing.assert_array_equal(resumed.random(5), rng.random(5))
+
+
+def test_file_follows_the_safetensors_layout(tmp_path):
+    raw = saved(tmp_path).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert (8 + n) % 8 == 0
+    header = json.loads(raw[8:8 + n])
+    assert json.loads(header["__metadata__"]["xpnet"]) == sample_meta()
+    entry = header["conv1.weight"]
+    assert entry["dtype"] == "F32" and entry["shape"] == [4, 1, 3, 3]
+    begin, end = entry["data_offsets"]
+    data = raw[8 + n:]
+    stored = numpy.frombuffer(data[begin:end], "<f4").reshape(4, 1, 3, 3)
+    numpy.testing.assert_array_equal(stored, sample_arrays()["conv1.weight"])
+    tensors = {k: e for k, e in header.items() if k != "__metadata__"}
+    assert list(tensors) == list(sample_arrays())
+    assert max(e["data_offsets"][1] for e in tensors.values()) == len(data)
+    for name, e in tensors.items():
+        assert e["data_offsets"][0] % sample_arrays()[name].dtype.itemsize == 0, name
+
+
+def test_reference_safetensors_reader_agrees(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    from safetensors import safe_open
+
+    path = saved(tmp_path)
+    theirs = st.load_file(str(path))
+    for name, a in sample_arrays().items():
+        numpy.testing.assert_array_equal(theirs[name], a)
+    with safe_open(str(path), "np") as f:
+        assert json.loads(f.metadata()["xpnet"]) == sample_meta()
+
+
+def test_foreign_safetensors_without_xpnet_meta_loads(tmp_path):
+    path = tmp_path / "other.safetensors"
+    header = json.dumps({"__metadata__": {"format": "pt"},
+                         "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + numpy.array([1, 2], "<f4").tobytes())
+    arrays, meta = checkpoint.load(path)
+    assert meta == {}
+    numpy.testing.assert_array_equal(arrays["w"], [1.0, 2.0])
+
+
+def test_header_length_starting_with_pickle_opcode_still_loads(tmp_path):
+    # A header of 128 + 256k bytes begins with 0x80, the pickle PROTO opcode.
+    path = tmp_path / "x.safetensors"
+    for pad in range(300):
+        checkpoint.save(path, {"w": numpy.ones(3, numpy.float32)}, {"pad": "p" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length starting with 0x80")
+    arrays, meta = checkpoint.load(path)
+    numpy.testing.assert_array_equal(arrays["w"], numpy.ones(3))
+
+
+def test_overwrite_replaces_previous(tmp_path):
+    path = saved(tmp_path)
+    checkpoint.save(path, {"only": numpy.zeros(2)}, {"epoch": 9})
+    arrays, meta = checkpoint.load(path)
+    assert list(arrays) == ["only"] and meta == {"epoch": 9}
+
+
+def test_save_accepts_arrays_of_every_backend(tmp_path, xp):
+    # xp: conftest's fixture, selecting each available backend in turn.
+    w = xp.arange(6, dtype=xp.float32).reshape(2, 3)
+    checkpoint.save(tmp_path / "g.safetensors", {"w": w, "n": xp.asarray(3)}, {})
+    arrays, _ = checkpoint.load(tmp_path / "g.safetensors")
+    assert type(arrays["w"]) is numpy.ndarray
+    numpy.testing.assert_array_equal(arrays["w"], numpy.arange(6).reshape(2, 3))
+    assert arrays["n"].shape == () and arrays["n"] == 3
+
+
+# --- atomic writes -------------------------------------------------------------------------------
+
+
+def _half_write_then(exc):
+    def broken(f, chunks):
+        chunks = list(chunks)
+        for chunk in chunks[: len(chunks) // 2]:
+            f.write(chunk)
+        raise exc
+
+    return broken
+
+
+@pytest.mark.parametrize("exc", [OSError("disk full"), KeyboardInterrupt()],
+                         ids=["error", "ctrl-c"])
+def test_interrupted_write_keeps_previous_file(tmp_path, monkeypatch, exc):
+    path = saved(tmp_path)
+    before = path.read_bytes()
+    monkeypatch.setattr(checkpoint, "_write_all", _half_write_then(exc))
+    with pytest.raises(type(exc)):
+        checkpoint.save(path, {"new": numpy.ones(1000)}, {"epoch": 99})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == [path.name]
+
+
+@pytest.mark.parametrize("target", ["fsync", "replace"])
+def test_failed_fsync_or_rename_keeps_previous_file(tmp_path, monkeypatch, target):
+    path = saved(tmp_path)
+    before = path.read_bytes()
+
+    def fail(*args):
+        raise OSError(f"{target} failed")
+
+    monkeypatch.setattr(checkpoint.os, target, fail)
+    with pytest.raises(OSError, match=target):
+        checkpoint.save(path, {"new": numpy.ones(3)}, {})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_first_save_interrupted_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "_write_all", _half_write_then(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        checkpoint.save(tmp_path / "new.safetensors", sample_arrays(), {})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "arrays, meta, match",
+    [
+        ({"o": numpy.array([object()])}, {}, "unsupported dtype"),
+        ({"c": numpy.ones(2, complex)}, {}, "unsupported dtype"),
+        ({"__metadata__": numpy.ones(2)}, {}, "invalid tensor name"),
+        ({}, {"bad": object()}, "not JSON-serialisable"),
+    ],
+)
+def test_save_refuses_unencodable_input_before_writing(tmp_path, arrays, meta, match):
+    path = tmp_path / "c.safetensors"
+    with pytest.raises(CheckpointError, match=match):
+        checkpoint.save(path, arrays, meta)
+    assert os.listdir(tmp_path) == []
+
+
+# --- loading never unpickles ---------------------------------------------------------------------
+
+
+def test_tripwire_works_when_unpickled(tmp_path):
+    # Control: the same payload does fire when given to pickle, so the refusal tests can fail.
+    pickle.loads(pickle.dumps(Tripwire(tmp_path / "fired")))
+    assert (tmp_path / "fired").exists()
+
+
+def test_pickle_refused_without_unpickling(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps({"w": Tripwire(sentinel)}, protocol=pickle.HIGHEST_PROTOCOL))
+    assert_refused(path, "pickle", "never unpickle")
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("zipfile_format", [True, False], ids=["zip", "legacy"])
+def test_torch_save_refused_without_unpickling(tmp_path, zipfile_format):
+    torch = pytest.importorskip("torch")
+    sentinel = tmp_path / "sentinel"
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(3), "evil": Tripwire(sentinel)}, path,
+               _use_new_zipfile_serialization=zipfile_format)
+    assert_refused(path, "never unpickle")
+    assert not sentinel.exists()
+
+
+def test_zip_with_pkl_refused(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    path = tmp_path / "archive.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps(Tripwire(sentinel)))
+    assert_refused(path, "PyTorch", "never unpickle")
+    assert not sentinel.exists()
+
+
+def test_npz_with_object_arrays_refused(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    path = tmp_path / "weights.npz"
+    numpy.savez(path, w=numpy.ones(2), evil=numpy.array([Tripwire(sentinel)], dtype=object))
+    assert_refused(path, "object arrays", "never unpickle")
+    assert not sentinel.exists()
+
+
+def test_plain_npz_and_npy_refused(tmp_path):
+    npz = tmp_path / "w.npz"
+    numpy.savez(npz, w=numpy.ones(2))
+    assert_refused(npz, ".npz")
+    npy = tmp_path / "w.npy"
+    numpy.save(npy, numpy.ones(2))
+    assert_refused(npy, ".npy")
+
+
+# --- malformed safetensors -----------------------------------------------------------------------
+
+
+def write_raw(path, header, data=b"", length=None):
+    """Write a safetensors-like file from a header (dict or raw bytes) and a data section."""
+    blob = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob) if length is None else length) + blob + data)
+    return path
+
+
+def entry(dtype="F32", shape=(2,), offsets=(0, 8)):
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
+
+
+EIGHT = bytes(range(8))
+
+MALFORMED = {
+    "empty file": (lambda p: p.write_bytes(b""), "only 0 bytes"),
+    "tiny file": (lambda p: p.write_bytes(b"{}\n"), "only 3 bytes"),
+    "header longer than file": (lambda p: write_raw(p, {"w": entry()}, EIGHT, length=10**6),
+                                "exceeds the file size"),
+    "text file": (lambda p: p.write_bytes(b"hello, this is not a checkpoint at all"),
+                  "not a safetensors file"),
+    "header not json": (lambda p: write_raw(p, b"{not json}", EIGHT), "not valid JSON"),
+    "header not object": (lambda p: write_raw(p, b"[1, 2]", EIGHT), "header does not start"),
+    "data without tensors": (lambda p: write_raw(p, b"{}", EIGHT), "8 trailing bytes"),
+    "duplicate name": (lambda p: write_raw(
+        p, b'{"w": %s, "w": %s}' % ((json.dumps(entry()).encode(),) * 2), EIGHT),
+        "duplicate key"),
+    "unknown dtype": (lambda p: write_raw(p, {"w": entry(dtype="X99")}, EIGHT),
+                      "unsupported dtype"),
+    "bfloat16": (lambda p: write_raw(p, {"w": entry(dtype="BF16", shape=(4,))}, EIGHT),
+                 "unsupported dtype 'BF16'"),
+    "missing field": (lambda p: write_raw(p, {"w": {"dtype": "F32", "shape": [2]}}, EIGHT),
+                      "needs dtype, shape and data_offsets"),
+    "negative offset": (lambda p: write_raw(p, {"w": entry(offsets=(-8, 0))}, EIGHT),
+                        "invalid data_offsets"),
+    "reversed offsets": (lambda p: write_raw(p, {"w": entry(offsets=(8, 0))}, EIGHT),
+                         "invalid data_offsets"),
+    "bad shape": (lambda p: write_raw(p, {"w": entry(shape=(2.5,))}, EIGHT), "invalid shape"),
+    "size mismatch": (lambda p: write_raw(p, {"w": entry(shape=(3,))}, EIGHT), "needs 12 bytes"),
+    "offsets out of range": (lambda p: write_raw(p, {"w": entry(offsets=(8, 16))}, EIGHT),
+                             "out of range"),
+    "overlap": (lambda p: write_raw(p, {"a": entry(offsets=(0, 8)), "b": entry(offsets=(4, 12))},
+                                    EIGHT + EIGHT), "overlap"),
+    "gap": (lambda p: write_raw(p, {"a": entry(offsets=(8, 16))}, EIGHT + EIGHT), "unused bytes"),
+    "trailing data": (lambda p: write_raw(p, {"a": entry()}, EIGHT + b"xx"), "2 trailing bytes"),
+    "metadata not str map": (lambda p: write_raw(p, {"__metadata__": {"xpnet": 3}}),
+                             "__metadata__"),
+    "xpnet meta not json": (lambda p: write_raw(p, {"__metadata__": {"xpnet": "{oops"}}),
+                            "xpnet metadata is not valid JSON"),
+    "xpnet meta not object": (lambda p: write_raw(p, {"__metadata__": {"xpnet": "[1]"}}),
+                              "not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_file_refused(tmp_path, case):
+    make, fragment = MALFORMED[case]
+    path = tmp_path / "bad.safetensors"
+    make(path)
+    assert_refused(path, fragment)
+
+
+def test_truncated_checkpoint_refused(tmp_path):
+    path = saved(tmp_path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-5])
+    assert_refused(path, "truncated")
+    path.write_bytes(raw[:12])
+    assert_refused(path, "exceeds the file size")
+
+
+def test_zip_that_is_damaged_refused(tmp_path):
+    path = tmp_path / "broken.pt"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("archive/data.pkl", b"x" * 100)
+    path.write_bytes(buffer.getvalue()[:30])
+    assert_refused(path, "zip")

@@ -1,0 +1,33 @@
+"""Datasets: MNIST (and any IDX set laid out like it), read from disk or downloaded, and batched."""
+
+from xpnet.data.mnist import (
+    MEAN,
+    MNIST,
+    STD,
+    DataError,
+    batches,
+    decompressed_sha256,
+    default_data_dir,
+    fetch,
+    load_mnist,
+    normalize,
+    read_idx,
+    translate,
+    verify,
+)
+
+__all__ = [
+    "MEAN",
+    "MNIST",
+    "STD",
+    "DataError",
+    "batches",
+    "decompressed_sha256",
+    "default_data_dir",
+    "fetch",
+    "load_mnist",
+    "normalize",
+    "read_idx",
+    "translate",
+    "verify",
+]

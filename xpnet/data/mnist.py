@@ -1,0 +1,439 @@
+"""MNIST in IDX format: reading, verification, download and batching.
+
+The four standard files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``) are read from one folder, each either raw or
+gzip-compressed (``.gz``). Any well-formed IDX set under these names loads (Fashion-MNIST, say);
+``verify`` tells whether it is the canonical MNIST.
+
+    data = load_mnist(default_data_dir())           # MNIST with uint8 images (N, H, W)
+    images = backend.to_device(data.train_images)   # once, before training
+    for x, y in batches(images, data.train_labels, 128, rng, augment=2):
+        ...                                         # x: (B, 1, H, W) float32, y: (B,) int64
+
+All randomness (the shuffle and the augmentation offsets) comes from a host
+``numpy.random.Generator``, so a seed and ``rng.bit_generator.state`` reproduce a run on either
+backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import importlib.util
+import math
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy
+
+from xpnet import backend
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+# Mean and standard deviation of the MNIST training pixels scaled to [0, 1] (the usual constants).
+MEAN = 0.1307
+STD = 0.3081
+
+NUM_CLASSES = 10
+
+# sha256 of the decompressed canonical files: the .gz bytes differ between mirrors and
+# recompressions, the IDX contents do not.
+CANONICAL_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+# md5 of the .gz files exactly as the mirrors serve them.
+CANONICAL_GZ_MD5 = {
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+# Tried in order; the original site comes last because it is slow and often refuses requests.
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# IDX type codes; multi-byte values are big-endian on disk.
+_IDX_DTYPES = {
+    0x08: numpy.dtype("u1"),
+    0x09: numpy.dtype("i1"),
+    0x0B: numpy.dtype(">i2"),
+    0x0C: numpy.dtype(">i4"),
+    0x0D: numpy.dtype(">f4"),
+    0x0E: numpy.dtype(">f8"),
+}
+
+_HELP = "pass --data-dir or set XPNET_DATA to a folder that holds the four MNIST IDX files"
+
+
+class DataError(ValueError):
+    """A data file is missing, malformed or could not be downloaded (one-line message naming it)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MNIST:
+    """The four MNIST arrays, on the host.
+
+    train_images: (N, H, W) uint8      train_labels: (N,) int64 in 0..9
+    test_images:  (M, H, W) uint8      test_labels:  (M,) int64 in 0..9
+    """
+
+    train_images: numpy.ndarray = dataclasses.field(repr=False)
+    train_labels: numpy.ndarray = dataclasses.field(repr=False)
+    test_images: numpy.ndarray = dataclasses.field(repr=False)
+    test_labels: numpy.ndarray = dataclasses.field(repr=False)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of one image."""
+        return tuple(int(d) for d in self.train_images.shape[1:])
+
+    def __repr__(self) -> str:
+        h, w = self.image_shape
+        return f"MNIST(train={len(self.train_labels)}, test={len(self.test_labels)}, image={h}x{w})"
+
+
+def default_data_dir() -> Path:
+    """``$XPNET_DATA`` if set and non-empty, else ``data/mnist`` under the working directory."""
+    return Path(os.environ.get("XPNET_DATA") or os.path.join("data", "mnist"))
+
+
+def find_file(data_dir, name: str) -> Path | None:
+    """Path of IDX file ``name`` in ``data_dir``: ``name`` if present, else ``name.gz``, or None."""
+    for candidate in (Path(data_dir) / name, Path(data_dir) / (name + ".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def missing_files(data_dir) -> list[str]:
+    """Names (without ``.gz``) of the four standard files found in neither form in ``data_dir``."""
+    return [name for name in FILES.values() if find_file(data_dir, name) is None]
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The decompressed contents of ``path``; gzip is recognised by its magic bytes."""
+    raw = path.read_bytes()
+    if raw[:2] != _GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: not a valid gzip file ({e})") from None
+
+
+def read_idx(path) -> numpy.ndarray:
+    """Read one IDX file (raw or gzip) into a native-endian array of the shape its header gives.
+
+    Raises DataError for a bad magic number, an unknown type code, zero dimensions, a payload whose
+    size does not match the header (truncated or trailing bytes) or undecodable gzip data.
+    """
+    path = Path(path)
+    raw = _read_bytes(path)
+    if len(raw) < 4:
+        raise DataError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
+    if raw[0] != 0 or raw[1] != 0:
+        what = "neither gzip data nor an IDX file" if path.suffix == ".gz" else "not an IDX file"
+        raise DataError(f"{path}: {what} (bad magic number 0x{raw[:4].hex()})")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        raise DataError(f"{path}: unknown IDX type code 0x{code:02x} in the magic number")
+    if ndim == 0:
+        raise DataError(f"{path}: IDX header declares 0 dimensions")
+    start = 4 + 4 * ndim
+    if len(raw) < start:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
+    dims = struct.unpack(f">{ndim}I", raw[4:start])
+    dtype = _IDX_DTYPES[code]
+    expected = math.prod(dims) * dtype.itemsize
+    found = len(raw) - start
+    if found < expected:
+        raise DataError(
+            f"{path}: truncated: header says {_shape_str(dims)} ({expected} bytes of data) "
+            f"but only {found} bytes follow"
+        )
+    if found > expected:
+        raise DataError(
+            f"{path}: {found - expected} trailing bytes after the {_shape_str(dims)} data "
+            f"the header declares"
+        )
+    array = numpy.frombuffer(raw, dtype=dtype, count=math.prod(dims), offset=start)
+    # astype copies, so the result is writable and native-endian rather than a view of `raw`.
+    return array.reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _shape_str(dims) -> str:
+    return "x".join(str(d) for d in dims)
+
+
+def _read_checked(path: Path, kind: str) -> numpy.ndarray:
+    """Read an MNIST images (``kind="images"``, (N, H, W)) or labels ((N,)) file as uint8."""
+    array = read_idx(path)
+    if array.dtype != numpy.uint8:
+        raise DataError(
+            f"{path}: IDX type is {array.dtype.name}, expected unsigned bytes (type code 0x08)"
+        )
+    if kind == "images" and array.ndim != 3:
+        raise DataError(
+            f"{path}: images must be 2-D per item, (N, H, W), but the IDX header gives "
+            f"{array.ndim} dimensions ({_shape_str(array.shape)})"
+        )
+    if kind == "labels" and array.ndim != 1:
+        raise DataError(
+            f"{path}: labels must be 1-D, (N,), but the IDX header gives {array.ndim} dimensions "
+            f"({_shape_str(array.shape)})"
+        )
+    return array
+
+
+def _read_split(data_dir, images_name: str, labels_name: str):
+    """(images (N, H, W) uint8, labels (N,) int64) of one split, checked against each other."""
+    images_path = find_file(data_dir, images_name)
+    labels_path = find_file(data_dir, labels_name)
+    images = _read_checked(images_path, "images")
+    labels = _read_checked(labels_path, "labels")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
+        )
+    if labels.size and int(labels.max()) >= NUM_CLASSES:
+        bad = int(numpy.argmax(labels >= NUM_CLASSES))
+        raise DataError(
+            f"{labels_path}: label {int(labels[bad])} at index {bad} is outside "
+            f"0..{NUM_CLASSES - 1}"
+        )
+    return images, labels.astype(numpy.int64)
+
+
+def load_mnist(
+    data_dir=None,
+    download: bool = True,
+    progress: bool = True,
+    *,
+    mirrors=MIRRORS,
+    known_md5: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> MNIST:
+    """Load the four IDX files from ``data_dir`` (default: ``default_data_dir()``) into host arrays.
+
+    Missing files are downloaded first when ``download`` is true (see ``fetch``; ``mirrors``,
+    ``known_md5`` and ``timeout`` are passed on to it); otherwise a DataError names them.
+
+    Returns MNIST with train_images (N, H, W) uint8, train_labels (N,) int64, test_images
+    (M, H, W) uint8, test_labels (M,) int64.
+    """
+    data_dir = Path(default_data_dir() if data_dir is None else data_dir)
+    missing = missing_files(data_dir)
+    if missing and download:
+        fetch(data_dir, missing, mirrors=mirrors, known_md5=known_md5, progress=progress,
+              timeout=timeout)
+    elif missing:
+        raise DataError(f"missing {', '.join(missing)} (or .gz) in {data_dir}; {_HELP}")
+    train_images, train_labels = _read_split(data_dir, FILES["train_images"], FILES["train_labels"])
+    test_images, test_labels = _read_split(data_dir, FILES["test_images"], FILES["test_labels"])
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise DataError(
+            f"{data_dir}: training images are {_shape_str(train_images.shape[1:])} but test images "
+            f"are {_shape_str(test_images.shape[1:])}"
+        )
+    return MNIST(train_images, train_labels, test_images, test_labels)
+
+
+def fetch(
+    data_dir,
+    names=None,
+    *,
+    mirrors=MIRRORS,
+    known_md5: dict[str, str] | None = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+) -> list[Path]:
+    """Download ``names`` (default: all four, without ``.gz``) as ``name.gz`` into ``data_dir``.
+
+    Each file is tried on every mirror in order (with ``timeout`` seconds per request) and accepted
+    only when its md5 matches ``known_md5[name]`` (default: the canonical MNIST .gz md5s). Needs the
+    optional dependency pooch. Returns the paths written; raises one DataError naming every file
+    that no mirror could supply.
+    """
+    try:
+        import pooch
+        import requests  # a dependency of pooch
+    except ImportError:
+        raise DataError(f"downloading MNIST needs pooch (pip install pooch), or {_HELP}") from None
+    data_dir = Path(data_dir)
+    names = list(FILES.values()) if names is None else list(names)
+    known_md5 = CANONICAL_GZ_MD5 if known_md5 is None else known_md5
+    # pooch draws its progress bar with tqdm and refuses progressbar=True without it.
+    progress = progress and importlib.util.find_spec("tqdm") is not None
+    downloader = pooch.HTTPDownloader(progressbar=progress, timeout=timeout)
+    written, failed, last_error, unreachable = [], [], None, set()
+    for name in names:
+        known_hash = f"md5:{known_md5[name]}"
+        for mirror in mirrors:
+            if mirror in unreachable:
+                continue
+            url = mirror.rstrip("/") + "/" + name + ".gz"
+            try:
+                written.append(Path(pooch.retrieve(
+                    url, known_hash=known_hash, fname=name + ".gz",
+                    path=data_dir, downloader=downloader, progressbar=progress,
+                )))
+                break
+            # requests' errors, pooch's hash mismatch (ValueError), an unwritable folder (OSError):
+            # any of them means "try the next mirror".
+            except Exception as e:
+                last_error = f"{url}: {type(e).__name__}: {_one_line(e)}"
+                # Without a network every request would wait out its timeout; ask a mirror that
+                # could not be reached once no more.
+                if isinstance(e, (requests.ConnectionError, requests.Timeout)):
+                    unreachable.add(mirror)
+        else:
+            failed.append(name + ".gz")
+    if failed:
+        raise DataError(
+            f"could not download {', '.join(failed)} into {data_dir} from {len(mirrors)} mirror(s) "
+            f"(last error: {last_error}); {_HELP}"
+        )
+    return written
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def decompressed_sha256(path) -> str:
+    """Hex sha256 of the contents of ``path``, after gunzip when it is gzip data."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        is_gzip = f.read(2) == _GZIP_MAGIC
+    digest = hashlib.sha256()
+    opener = gzip.open if is_gzip else open
+    try:
+        with opener(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: not a valid gzip file ({e})") from None
+    return digest.hexdigest()
+
+
+def verify(data_dir) -> bool:
+    """True when the four files in ``data_dir`` are, once decompressed, the canonical MNIST.
+
+    False for any other IDX set (Fashion-MNIST, a subset, a corrupted copy); DataError when files
+    are missing.
+    """
+    missing = missing_files(data_dir)
+    if missing:
+        raise DataError(f"missing {', '.join(missing)} (or .gz) in {data_dir}; {_HELP}")
+    return all(
+        decompressed_sha256(find_file(data_dir, name)) == CANONICAL_SHA256[name]
+        for name in FILES.values()
+    )
+
+
+def normalize(images):
+    """uint8 images (N, H, W) -> float32 (N, 1, H, W) standardised with MNIST's MEAN and STD.
+
+    Runs on the array module of ``images``.
+    """
+    xp = backend.get_array_module(images)
+    x = images.astype(xp.float32)
+    # Python float scalars keep the arithmetic in float32 under NumPy 2 and CuPy promotion rules.
+    x *= 1.0 / (255.0 * STD)
+    x -= MEAN / STD
+    return x[:, None]
+
+
+def translate(images, offsets):
+    """Shift each image by its own (dy, dx), filling the uncovered border with zeros.
+
+    images: (B, H, W), offsets: (B, 2) integers on the same backend; out[b, i, j] =
+    images[b, i - dy[b], j - dx[b]] where that index lies inside the image, else 0.
+    Returns (B, H, W) of images' dtype. One gather, no per-sample loop.
+    """
+    xp = backend.get_array_module(images, offsets)
+    b, h, w = images.shape
+    rows = xp.arange(h)[None, :] - offsets[:, 0:1]  # (B, H)
+    cols = xp.arange(w)[None, :] - offsets[:, 1:2]  # (B, W)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    gathered = images[
+        xp.arange(b)[:, None, None],
+        xp.clip(rows, 0, h - 1)[:, :, None],
+        xp.clip(cols, 0, w - 1)[:, None, :],
+    ]
+    return xp.where(inside, gathered, xp.zeros((), dtype=images.dtype))
+
+
+def batches(images, labels, batch_size: int, rng=None, shuffle: bool = True, augment: int = 0,
+            drop_last: bool = False):
+    """Minibatches ``(x, y)`` on the current backend: x (B, 1, H, W) float32, y (B,) int64.
+
+    images: (N, H, W) uint8 and labels: (N,), host or current-backend arrays (put the images on
+    the device once, with ``backend.to_device``, rather than once per batch). x is normalised with
+    MNIST's MEAN and STD; ``augment=k`` shifts each image by a random (dy, dx) in [-k, k]^2 with
+    zero fill. The last batch is smaller unless ``drop_last``.
+
+    ``rng`` (a host numpy.random.Generator; only needed for ``shuffle`` or ``augment``) is drawn
+    from here, when batches() is called, not while iterating: the permutation of all N items,
+    then the (N, 2) offsets. So the generator's state after the call does not depend on how many
+    batches the caller consumes, and ``rng.bit_generator.state`` saved at an epoch boundary
+    resumes exactly.
+    """
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not (isinstance(augment, int) and augment >= 0):
+        raise ValueError(f"augment must be a non-negative integer, got {augment!r}")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if images.ndim != 3:
+        raise ValueError(f"images must be (N, H, W), got shape {tuple(images.shape)}")
+    if (shuffle or augment) and rng is None:
+        raise ValueError("shuffle and augment need a numpy.random.Generator rng")
+    on_device = backend.is_cupy_array(images) or backend.is_cupy_array(labels)
+    if on_device and backend.name() != "cupy":
+        raise backend.BackendError(
+            "images or labels are CuPy arrays but the current backend is numpy; pass host arrays "
+            "or select the cupy backend with xpnet.backend.use('cupy')"
+        )
+    n = len(images)
+    order = rng.permutation(n) if shuffle else numpy.arange(n)
+    offsets = rng.integers(-augment, augment + 1, size=(n, 2)) if augment else None
+    return _iterate(images, labels, order, offsets, batch_size, drop_last)
+
+
+def _iterate(images, labels, order, offsets, batch_size, drop_last):
+    # The permutation and offsets cross to the device once per epoch, not once per batch.
+    order_dev = backend.to_device(order)
+    offsets_dev = None if offsets is None else backend.to_device(offsets)
+    n = len(order)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        x = backend.to_device(_take(images, order, order_dev, start, batch_size))
+        if offsets_dev is not None:
+            x = translate(x, offsets_dev[start:start + batch_size])
+        y = backend.to_device(_take(labels, order, order_dev, start, batch_size), dtype="int64")
+        yield normalize(x), y
+
+
+def _take(a, order, order_dev, start, size):
+    """Rows of ``a`` at order[start:start+size], indexed with the index array on a's own backend."""
+    index = order_dev if backend.is_cupy_array(a) else order
+    return a[index[start:start + size]]
