@@ -1,0 +1,121 @@
+"""The training loop on tiny synthetic digits: exact resume, checkpoints, NaN handling."""
+
+import json
+import os
+import signal
+
+import numpy
+import pytest
+
+from xpnet import backend, checkpoint
+from xpnet.data import MNIST
+from xpnet.train import TrainConfig, TrainingError, fit, load_model
+
+
+def _digits(n_train=96, n_test=40, seed=0):
+    """A learnable toy set: class k has a bright bar at row 2k+4."""
+    rng = numpy.random.default_rng(seed)
+
+    def make(n):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 40, (n, 28, 28)).astype(numpy.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 * k + 4, 4:24] = 255
+        return images, labels.astype(numpy.int64)
+
+    return MNIST(*make(n_train), *make(n_test))
+
+
+TINY = dict(width=1 / 16, batch_size=32, lr=0.05, augment=1, eval_batch_size=50)
+
+
+def _weights(path):
+    arrays, meta = checkpoint.load(path)
+    return {k: v for k, v in arrays.items()}, meta
+
+
+def test_two_epochs_equal_one_epoch_plus_resume(tmp_path):
+    data = _digits()
+    cfg = TrainConfig(epochs=2, dropout=0.3, **TINY)
+    fit(cfg, data, tmp_path / "a", plots=False, log=lambda s: None)
+    fit(cfg, data, tmp_path / "b", stop_after=1, plots=False, log=lambda s: None)
+    _, meta_b = _weights(tmp_path / "b" / "last.safetensors")
+    assert meta_b["epoch"] == 1
+    fit(None, data, tmp_path / "b", resume=tmp_path / "b" / "last.safetensors", plots=False, log=lambda s: None)
+    a, meta_a = _weights(tmp_path / "a" / "last.safetensors")
+    b, meta_b = _weights(tmp_path / "b" / "last.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("optim.") for k in a)
+    for k in a:
+        numpy.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert meta_a["rng_state"] == meta_b["rng_state"] and meta_a["step"] == meta_b["step"]
+    hist_a = [{k: r[k] for k in ("train_loss", "test_accuracy")} for r in meta_a["history"]]
+    hist_b = [{k: r[k] for k in ("train_loss", "test_accuracy")} for r in meta_b["history"]]
+    assert hist_a == hist_b
+
+
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
+    data = _digits()
+    cfg = TrainConfig(epochs=1, **TINY)
+    fit(cfg, data, tmp_path / "a", plots=False, log=lambda s: None)
+
+    import xpnet.train as train_mod
+
+    real_step = train_mod.optim.SGD.step
+    calls = {"n": 0}
+
+    def flaky_step(self):
+        calls["n"] += 1
+        if calls["n"] == 2:  # Ctrl-C arrives in the middle of the second step
+            os.kill(os.getpid(), signal.SIGINT)
+        real_step(self)
+
+    monkeypatch.setattr(train_mod.optim.SGD, "step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, data, tmp_path / "b", plots=False, log=lambda s: None)
+    monkeypatch.setattr(train_mod.optim.SGD, "step", real_step)
+    _, meta = _weights(tmp_path / "b" / "last.safetensors")
+    assert (meta["epoch"], meta["batch"]) == (0, 2)
+    fit(None, data, tmp_path / "b", resume=tmp_path / "b" / "last.safetensors", plots=False, log=lambda s: None)
+    a, _ = _weights(tmp_path / "a" / "last.safetensors")
+    b, _ = _weights(tmp_path / "b" / "last.safetensors")
+    for k in a:
+        numpy.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_outputs_and_learning(tmp_path):
+    data = _digits(n_train=300, n_test=100)
+    summary = fit(TrainConfig(epochs=3, **TINY), data, tmp_path, log=lambda s: None)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,lr"
+    assert len(lines) == 4
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["epochs"] == 3 and 0.0 <= on_disk["test_accuracy"] <= 1.0
+    assert on_disk["config"]["width"] == TINY["width"]
+    assert summary["test_accuracy"] > 0.5  # the bars are easy: well above 10 % chance
+    for name in ("last.safetensors", "best.safetensors", "curves.png", "failures.png", "confusion.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    model, _, meta = load_model(tmp_path / "best.safetensors")
+    assert meta["best_accuracy"] == max(json.loads((tmp_path / "summary.json").read_text())["best_test_accuracy"], 0)
+    assert not model.training
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = _digits()
+    cfg = TrainConfig(epochs=2, **TINY)
+    fit(cfg, data, tmp_path, stop_after=1, plots=False, log=lambda s: None)
+    before = (tmp_path / "last.safetensors").read_bytes()
+    cfg_nan = TrainConfig(epochs=2, **{**TINY, "lr": 1e30})
+    with pytest.raises(TrainingError, match="loss became"):
+        fit(cfg_nan, data, tmp_path, plots=False, log=lambda s: None)
+    # fit with a fresh config starts over but never writes a checkpoint from a non-finite step
+    assert (tmp_path / "last.safetensors").read_bytes() == before
+
+
+def test_backend_arrays_stay_float32(tmp_path):
+    data = _digits()
+    model_path = tmp_path / "last.safetensors"
+    fit(TrainConfig(epochs=1, **TINY), data, tmp_path, plots=False, log=lambda s: None)
+    arrays, _ = checkpoint.load(model_path)
+    assert all(v.dtype == numpy.float32 for k, v in arrays.items() if k.endswith("weight"))
+    assert backend.name() == "numpy"

@@ -1,0 +1,384 @@
+"""The training and evaluation loops as library functions.
+
+``fit(config, data, out_dir)`` trains a ResNet-9, evaluates it on the test set after every epoch
+and writes ``metrics.csv``, ``summary.json``, the ``last``/``best`` checkpoints and the plots into
+``out_dir``. Everything random comes from one host generator seeded by ``config.seed``; a
+checkpoint holds its state as of the start of the epoch in progress, plus how many batches of that
+epoch were done, so ``resume`` continues exactly where a run stopped, between epochs or in the
+middle of one (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy
+
+from xpnet import backend, checkpoint, nn, optim
+from xpnet.data import batches
+from xpnet.models import ResNet9
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+CHECKPOINT_EXT = ".safetensors"
+METRICS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a checkpoint that does not fit)."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a run; stored in every checkpoint and in summary.json."""
+
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.1
+    augment: int = 2
+    width: float = 1.0
+    shortcut: str = "identity"
+    res_blocks: int = 2
+    head: str = "max"
+    dropout: float = 0.0
+    train_subset: int = 0
+    seed: int = 0
+    eval_batch_size: int = 200
+
+    def model_config(self) -> dict:
+        return dict(
+            width=self.width,
+            shortcut=self.shortcut,
+            res_blocks=self.res_blocks,
+            head=self.head,
+            dropout=self.dropout,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# -- building blocks ---------------------------------------------------------------------------
+
+
+def build_model(model_config: dict, num_classes: int, rng) -> ResNet9:
+    return ResNet9(num_classes=num_classes, rng=rng, **model_config)
+
+
+def build_optimizer(cfg: TrainConfig, model) -> optim.Optimizer:
+    params = model.named_parameters()
+    if cfg.optimizer == "sgd":
+        return optim.SGD(
+            params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    if cfg.optimizer == "adam":
+        return optim.Adam(params, cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return optim.AdamW(params, cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def build_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    total = max(2, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return optim.OneCycle(cfg.lr, total, pct_start=0.25)
+    if cfg.schedule == "cosine":
+        return optim.Cosine(cfg.lr, total, warmup=min(steps_per_epoch, total - 1) // 2)
+    if cfg.schedule == "step":
+        return optim.StepLR(cfg.lr, step_size=max(1, total // 3), gamma=0.1)
+    if cfg.schedule == "constant":
+        return optim.Constant(cfg.lr)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def evaluate(model, images, labels, batch_size=500):
+    """Mean loss, accuracy and predictions of ``model`` in eval mode.
+
+    images: (N, H, W) uint8, host or device; labels: (N,) -> (loss, accuracy, predictions (N,)
+    host int64, probabilities (N, K) host float32).
+    """
+    was_training = model.training
+    model.eval()
+    xp = backend.xp()
+    loss_fn = nn.CrossEntropyLoss()
+    total, preds, probs = 0.0, [], []
+    try:
+        for x, y in batches(images, labels, batch_size, shuffle=False):
+            logits = model(x)
+            total += loss_fn(logits, y) * len(y)
+            z = logits - logits.max(axis=1, keepdims=True)
+            p = xp.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            probs.append(backend.asnumpy(p))
+            preds.append(backend.asnumpy(logits.argmax(axis=1)))
+    finally:
+        model.train(was_training)
+    preds_np = numpy.concatenate(preds)
+    accuracy = float((preds_np == backend.asnumpy(labels)).mean())
+    return total / len(preds_np), accuracy, preds_np, numpy.concatenate(probs)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def save_state(path, model, opt, meta: dict) -> None:
+    """Model weights, optimizer state and ``meta`` (config, position, RNG state...) in one file."""
+    arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_arrays, opt_scalars = opt.state_dict() if opt is not None else ({}, {})
+    arrays.update({f"optim.{k}": v for k, v in opt_arrays.items()})
+    checkpoint.save(path, arrays, {**meta, "optimizer_state": opt_scalars})
+
+
+def load_model(path, rng=None):
+    """-> (model in eval mode on the current backend, checkpoint arrays, meta)."""
+    arrays, meta = checkpoint.load(path)
+    if "model_config" not in meta or "num_classes" not in meta:
+        raise checkpoint.CheckpointError(f"{path}: not an xpnet training checkpoint (no model config)")
+    model = build_model(meta["model_config"], meta["num_classes"], numpy.random.default_rng(rng))
+    try:
+        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    except (KeyError, ValueError) as e:
+        raise checkpoint.CheckpointError(f"{path}: weights do not fit the model config ({e})") from e
+    return model.eval(), arrays, meta
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+class _StopAtBatchEnd:
+    """Turns the first Ctrl-C into a request honoured between batches, so the checkpoint holds a
+    consistent state (no half-applied optimizer step); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _progress(total, desc, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _write_metrics(out_dir: Path, history: list[dict]) -> None:
+    tmp = out_dir / "metrics.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRICS)
+        w.writeheader()
+        for row in history:
+            w.writerow({k: row[k] for k in METRICS})
+    os.replace(tmp, out_dir / "metrics.csv")
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def fit(
+    cfg: TrainConfig | None,
+    data,
+    out_dir,
+    resume=None,
+    epochs=None,
+    stop_after=None,
+    progress=None,
+    log=print,
+    plots=True,
+) -> dict:
+    """Train on ``data`` (an ``xpnet.data.MNIST``) and write results into ``out_dir``.
+
+    resume: path of a checkpoint written by an earlier ``fit``; the run continues with the config
+    stored there (``cfg`` is ignored), except that ``epochs`` may set a new total. ``stop_after``
+    ends this call after that many epochs while the schedule still spans the whole run, so
+    "stop after 1, resume" equals one uninterrupted run. Returns the summary dict (also in
+    summary.json). Raises TrainingError on a non-finite loss; the last good checkpoint stays.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = sys.stderr.isatty() if progress is None else progress
+    num_classes = int(max(data.train_labels.max(), data.test_labels.max())) + 1
+    num_classes = max(num_classes, 10)
+
+    rng = numpy.random.default_rng(None if cfg is None else cfg.seed)
+    start_epoch, start_batch, history, best, rng_state = 0, 0, [], -1.0, None
+    if resume is not None:
+        model, arrays, meta = load_model(resume, rng)
+        cfg = TrainConfig.from_dict(meta["config"])
+        if epochs is not None:
+            cfg.epochs = int(epochs)
+        start_epoch, start_batch = int(meta["epoch"]), int(meta["batch"])
+        history, best = list(meta["history"]), float(meta["best_accuracy"])
+        rng_state = meta["rng_state"]
+        # Dropout layers hold the generator the model was built with: re-point them at ours.
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                object.__setattr__(m, "rng", rng)
+        model.train()
+    else:
+        if epochs is not None:
+            cfg = dataclasses.replace(cfg, epochs=int(epochs))
+        model = build_model(cfg.model_config(), num_classes, rng).train()
+
+    train_images, train_labels = data.train_images, data.train_labels
+    if cfg.train_subset:
+        train_images, train_labels = train_images[: cfg.train_subset], train_labels[: cfg.train_subset]
+    train_images, train_labels = backend.to_device(train_images), backend.to_device(train_labels)
+    test_images, test_labels = backend.to_device(data.test_images), backend.to_device(data.test_labels)
+
+    steps_per_epoch = math.ceil(len(train_labels) / cfg.batch_size)
+    opt = build_optimizer(cfg, model)
+    schedule = build_schedule(cfg, steps_per_epoch)
+    if resume is not None:
+        opt_arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
+        opt.load_state_dict(opt_arrays, meta["optimizer_state"])
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def meta_for(epoch, batch, state):
+        return dict(
+            config=dataclasses.asdict(cfg),
+            model_config=cfg.model_config(),
+            num_classes=num_classes,
+            backend=backend.name(),
+            epoch=epoch,
+            batch=batch,
+            step=opt.steps,
+            rng_state=state,
+            history=history,
+            best_accuracy=best,
+        )
+
+    last_path = out_dir / f"last{CHECKPOINT_EXT}"
+    best_path = out_dir / f"best{CHECKPOINT_EXT}"
+    summary = {}
+    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + int(stop_after))
+    for epoch in range(start_epoch, end_epoch):
+        if rng_state is not None:
+            rng.bit_generator.state = rng_state
+        epoch_state = rng.bit_generator.state
+        rng_state = None
+        t0 = time.perf_counter()
+        it = batches(train_images, train_labels, cfg.batch_size, rng, shuffle=True, augment=cfg.augment)
+        skip = start_batch if epoch == start_epoch else 0
+        it = itertools.islice(it, skip, None)
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+        if bar is not None:
+            bar.update(skip)
+        loss_sum, correct, seen, done = 0.0, 0, 0, skip
+        lr = opt.lr
+        with _StopAtBatchEnd() as stop:
+            for x, y in it:
+                lr = opt.lr = schedule(opt.steps)
+                opt.zero_grad()
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {loss} at epoch {epoch + 1}, step {opt.steps + 1}; stopped, and "
+                        f"the last good checkpoint ({last_path}) is kept"
+                    )
+                model.backward(loss_fn.backward())
+                opt.step()
+                done += 1
+                loss_sum += loss * len(y)
+                correct += int((logits.argmax(axis=1) == y).sum())
+                seen += len(y)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.4g}")
+                if stop.requested:
+                    break
+        if stop.requested:
+            if bar is not None:
+                bar.close()
+            # Saved with the epoch's starting RNG state and the batches done: resume replays
+            # the same shuffle and skips what was already trained.
+            save_state(last_path, model, opt, meta_for(epoch, done, epoch_state))
+            log(f"interrupted: saved {last_path} at epoch {epoch + 1}, batch {done}/{steps_per_epoch}")
+            raise KeyboardInterrupt
+        if bar is not None:
+            bar.close()
+        test_loss, test_acc, preds, probs = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
+        seconds = time.perf_counter() - t0
+        row = dict(
+            epoch=epoch + 1,
+            train_loss=loss_sum / max(seen, 1),
+            train_accuracy=correct / max(seen, 1),
+            test_loss=test_loss,
+            test_accuracy=test_acc,
+            seconds=seconds,
+            lr=lr,
+        )
+        history.append(row)
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4%}"
+            f"  test loss {test_loss:.4f} acc {test_acc:.4%}  {seconds:.1f}s"
+        )
+        is_best = test_acc > best
+        best = max(best, test_acc)
+        state = rng.bit_generator.state
+        save_state(last_path, model, opt, meta_for(epoch + 1, 0, state))
+        if is_best:
+            save_state(best_path, model, opt, meta_for(epoch + 1, 0, state))
+        _write_metrics(out_dir, history)
+        summary = dict(
+            test_accuracy=test_acc,
+            best_test_accuracy=best,
+            epochs=epoch + 1,
+            seconds=sum(r["seconds"] for r in history),
+            backend=backend.name(),
+            config=dataclasses.asdict(cfg),
+            model_config=cfg.model_config(),
+            parameters=sum(int(p.data.size) for p in model.parameters()),
+        )
+        _write_json(out_dir / "summary.json", summary)
+        if plots and epoch + 1 == cfg.epochs:
+            _plots(out_dir, history, data, preds, num_classes, log)
+    return summary
+
+
+def _plots(out_dir, history, data, preds, num_classes, log):
+    try:
+        from xpnet import plots
+    except ImportError as e:
+        log(f"plots skipped: {e}")
+        return
+    plots.write_all(out_dir, history, data.test_images, data.test_labels, preds, num_classes)
