@@ -1,0 +1,42 @@
+"""``xpnet bench`` in its smoke mode (the benchmark itself is a command, never a timed test)."""
+
+import json
+
+import pytest
+
+from xpnet.bench import conv_flops, main, markdown
+from xpnet.models import ResNet9
+
+pytest.importorskip("torch")
+pytest.importorskip("threadpoolctl")
+
+
+def test_flop_count_of_the_report_model():
+    # 1.28 GFLOP per training image (forward + two backward GEMMs), the figure the issue quotes.
+    fwd = conv_flops(ResNet9(rng=0))
+    assert fwd == 426_761_216
+    assert round(3 * fwd / 1e9, 2) == 1.28
+    assert conv_flops(ResNet9(width=0.5, rng=0)) < fwd / 3.5
+
+
+def test_smoke_run_writes_json_and_markdown(tmp_path, capsys):
+    assert main(["--smoke", "--no-memory", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    (row,) = result["rows"]
+    assert row["batch"] == 2
+    assert row["xpnet_train_ips"] > 0 and row["torch_train_ips"] > 0
+    assert row["train_ratio"] == pytest.approx(row["xpnet_train_ips"] / row["torch_train_ips"])
+    assert result["sgemm_peak_gflops"] > 0 and result["threads"] >= 1
+    md = (tmp_path / "bench.md").read_text()
+    assert md == markdown(result) and "| 2 |" in md
+    assert "ratio" in capsys.readouterr().out
+
+
+def test_memory_probe_reports_a_number(tmp_path):
+    assert main(["--smoke", "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "bench.json").read_text())["rows"][0]
+    assert row["xpnet_peak_mib"] >= 0 and row["torch_peak_mib"] >= 0
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    assert main(["--batch-sizes", "0", "--out", str(tmp_path)]) == 2

@@ -1,0 +1,372 @@
+"""``xpnet bench``: xpnet against its PyTorch twin, measured in the same process.
+
+For each batch size the two frameworks run the same ResNet-9 (same weights, same data) in
+alternating rounds, so a noisy, shared machine slows both alike; the figures are medians over
+rounds, after warm-up, with the GPU synchronised before every clock read. Reported per batch size:
+train-step and eval images/s, their ratio to PyTorch, achieved GFLOP/s and its fraction of an
+sgemm peak measured in the same run, and the peak memory of a train step (measured in a fresh
+child process per framework, so neither sees the other's allocations).
+
+    xpnet bench                       # batch 8, 64, 128 on NumPy vs torch CPU
+    xpnet bench --backend cupy        # CuPy vs torch CUDA
+    xpnet bench --smoke               # seconds: what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy
+
+from xpnet import backend, nn, optim
+from xpnet.models import ResNet9
+
+
+def conv_flops(model, image_shape=(1, 28, 28)) -> int:
+    """Forward multiply-adds x 2 of every Conv2d and Linear for one image."""
+    total = 0
+    hooked = []
+
+    def wrap(m, kind):
+        orig = m.forward
+
+        def forward(x):
+            nonlocal total
+            y = orig(x)
+            if kind == "conv":
+                o, c, kh, kw = m.weight.shape
+                total += 2 * o * c * kh * kw * y.shape[2] * y.shape[3]
+            else:
+                total += 2 * m.weight.data.size
+            return y
+
+        object.__setattr__(m, "forward", forward)
+        hooked.append(m)
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            wrap(m, "conv")
+        elif isinstance(m, nn.Linear):
+            wrap(m, "linear")
+    was_training = model.training
+    model.eval()
+    try:
+        model(backend.xp().zeros((1, *image_shape), dtype=numpy.float32))
+    finally:
+        for m in hooked:
+            object.__delattr__(m, "forward")
+        model.train(was_training)
+    return total
+
+
+def sgemm_peak(seconds=1.0) -> float:
+    """Best float32 GEMM rate (GFLOP/s) of the current backend on square and conv-like shapes."""
+    xp = backend.xp()
+    rng = numpy.random.default_rng(0)
+    best = 0.0
+    for m, k, n in ((2048, 2048, 2048), (12544, 1152, 128), (6272, 1152, 256)):
+        a = xp.asarray(rng.standard_normal((m, k), dtype=numpy.float32))
+        b = xp.asarray(rng.standard_normal((k, n), dtype=numpy.float32))
+        out = xp.empty((m, n), dtype=numpy.float32)
+        xp.matmul(a, b, out=out)
+        backend.synchronize()
+        end = time.perf_counter() + seconds / 3
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            xp.matmul(a, b, out=out)
+            backend.synchronize()
+            best = max(best, 2 * m * k * n / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+class _XpnetRunner:
+    def __init__(self, width, batch, seed=0):
+        rng = numpy.random.default_rng(seed)
+        self.model = ResNet9(width=width, rng=rng)
+        self.opt = optim.SGD(self.model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        self.loss = nn.CrossEntropyLoss()
+        self.x = backend.to_device(rng.standard_normal((batch, 1, 28, 28)).astype(numpy.float32))
+        self.y = backend.to_device(rng.integers(0, 10, batch))
+
+    def train_step(self):
+        self.model.train()
+        self.opt.zero_grad()
+        self.loss(self.model(self.x), self.y)
+        self.model.backward(self.loss.backward())
+        self.opt.step()
+        backend.synchronize()
+
+    def eval_step(self):
+        self.model.eval()
+        backend.asnumpy(self.model(self.x))
+
+
+class _TorchRunner:
+    def __init__(self, twin_of, width, batch, device):
+        import torch
+
+        from xpnet.reference import TorchResNet9, to_torch_state
+
+        self.torch, self.device = torch, device
+        self.model = TorchResNet9(width=width)
+        self.model.load_state_dict(to_torch_state(twin_of.model.state_dict()))
+        self.model.to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        self.x = torch.as_tensor(backend.asnumpy(twin_of.x), device=device)
+        self.y = torch.as_tensor(backend.asnumpy(twin_of.y), device=device)
+
+    def _sync(self):
+        if self.device != "cpu":
+            self.torch.cuda.synchronize()
+
+    def train_step(self):
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        self.torch.nn.functional.cross_entropy(self.model(self.x), self.y).backward()
+        self.opt.step()
+        self._sync()
+
+    def eval_step(self):
+        self.model.eval()
+        with self.torch.inference_mode():
+            self.model(self.x).cpu()
+
+
+def _time(fn, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def _alternate(runners, what, rounds, steps):
+    """Median seconds per call of runner.<what> for each runner, interleaving the runners."""
+    samples = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, r in runners.items():
+            samples[name].append(_time(getattr(r, what), steps))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+# -- peak memory, one child process per framework ---------------------------------------------
+
+
+def _rss_kib(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _probe(framework, width, batch, backend_name, steps=3):
+    """Run in a child: peak resident (CPU) or pool (GPU) memory of train steps, in MiB."""
+    backend.use(backend_name)
+    runner = _XpnetRunner(width, batch)
+    if framework == "torch":
+        device = "cuda" if backend_name == "cupy" else "cpu"
+        runner = _TorchRunner(runner, width, batch, device)
+    if backend_name == "cupy":
+        runner.train_step()
+        if framework == "torch":
+            runner.torch.cuda.reset_peak_memory_stats()
+            for _ in range(steps):
+                runner.train_step()
+            return runner.torch.cuda.max_memory_allocated() / 2**20
+        pool = backend.xp().get_default_memory_pool()
+        for _ in range(steps):
+            runner.train_step()
+        return pool.total_bytes() / 2**20
+    before = _rss_kib("VmRSS")
+    try:  # Linux: reset the high-water mark so it covers the steps alone
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    for _ in range(steps):
+        runner.train_step()
+    peak = _rss_kib("VmHWM")
+    if before is None or peak is None:
+        return float("nan")
+    return (peak - before) / 1024
+
+
+def peak_memory_mib(framework, width, batch, backend_name, threads):
+    cmd = [sys.executable, "-m", "xpnet.bench", "--_probe", framework, str(width), str(batch), backend_name]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    if out.returncode != 0:
+        return float("nan")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def run(args) -> dict:
+    backend.use(args.backend)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None and not args.no_torch:
+        raise SystemExit("xpnet bench: error: PyTorch is needed for the comparison (pip install 'xpnet[test]'), or pass --no-torch")
+    device = "cuda" if args.backend == "cupy" else "cpu"
+    if torch is not None and device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("xpnet bench: error: torch has no CUDA here; pass --no-torch to time CuPy alone")
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threads = args.threads or os.cpu_count()
+    limiter = threadpool_limits(limits=threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+    peak = sgemm_peak(0.5 if args.smoke else 2.0)
+    flops_fwd = conv_flops(ResNet9(width=args.width, rng=0))
+    rows = []
+    for batch in args.batch_sizes:
+        runners = {"xpnet": _XpnetRunner(args.width, batch)}
+        if torch is not None and not args.no_torch:
+            runners["torch"] = _TorchRunner(runners["xpnet"], args.width, batch, device)
+        for r in runners.values():  # warm-up: allocator pools, BLAS buffers, cuDNN autotuning
+            for _ in range(args.warmup):
+                r.train_step()
+                r.eval_step()
+        train = _alternate(runners, "train_step", args.rounds, args.steps)
+        evals = _alternate(runners, "eval_step", args.rounds, args.steps)
+        row = dict(batch=batch)
+        for name in runners:
+            row[f"{name}_train_ips"] = batch / train[name]
+            row[f"{name}_eval_ips"] = batch / evals[name]
+            row[f"{name}_train_gflops"] = 3 * flops_fwd * batch / train[name] / 1e9
+            row[f"{name}_train_peak_fraction"] = row[f"{name}_train_gflops"] / peak
+            if not args.no_memory:
+                row[f"{name}_peak_mib"] = peak_memory_mib(name, args.width, batch, args.backend, threads)
+        if "torch" in runners:
+            row["train_ratio"] = row["xpnet_train_ips"] / row["torch_train_ips"]
+            row["eval_ratio"] = row["xpnet_eval_ips"] / row["torch_eval_ips"]
+        rows.append(row)
+        print(_format_row(row), flush=True)
+    limiter.restore_original_limits()
+    return dict(
+        backend=args.backend,
+        device=device,
+        width=args.width,
+        threads=threads,
+        blas=[{k: i.get(k) for k in ("internal_api", "version", "num_threads")} for i in threadpool_info()],
+        torch=None if torch is None else torch.__version__,
+        numpy=numpy.__version__,
+        machine=platform.processor() or platform.machine(),
+        sgemm_peak_gflops=peak,
+        train_gflop_per_image=3 * flops_fwd / 1e9,
+        rows=rows,
+    )
+
+
+def _format_row(r):
+    parts = [f"batch {r['batch']:>4}"]
+    parts.append(f"train {r['xpnet_train_ips']:7.1f} img/s")
+    if "torch_train_ips" in r:
+        parts.append(f"(torch {r['torch_train_ips']:7.1f}, ratio {r['train_ratio']:.2f})")
+    parts.append(f"eval {r['xpnet_eval_ips']:7.1f} img/s")
+    if "torch_eval_ips" in r:
+        parts.append(f"(torch {r['torch_eval_ips']:7.1f}, ratio {r['eval_ratio']:.2f})")
+    parts.append(f"{r['xpnet_train_gflops']:.0f} GFLOP/s = {r['xpnet_train_peak_fraction']:.0%} of sgemm peak")
+    return "  ".join(parts)
+
+
+def markdown(result) -> str:
+    has_torch = any("torch_train_ips" in r for r in result["rows"])
+    has_mem = any("xpnet_peak_mib" in r for r in result["rows"])
+    head = ["batch", "xpnet train img/s"]
+    if has_torch:
+        head += ["torch train img/s", "train ratio"]
+    head += ["xpnet eval img/s"]
+    if has_torch:
+        head += ["torch eval img/s", "eval ratio"]
+    head += ["xpnet GFLOP/s", "of sgemm peak"]
+    if has_torch:
+        head += ["torch of peak"]
+    if has_mem:
+        head += ["xpnet peak MiB"] + (["torch peak MiB"] if has_torch else [])
+    lines = [
+        f"backend {result['backend']} ({result['machine']}), width {result['width']}, {result['threads']} threads, "
+        f"sgemm peak {result['sgemm_peak_gflops']:.0f} GFLOP/s, {result['train_gflop_per_image']:.2f} GFLOP per "
+        f"training image, torch {result['torch']}, numpy {result['numpy']}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in result["rows"]:
+        cells = [str(r["batch"]), f"{r['xpnet_train_ips']:.1f}"]
+        if has_torch:
+            cells += [f"{r['torch_train_ips']:.1f}", f"{r['train_ratio']:.2f}"]
+        cells += [f"{r['xpnet_eval_ips']:.1f}"]
+        if has_torch:
+            cells += [f"{r['torch_eval_ips']:.1f}", f"{r['eval_ratio']:.2f}"]
+        cells += [f"{r['xpnet_train_gflops']:.0f}", f"{r['xpnet_train_peak_fraction']:.0%}"]
+        if has_torch:
+            cells += [f"{r['torch_train_peak_fraction']:.0%}"]
+        if has_mem:
+            cells += [f"{r['xpnet_peak_mib']:.0f}"] + ([f"{r['torch_peak_mib']:.0f}"] if has_torch else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="xpnet bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--backend", choices=backend.BACKENDS, default="numpy")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 64, 128])
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=0, help="BLAS/torch threads (0: all cores)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
+    p.add_argument("--steps", type=int, default=3, help="steps per round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per framework first")
+    p.add_argument("--no-torch", action="store_true", help="time xpnet alone")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for bench.json and bench.md")
+    p.add_argument("--smoke", action="store_true", help="tiny and quick: batch 2, width 1/8, one round")
+    p.add_argument("--_probe", nargs=4, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args._probe:
+        framework, width, batch, backend_name = args._probe
+        print(_probe(framework, float(width), int(batch), backend_name))
+        return 0
+    if args.smoke:
+        args.batch_sizes, args.width, args.rounds, args.steps, args.warmup = [2], 0.125, 1, 1, 1
+    if min(args.batch_sizes) < 1 or args.width <= 0 or args.rounds < 1 or args.steps < 1 or args.threads < 0:
+        print("xpnet bench: error: batch sizes, width, rounds and steps must be positive", file=sys.stderr)
+        return 2
+    try:
+        result = run(args)
+    except backend.BackendError as e:
+        print(f"xpnet bench: error: {e}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (args.out / "bench.md").write_text(md)
+    print()
+    print(md)
+    print(f"written: {args.out / 'bench.json'}, {args.out / 'bench.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
