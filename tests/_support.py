@@ -47,19 +47,3 @@ def spread(xp, rng, *shape, gap=0.05, dtype=numpy.float64):
     v = (rng.permutation(n) - n / 2 + 0.5) * gap
     return xp.asarray(v.reshape(shape).astype(dtype))
 
-
-def to_float64(module):
-    """Cast a module's parameters, gradients and float buffers to float64, in place.
-
-    Parity tests against a float64 twin then check the math itself, free of the float32 rounding
-    that a deep chain of BatchNorms amplifies at tiny batches.
-    """
-    xp = backend.get_array_module(module.parameters()[0].data)
-    for m in module.modules():
-        for p in m._params.values():
-            p.data = p.data.astype(numpy.float64)
-            p.grad = xp.zeros_like(p.data)
-        for name, b in list(m._buffers.items()):
-            if b.dtype.kind == "f":
-                m.register_buffer(name, b.astype(numpy.float64))
-    return module

@@ -67,6 +67,21 @@ def check_function(forward, backward, inputs, dy, **kwargs):
     return check_directional(loss, list(inputs), list(grads), **kwargs)
 
 
+def to_float64(module):
+    """Cast a module's parameters (zeroing their gradients) and float buffers to float64, in place.
+
+    Returns the module. Checks then test the math itself, free of float32 rounding.
+    """
+    for m in module.modules():
+        for p in m._params.values():
+            p.data = p.data.astype(numpy.float64)
+            p.grad = get_array_module(p.data).zeros_like(p.data)
+        for name, b in list(m._buffers.items()):
+            if b.dtype.kind == "f":
+                m.register_buffer(name, b.astype(numpy.float64))
+    return module
+
+
 def check_module(module, x, dy=None, *, rng_state=None, seed=0, **kwargs):
     """Check a module's backward for input and every parameter, in float64.
 
@@ -75,13 +90,7 @@ def check_module(module, x, dy=None, *, rng_state=None, seed=0, **kwargs):
     random masks. Returns the module's output for further checks.
     """
     xp = get_array_module(x)
-    for _, m in module.named_modules():
-        for p in m._params.values():
-            p.data = p.data.astype(numpy.float64)
-            p.grad = xp.zeros_like(p.data)
-        for name, b in list(m._buffers.items()):
-            if b.dtype.kind == "f":
-                m.register_buffer(name, b.astype(numpy.float64))
+    to_float64(module)
     x = xp.asarray(x, dtype=numpy.float64).copy()
     params = module.parameters()
 

@@ -3,10 +3,10 @@ statistics, in train and eval mode."""
 
 import numpy
 import pytest
-from _support import assert_close, to_float64
+from _support import assert_close
 
 from xpnet import backend, nn
-from xpnet.gradient_check import check_module
+from xpnet.gradient_check import check_module, to_float64
 from xpnet.models import ResNet9
 
 torch = pytest.importorskip("torch")
