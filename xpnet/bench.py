@@ -148,11 +148,17 @@ def _time(fn, n):
 
 
 def _alternate(runners, what, rounds, steps):
-    """Median seconds per call of runner.<what> for each runner, interleaving the runners."""
+    """Median seconds per call of runner.<what> for each runner, alternating in blocks.
+
+    Each block starts with one untimed call: a library's worker threads keep spinning for a while
+    after it returns and would steal the cores from the other library's first timed call.
+    """
     samples = {name: [] for name in runners}
     for _ in range(rounds):
         for name, r in runners.items():
-            samples[name].append(_time(getattr(r, what), steps))
+            fn = getattr(r, what)
+            fn()
+            samples[name].append(_time(fn, steps))
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
