@@ -53,6 +53,16 @@ def _probability(text):
     return v
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False) or "%(default)" in text or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def _add_backend(p):
     p.add_argument("--backend", choices=backend.BACKENDS, default="numpy", help="array backend")
 
@@ -71,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     from xpnet.train import OPTIMIZERS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(prog="xpnet", description="ResNet-9 on MNIST in NumPy/CuPy.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -80,38 +90,38 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder")
     _add_backend(t)
     t.add_argument("--epochs", type=_positive_int, default=None, help=f"epochs (default {d.epochs}; with --resume, the stored total)")
-    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="training batch size")
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate")
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="optimizer")
     t.add_argument("--momentum", type=_nonneg_float, default=d.momentum, help="SGD momentum (Nesterov)")
-    t.add_argument("--weight-decay", type=_nonneg_float, default=d.weight_decay)
+    t.add_argument("--weight-decay", type=_nonneg_float, default=d.weight_decay, help="L2 (sgd, adam) or decoupled (adamw) weight decay")
     t.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule")
-    t.add_argument("--label-smoothing", type=_probability, default=d.label_smoothing)
+    t.add_argument("--label-smoothing", type=_probability, default=d.label_smoothing, help="label smoothing of the loss")
     t.add_argument("--augment", type=_nonneg_int, default=d.augment, help="random shifts of up to N pixels")
     t.add_argument("--width", type=_positive_float, default=d.width, help="channel multiplier")
-    t.add_argument("--shortcut", choices=("identity", "conv"), default=d.shortcut)
-    t.add_argument("--res-blocks", type=int, choices=(2, 3), default=d.res_blocks)
-    t.add_argument("--head", choices=("max", "avg"), default=d.head)
+    t.add_argument("--shortcut", choices=("identity", "conv"), default=d.shortcut, help="residual skip path")
+    t.add_argument("--res-blocks", type=int, choices=(2, 3), default=d.res_blocks, help="residual blocks")
+    t.add_argument("--head", choices=("max", "avg"), default=d.head, help="pooling before the classifier")
     t.add_argument("--dropout", type=_probability, default=d.dropout, help="dropout before the linear layer")
     t.add_argument("--train-subset", type=_nonneg_int, default=d.train_subset, help="use the first N training images (0: all)")
-    t.add_argument("--eval-batch-size", type=_positive_int, default=d.eval_batch_size)
-    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--eval-batch-size", type=_positive_int, default=d.eval_batch_size, help="test-set batch size")
+    t.add_argument("--seed", type=int, default=d.seed, help="seed of the one random generator")
     t.add_argument("--resume", type=Path, default=None, metavar="CHECKPOINT", help="continue a run exactly")
     t.add_argument("--stop-after", type=_positive_int, default=None, metavar="N",
                    help="stop after N epochs of this invocation (the schedule still spans --epochs)")
     t.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
 
     e = sub.add_parser("evaluate", help="test loss and accuracy of a checkpoint", formatter_class=fmt)
-    e.add_argument("--checkpoint", type=Path, required=True)
+    e.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors file written by xpnet train")
     _add_data_dir(e)
     _add_backend(e)
-    e.add_argument("--batch-size", type=_positive_int, default=d.eval_batch_size)
+    e.add_argument("--batch-size", type=_positive_int, default=d.eval_batch_size, help="batch size")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("predict", help="classify PNG or JPEG digits", formatter_class=fmt)
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors file written by xpnet train")
     _add_backend(p)
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG or JPEG files, any size")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
 
     b = sub.add_parser("bench", help="throughput against the PyTorch twin", formatter_class=fmt, add_help=False)
