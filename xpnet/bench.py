@@ -31,31 +31,31 @@ from xpnet.models import ResNet9
 
 
 def conv_flops(model, image_shape=(1, 28, 28)) -> int:
-    """Forward multiply-adds x 2 of every Conv2d and Linear for one image."""
-    total = 0
+    """Forward multiply-adds x 2 of every Conv2d and Linear for one image.
+
+    A Conv2d inside a fused ConvBlock is never called itself, so the block's input stands in for
+    its convolution's.
+    """
+    from xpnet.functional.conv import output_size
+
+    inputs = {}  # id(Conv2d or Linear) -> (module, input shape)
     hooked = []
 
-    def wrap(m, kind):
+    def wrap(m, target):
         orig = m.forward
 
         def forward(x):
-            nonlocal total
-            y = orig(x)
-            if kind == "conv":
-                o, c, kh, kw = m.weight.shape
-                total += 2 * o * c * kh * kw * y.shape[2] * y.shape[3]
-            else:
-                total += 2 * m.weight.data.size
-            return y
+            inputs[id(target)] = (target, x.shape)
+            return orig(x)
 
         object.__setattr__(m, "forward", forward)
         hooked.append(m)
 
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            wrap(m, "conv")
-        elif isinstance(m, nn.Linear):
-            wrap(m, "linear")
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            wrap(m, m)
+        elif isinstance(m, nn.ConvBlock) and m.fused:
+            wrap(m, m.layers[0])
     was_training = model.training
     model.eval()
     try:
@@ -64,6 +64,15 @@ def conv_flops(model, image_shape=(1, 28, 28)) -> int:
         for m in hooked:
             object.__delattr__(m, "forward")
         model.train(was_training)
+    total = 0
+    for m, shape in inputs.values():
+        if isinstance(m, nn.Conv2d):
+            o, c, kh, kw = m.weight.shape
+            ho = output_size(shape[2], kh, m.stride[0], m.padding[0], m.dilation[0])
+            wo = output_size(shape[3], kw, m.stride[1], m.padding[1], m.dilation[1])
+            total += 2 * o * c * kh * kw * ho * wo
+        else:
+            total += 2 * m.weight.data.size
     return total
 
 

@@ -14,6 +14,11 @@ Conventions shared by every function here:
 from xpnet.functional.activation import relu_backward, relu_forward
 from xpnet.functional.conv import col2im, conv2d_backward, conv2d_forward, im2col
 from xpnet.functional.dropout import dropout_backward, dropout_forward
+from xpnet.functional.fused import (
+    conv_bn_relu_backward,
+    conv_bn_relu_eval_forward,
+    conv_bn_relu_train_forward,
+)
 from xpnet.functional.layout import from_rows, to_rows
 from xpnet.functional.linear import linear_backward, linear_forward
 from xpnet.functional.loss import cross_entropy_backward, cross_entropy_forward
@@ -22,6 +27,7 @@ from xpnet.functional.normalization import (
     batchnorm_eval_forward,
     batchnorm_train_forward,
 )
+from xpnet.functional.workspace import Workspace
 from xpnet.functional.pooling import (
     avgpool2d_backward,
     avgpool2d_forward,
@@ -40,6 +46,9 @@ __all__ = [
     "col2im",
     "conv2d_backward",
     "conv2d_forward",
+    "conv_bn_relu_backward",
+    "conv_bn_relu_eval_forward",
+    "conv_bn_relu_train_forward",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "dropout_backward",
@@ -55,4 +64,5 @@ __all__ = [
     "relu_backward",
     "relu_forward",
     "to_rows",
+    "Workspace",
 ]

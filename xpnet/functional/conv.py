@@ -109,3 +109,67 @@ def conv2d_backward(dy, cache):
     dcols = dy_rows @ wmat.T
     dx = col2im(dcols, x_shape, (kh, kw), stride, padding, dilation)
     return dx, dw, db
+
+
+# -- 3x3, stride 1, padding 1: cache-blocked kernels on channels-last memory ------------------
+#
+# The general path above builds the whole column matrix (9x the input) and pads a copy of the
+# input. The kernels below build the columns a few images at a time into a workspace buffer of a
+# few MB that stays in the last-level cache while its GEMM reads it, and the buffer's padding
+# border is zeroed once when the workspace makes it and never written again, so no padded copy
+# is needed either.
+
+COL_CHUNK_BYTES = 4 << 20
+
+
+def chunk_images(xp, n, per_image_bytes, target):
+    """Images per chunk so that a chunk's buffer is about ``target`` bytes (all of them on a GPU,
+    where chunking buys nothing)."""
+    if xp.__name__ != "numpy":
+        return n
+    return max(1, min(n, target // max(per_image_bytes, 1)))
+
+
+def col3x3_buffer(ws, xp, nb, h, w, c, dtype, name="col3x3"):
+    """A (nb, H, W, 9, C) column buffer from workspace ``ws`` whose padding border is zero."""
+    return ws.get(xp, name, (nb, h, w, 9, c), dtype, zero=True)
+
+
+def im2col3x3_into(x, n0, n1, col):
+    """x: (N, H, W, C) channels-last view; col: (nb, H, W, 9, C) with a zero border.
+
+    Fills ``col[:n1 - n0]`` with the 3x3, padding-1 receptive fields of images ``n0:n1``, ordered
+    (tap_i, tap_j, channel) as ``im2col``. Only in-bounds entries are written.
+    """
+    n = n1 - n0
+    h, w = x.shape[1], x.shape[2]
+    for t in range(9):
+        i, j = divmod(t, 3)
+        h0, h1 = max(0, 1 - i), min(h, h + 1 - i)
+        w0, w1 = max(0, 1 - j), min(w, w + 1 - j)
+        col[:n, h0:h1, w0:w1, t] = x[n0:n1, h0 + i - 1 : h1 + i - 1, w0 + j - 1 : w1 + j - 1]
+
+
+def col2im3x3_add(dcols, dx):
+    """The adjoint of ``im2col3x3_into`` for one chunk: dcols (n, H, W, 9, C) summed into
+    dx (n, H, W, C), which the caller has zeroed."""
+    h, w = dx.shape[1], dx.shape[2]
+    for t in range(9):
+        i, j = divmod(t, 3)
+        h0, h1 = max(0, 1 - i), min(h, h + 1 - i)
+        w0, w1 = max(0, 1 - j), min(w, w + 1 - j)
+        dx[:, h0 + i - 1 : h1 + i - 1, w0 + j - 1 : w1 + j - 1] += dcols[:, h0:h1, w0:w1, t]
+
+
+def weight3x3_matrix(w):
+    """w: (O, C, 3, 3) -> (9*C, O), rows ordered (tap_i, tap_j, channel) like the columns."""
+    o, c = w.shape[:2]
+    return w.transpose(2, 3, 1, 0).reshape(9 * c, o)
+
+
+def weight3x3_flipped(w):
+    """w: (O, C, 3, 3) -> (9*O, C): the kernel rotated by 180 degrees with its channel axes
+    swapped, so that the input gradient of a 3x3 stride-1 padding-1 convolution is itself such a
+    convolution of the output gradient: dx = conv(dy, flipped)."""
+    o, c = w.shape[:2]
+    return w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(9 * o, c)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import numpy
 
+from xpnet.functional import Workspace
 from xpnet.nn import (
     BatchNorm2d,
     Conv2d,
+    ConvBlock,
     Dropout,
     Flatten,
     GlobalAvgPool2d,
@@ -37,21 +39,25 @@ CHANNELS = (64, 128, 256, 256)
 NARROW_CHANNELS = (4, 16, 32, 64)
 
 
-def block(c_in, c_out, rng, pool=False):
-    """Conv3x3(pad 1) + BatchNorm2d + ReLU, optionally followed by MaxPool2d(2, 2)."""
+def block(c_in, c_out, rng, pool=False, workspace=None):
+    """Conv3x3(pad 1) + BatchNorm2d + ReLU, optionally followed by MaxPool2d(2, 2), run fused."""
     layers = [Conv2d(c_in, c_out, 3, padding=1, rng=rng), BatchNorm2d(c_out), ReLU()]
     if pool:
         layers.append(MaxPool2d(2, 2))
-    return Sequential(*layers)
+    return ConvBlock(*layers, workspace=workspace)
 
 
-def residual(c_in, c_out, shortcut, rng):
+def residual(c_in, c_out, shortcut, rng, workspace=None):
     """Two blocks plus a skip path: identity, or a 1x1 conv + BatchNorm (forced when the channel
     count changes)."""
     skip = None
     if shortcut == "conv" or c_in != c_out:
         skip = Sequential(Conv2d(c_in, c_out, 1, bias=False, rng=rng), BatchNorm2d(c_out))
-    return Residual(block(c_in, c_out, rng), block(c_out, c_out, rng), shortcut=skip)
+    return Residual(
+        block(c_in, c_out, rng, workspace=workspace),
+        block(c_out, c_out, rng, workspace=workspace),
+        shortcut=skip,
+    )
 
 
 class ResNet9(Sequential):
@@ -90,20 +96,22 @@ class ResNet9(Sequential):
             raise ValueError(f"width must be positive, got {width}")
         rng = numpy.random.default_rng(rng)
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in channels)
+        # The blocks run one at a time, so they can share their scratch buffers.
+        ws = Workspace()
 
         stages = {
-            "conv1": block(in_channels, c1, rng),
-            "conv2": block(c1, c2, rng, pool=True),
-            "res1": residual(c2, c2, shortcut, rng),
+            "conv1": block(in_channels, c1, rng, workspace=ws),
+            "conv2": block(c1, c2, rng, pool=True, workspace=ws),
+            "res1": residual(c2, c2, shortcut, rng, workspace=ws),
         }
         if res_blocks == 2:
-            stages["conv3"] = block(c2, c3, rng, pool=True)
-            stages["conv4"] = block(c3, c4, rng, pool=True)
-            stages["res2"] = residual(c4, c4, shortcut, rng)
+            stages["conv3"] = block(c2, c3, rng, pool=True, workspace=ws)
+            stages["conv4"] = block(c3, c4, rng, pool=True, workspace=ws)
+            stages["res2"] = residual(c4, c4, shortcut, rng, workspace=ws)
         else:
-            stages["res2"] = residual(c2, c3, "conv", rng)
+            stages["res2"] = residual(c2, c3, "conv", rng, workspace=ws)
             stages["pool2"] = Sequential(MaxPool2d(2, 2), MaxPool2d(2, 2))
-            stages["res3"] = residual(c3, c4, shortcut, rng)
+            stages["res3"] = residual(c3, c4, shortcut, rng, workspace=ws)
         pool = MaxPool2d(2, 2) if head == "max" else GlobalAvgPool2d()
         tail = [pool, Flatten()]
         if dropout > 0:

@@ -1,5 +1,6 @@
 """Modules: parameters, caches and train/eval mode around ``xpnet.functional``."""
 
+from xpnet.nn.blocks import ConvBlock
 from xpnet.nn.layers import (
     AvgPool2d,
     BatchNorm2d,
@@ -18,6 +19,7 @@ __all__ = [
     "AvgPool2d",
     "BatchNorm2d",
     "Conv2d",
+    "ConvBlock",
     "CrossEntropyLoss",
     "Dropout",
     "Flatten",

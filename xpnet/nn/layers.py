@@ -115,15 +115,19 @@ class BatchNorm2d(_Cached):
                 x, self.weight.data, self.bias.data, self.running_mean, self.running_var, self.eps
             )
         y, cache, mean, var = F.batchnorm_train_forward(x, self.weight.data, self.bias.data, self.eps)
-        m = x.size // x.shape[1]
+        self.update_running_stats(mean, var, x.size // x.shape[1])
+        self._keep(cache)
+        return y
+
+    def update_running_stats(self, mean, var, count):
+        """Fold one batch's ``mean`` and biased ``var`` (C,), taken over ``count`` values per
+        channel, into the running statistics (the variance unbiased, as PyTorch does)."""
         mom = self.momentum
         self.running_mean *= 1.0 - mom
         self.running_mean += mom * mean
         self.running_var *= 1.0 - mom
-        self.running_var += (mom * m / max(m - 1, 1)) * var
+        self.running_var += (mom * count / max(count - 1, 1)) * var
         self.num_batches_tracked += 1
-        self._keep(cache)
-        return y
 
     def backward(self, dy):
         dx, dgamma, dbeta = F.batchnorm_backward(dy, self._take_cache())

@@ -1,0 +1,284 @@
+"""Conv3x3(stride 1, padding 1) + BatchNorm + ReLU [+ MaxPool2d(2, 2)] as one operation.
+
+The same math as running ``conv2d``, ``batchnorm``, ``relu`` and ``maxpool2d`` one after the
+other, reorganised so each large array is read and written as few times as possible, a few images
+at a time while they are in cache:
+
+* Forward (training): the convolution leaves out its bias, which training-mode BatchNorm cancels
+  (it only shifts the batch mean, so it enters the running mean alone), and sums each output
+  channel and its square while a GEMM chunk is still in cache; those sums are the batch
+  statistics. Then normalise + ReLU + pool run in small chunks.
+* Backward: the ReLU/pool mask is rebuilt from the saved output ``y`` and pooled ``p`` (a window's
+  gradient goes to the first position equal to its maximum, and only where that maximum is
+  positive), so no index array is stored. BatchNorm's backward becomes ``dz = a*g + b*z + c``
+  with per-channel a, b, c, formed chunk by chunk just before that chunk's weight-gradient GEMM
+  (``cols.T @ dz``) and input-gradient GEMM (the input gradient of a 3x3 stride-1 padding-1
+  convolution is a convolution of dz with the flipped kernel).
+* Forward (eval): BatchNorm folds into the convolution's weights and one per-channel shift.
+
+Arrays are NCHW-shaped, channels-last in memory, like the rest of ``xpnet.functional``. Pooling
+is floor-mode: odd edge rows and columns belong to no window and get no gradient.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+from xpnet.backend import get_array_module
+from xpnet.functional.conv import (
+    COL_CHUNK_BYTES,
+    chunk_images,
+    col2im3x3_add,
+    col3x3_buffer,
+    im2col3x3_into,
+    weight3x3_flipped,
+    weight3x3_matrix,
+)
+from xpnet.functional.layout import nchw, nhwc
+from xpnet.functional.workspace import Workspace
+
+# Elementwise passes work on chunks this size, small enough to stay in L2.
+ELEMENTWISE_CHUNK_BYTES = 256 << 10
+# Below this many input channels the input gradient goes through dz @ W^T and a 9-tap
+# accumulation (cheap for thin inputs) instead of a convolution with the flipped kernel.
+THIN_INPUT_CHANNELS = 8
+
+
+def _check(x, w):
+    o, c, kh, kw = w.shape
+    if (kh, kw) != (3, 3):
+        raise ValueError(f"fused conv block: expects a 3x3 kernel, got {kh}x{kw}")
+    if x.shape[1] != c:
+        raise ValueError(f"fused conv block: input has {x.shape[1]} channels, weight expects {c}")
+
+
+def _pool2_into(y, p):
+    """p <- 2x2 stride-2 max of y; y: (n, H, W, C), p: (n, H//2, W//2, C)."""
+    xp = get_array_module(y)
+    ho, wo = p.shape[1], p.shape[2]
+    a = y[:, : 2 * ho, : 2 * wo]
+    xp.maximum(a[:, 0::2, 0::2], a[:, 0::2, 1::2], out=p)
+    xp.maximum(p, a[:, 1::2, 0::2], out=p)
+    xp.maximum(p, a[:, 1::2, 1::2], out=p)
+
+
+def _affine_relu_pool(z, scale, shift, y, p):
+    """y <- relu(z * scale + shift) (z and y may be the same array); p <- maxpool2(y) if p."""
+    xp = get_array_module(z)
+    n, h, w, c = z.shape
+    nb = chunk_images(xp, n, h * w * c * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
+    for n0 in range(0, n, nb):
+        n1 = min(n, n0 + nb)
+        yc = y[n0:n1]
+        xp.multiply(z[n0:n1], scale, out=yc)
+        xp.add(yc, shift, out=yc)
+        xp.maximum(yc, 0.0, out=yc)
+        if p is not None:
+            _pool2_into(yc, p[n0:n1])
+
+
+def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None):
+    """Training-mode forward with batch statistics.
+
+    x: (N, C, H, W); w: (O, C, 3, 3); gamma, beta: (O,).
+    Returns (out, cache, mean, var): out (N, O, H, W), or (N, O, H//2, W//2) with ``pool``;
+    ``mean`` and the biased ``var`` (O,) are the statistics of the bias-free convolution, so the
+    caller adds the conv bias to ``mean`` for its running average.
+    """
+    xp = get_array_module(x, w, gamma, beta)
+    _check(x, w)
+    ws = Workspace() if ws is None else ws
+    xh = nhwc(x)
+    n, h, wd, c = xh.shape
+    o = w.shape[0]
+    dt = w.dtype
+    wmat = weight3x3_matrix(w)
+    if not wmat.flags.c_contiguous:
+        wmat = xp.ascontiguousarray(wmat)
+    nb = chunk_images(xp, n, h * wd * 9 * c * x.itemsize, COL_CHUNK_BYTES)
+    col = col3x3_buffer(ws, xp, nb, h, wd, c, dt)
+    sq = ws.get(xp, "sq", (nb * h * wd, o), dt)
+    z = xp.empty((n, h, wd, o), dtype=dt)
+    s1 = xp.zeros(o, dtype=numpy.float64)
+    s2 = xp.zeros(o, dtype=numpy.float64)
+    for n0 in range(0, n, nb):
+        n1 = min(n, n0 + nb)
+        r = (n1 - n0) * h * wd
+        im2col3x3_into(xh, n0, n1, col)
+        zc = z[n0:n1].reshape(r, o)
+        xp.matmul(col[: n1 - n0].reshape(r, 9 * c), wmat, out=zc)
+        s1 += zc.sum(axis=0)
+        xp.multiply(zc, zc, out=sq[:r])
+        s2 += sq[:r].sum(axis=0)
+    m = n * h * wd
+    mean = s1 / m
+    var = xp.maximum(s2 / m - mean * mean, 0.0)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    scale = (gamma * inv_std).astype(dt)
+    shift = (beta - mean * scale).astype(dt)
+    y = xp.empty_like(z)
+    p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
+    _affine_relu_pool(z, scale, shift, y, p)
+    mean, var, inv_std = mean.astype(dt), var.astype(dt), inv_std.astype(dt)
+    cache = (x, w, gamma, z, y, p, mean, inv_std)
+    return nchw(y if p is None else p), cache, mean, var
+
+
+def conv_bn_relu_eval_forward(x, w, b, gamma, beta, running_mean, running_var, eps=1e-5, pool=False, ws=None):
+    """Eval-mode forward with running statistics folded into the weights.
+
+    x: (N, C, H, W); w: (O, C, 3, 3); b: (O,) or None; the rest (O,).
+    Returns out: (N, O, H, W), or (N, O, H//2, W//2) with ``pool``.
+    """
+    xp = get_array_module(x, w, gamma, beta)
+    _check(x, w)
+    ws = Workspace() if ws is None else ws
+    xh = nhwc(x)
+    n, h, wd, c = xh.shape
+    o = w.shape[0]
+    dt = w.dtype
+    scale = gamma / xp.sqrt(running_var + eps)
+    shift = beta - running_mean * scale
+    if b is not None:
+        shift = shift + b * scale
+    wmat = weight3x3_matrix(w) * scale
+    nb = chunk_images(xp, n, h * wd * 9 * c * x.itemsize, COL_CHUNK_BYTES)
+    col = col3x3_buffer(ws, xp, nb, h, wd, c, dt)
+    y = xp.empty((n, h, wd, o), dtype=dt)
+    p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
+    for n0 in range(0, n, nb):
+        n1 = min(n, n0 + nb)
+        r = (n1 - n0) * h * wd
+        im2col3x3_into(xh, n0, n1, col)
+        yc = y[n0:n1]
+        xp.matmul(col[: n1 - n0].reshape(r, 9 * c), wmat, out=yc.reshape(r, o))
+        xp.add(yc, shift, out=yc)
+        xp.maximum(yc, 0.0, out=yc)
+        if p is not None:
+            _pool2_into(yc, p[n0:n1])
+    return nchw(y if p is None else p)
+
+
+def _relu_pool_grad_into(dout, y, p, g, free, hit):
+    """g <- gradient at the ReLU's input, given dout at the block's output (one chunk).
+
+    Without pooling g = dout where y > 0. With pooling each window's gradient goes to its first
+    position (row-major, as PyTorch) equal to the pooled maximum, if that maximum is positive;
+    ``free`` and ``hit`` are bool scratch of p's shape.
+    """
+    xp = get_array_module(g)
+    if p is None:
+        xp.greater(y, 0.0, out=hit)
+        xp.multiply(dout, hit, out=g)
+        return
+    ho, wo = p.shape[1], p.shape[2]
+    if 2 * ho != g.shape[1]:
+        g[:, 2 * ho :] = 0.0
+    if 2 * wo != g.shape[2]:
+        g[:, :, 2 * wo :] = 0.0
+    xp.greater(p, 0.0, out=free)
+    for t, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        xp.equal(y[:, a : 2 * ho : 2, b : 2 * wo : 2], p, out=hit)
+        xp.logical_and(hit, free, out=hit)
+        if t < 3:
+            xp.logical_xor(free, hit, out=free)
+        xp.multiply(dout, hit, out=g[:, a : 2 * ho : 2, b : 2 * wo : 2])
+
+
+def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
+    """dout: gradient of the training-mode forward's output.
+
+    Returns (dx: (N, C, H, W) or None, dw: (O, C, 3, 3), db: (O,), dgamma: (O,), dbeta: (O,)).
+    ``db`` is the conv bias gradient, zero up to rounding since BatchNorm follows.
+    """
+    x, w, gamma, z, y, p, mean, inv_std = cache
+    xp = get_array_module(dout, z)
+    ws = Workspace() if ws is None else ws
+    xh = nhwc(x)
+    douth = nhwc(dout)
+    n, h, wd, o = z.shape
+    c = xh.shape[3]
+    dt = z.dtype
+    m = n * h * wd
+
+    # Pass 1: g (the ReLU input's gradient) and its per-channel sums sum(g), sum(g * z).
+    g = xp.empty_like(z)
+    sg = xp.zeros(o, dtype=numpy.float64)
+    sgz = xp.zeros(o, dtype=numpy.float64)
+    nb = chunk_images(xp, n, h * wd * o * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
+    mask_shape = (nb, h // 2, wd // 2, o) if p is not None else (nb, h, wd, o)
+    free = ws.get(xp, "free", mask_shape, bool)
+    hit = ws.get(xp, "hit", mask_shape, bool)
+    tmp = ws.get(xp, "gz", (nb * h * wd, o), dt)
+    for n0 in range(0, n, nb):
+        n1 = min(n, n0 + nb)
+        k = n1 - n0
+        r = k * h * wd
+        _relu_pool_grad_into(
+            douth[n0:n1], y[n0:n1], None if p is None else p[n0:n1], g[n0:n1], free[:k], hit[:k]
+        )
+        gc = g[n0:n1].reshape(r, o)
+        sg += gc.sum(axis=0)
+        xp.multiply(gc, z[n0:n1].reshape(r, o), out=tmp[:r])
+        sgz += tmp[:r].sum(axis=0)
+
+    # BatchNorm's backward, dz = gamma*inv_std*(g - mean(g) - xhat*mean(g*xhat)), as a*g + b*z + c.
+    inv64 = inv_std.astype(numpy.float64)
+    mean64 = mean.astype(numpy.float64)
+    dgamma = inv64 * (sgz - mean64 * sg)
+    kk = gamma.astype(numpy.float64) * inv64
+    ca = kk.astype(dt)
+    cb = (-kk * inv64 * dgamma / m).astype(dt)
+    cc = (kk * (mean64 * inv64 * dgamma - sg) / m).astype(dt)
+
+    # Pass 2, per chunk of images: dz in place of g, then dW += cols(x).T @ dz and dx.
+    wmat_t = None
+    wflip = None
+    thin = c < THIN_INPUT_CHANNELS
+    if need_dx:
+        if thin:
+            wmat_t = xp.ascontiguousarray(weight3x3_matrix(w).T)
+        else:
+            wflip = xp.ascontiguousarray(weight3x3_flipped(w))
+    nb = chunk_images(xp, n, h * wd * 9 * max(c, o) * z.itemsize, COL_CHUNK_BYTES)
+    colx = col3x3_buffer(ws, xp, nb, h, wd, c, dt)
+    single = nb >= n
+    dwmat = xp.empty((9 * c, o), dtype=dt) if single else xp.zeros((9 * c, o), dtype=dt)
+    dw_part = None if single else ws.get(xp, "dw", (9 * c, o), dt)
+    db = xp.zeros(o, dtype=numpy.float64)
+    bz = ws.get(xp, "bz", (nb * h * wd, o), dt)
+    dx = None
+    if need_dx:
+        dx = xp.zeros((n, h, wd, c), dtype=dt) if thin else xp.empty((n, h, wd, c), dtype=dt)
+        if thin:
+            dcol = ws.get(xp, "dcol", (nb, h, wd, 9, c), dt)
+        else:
+            cold = col3x3_buffer(ws, xp, nb, h, wd, o, dt, name="col3x3_dz")
+    for n0 in range(0, n, nb):
+        n1 = min(n, n0 + nb)
+        k = n1 - n0
+        r = k * h * wd
+        dz = g[n0:n1].reshape(r, o)
+        xp.multiply(z[n0:n1].reshape(r, o), cb, out=bz[:r])
+        xp.multiply(dz, ca, out=dz)
+        xp.add(dz, bz[:r], out=dz)
+        xp.add(dz, cc, out=dz)
+        db += dz.sum(axis=0)
+        im2col3x3_into(xh, n0, n1, colx)
+        cols = colx[:k].reshape(r, 9 * c)
+        if single:
+            xp.matmul(cols.T, dz, out=dwmat)
+        else:
+            xp.matmul(cols.T, dz, out=dw_part)
+            dwmat += dw_part
+        if not need_dx:
+            continue
+        if thin:
+            xp.matmul(dz, wmat_t, out=dcol[:k].reshape(r, 9 * c))
+            col2im3x3_add(dcol[:k], dx[n0:n1])
+        else:
+            im2col3x3_into(g, n0, n1, cold)
+            xp.matmul(cold[:k].reshape(r, 9 * o), wflip, out=dx[n0:n1].reshape(r, c))
+    dw = dwmat.reshape(3, 3, c, o).transpose(3, 2, 0, 1)
+    dx = None if dx is None else nchw(dx)
+    return dx, dw, db.astype(dt), dgamma.astype(dt), sg.astype(dt)
