@@ -92,7 +92,8 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None)
     wmat = weight3x3_matrix(w)
     if not wmat.flags.c_contiguous:
         wmat = xp.ascontiguousarray(wmat)
-    nb = chunk_images(xp, n, h * wd * 9 * c * x.itemsize, COL_CHUNK_BYTES)
+    # Chunked as the backward pass is, so both use the same column buffer of the workspace.
+    nb = chunk_images(xp, n, h * wd * 9 * max(c, o) * x.itemsize, COL_CHUNK_BYTES)
     col = col3x3_buffer(ws, xp, nb, h, wd, c, dt)
     ones = xp.ones(nb * h * wd, dtype=dt)
     z = xp.empty((n, h, wd, o), dtype=dt)
@@ -139,7 +140,8 @@ def conv_bn_relu_eval_forward(x, w, b, gamma, beta, running_mean, running_var, e
     if b is not None:
         shift = shift + b * scale
     wmat = weight3x3_matrix(w) * scale
-    nb = chunk_images(xp, n, h * wd * 9 * c * x.itemsize, COL_CHUNK_BYTES)
+    # Chunked as the backward pass is, so both use the same column buffer of the workspace.
+    nb = chunk_images(xp, n, h * wd * 9 * max(c, o) * x.itemsize, COL_CHUNK_BYTES)
     col = col3x3_buffer(ws, xp, nb, h, wd, c, dt)
     y = xp.empty((n, h, wd, o), dtype=dt)
     p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
