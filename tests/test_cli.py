@@ -175,3 +175,17 @@ def test_console_script_runs(tmp_path):
     assert out.returncode == 2 and "--batch-size" in out.stderr
     out = subprocess.run([*cmd, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout and "evaluate" in out.stdout
+
+
+def test_presets_set_defaults_and_explicit_flags_win(monkeypatch):
+    import xpnet.cli as cli
+    from xpnet.train import PRESETS
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.update(vars(args)) or 0)
+    assert main(["train", "--preset", "fast"]) == 0
+    assert seen["width"] == PRESETS["fast"]["width"] and seen["epochs"] == PRESETS["fast"]["epochs"]
+    assert main(["train", "--preset", "fast", "--width", "0.75"]) == 0
+    assert seen["width"] == 0.75 and seen["epochs"] == PRESETS["fast"]["epochs"]
+    assert main(["train"]) == 0
+    assert seen["width"] == 1.0 and seen["epochs"] is None

@@ -78,7 +78,7 @@ def _add_data_dir(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from xpnet.train import OPTIMIZERS, SCHEDULES, TrainConfig
+    from xpnet.train import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
     fmt = _HelpFormatter
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train ResNet-9 and write metrics, checkpoints and plots", formatter_class=fmt)
     _add_data_dir(t)
     t.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder")
+    t.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="a named recipe to start from; explicit flags override it")
     _add_backend(t)
     t.add_argument("--epochs", type=_positive_int, default=None, help=f"epochs (default {d.epochs}; with --resume, the stored total)")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="training batch size")
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="throughput against the PyTorch twin", formatter_class=fmt, add_help=False)
     b.add_argument("args", nargs=argparse.REMAINDER)
+    parser.set_defaults(train_parser=t)
     return parser
 
 
@@ -250,7 +253,14 @@ def main(argv=None) -> int:
         from xpnet import bench
 
         return bench.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.preset != "default" and args.resume is None:
+        from xpnet.train import PRESETS
+
+        # Re-parse with the preset as the defaults, so flags given explicitly still win.
+        args.train_parser.set_defaults(**PRESETS[args.preset])
+        args = parser.parse_args(argv)
     from xpnet.checkpoint import CheckpointError
     from xpnet.data import DataError
     from xpnet.train import TrainingError

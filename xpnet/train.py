@@ -76,6 +76,15 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+# Named recipes: flag values that ``xpnet train --preset NAME`` starts from (explicit flags win).
+# "default" is TrainConfig's own defaults, the recipe for the report's architecture; "fast" trades
+# width for wall time.
+PRESETS = {
+    "default": {},
+    "fast": dict(width=0.5, epochs=3),
+}
+
+
 # -- building blocks ---------------------------------------------------------------------------
 
 
