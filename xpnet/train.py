@@ -42,7 +42,7 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     """Everything that defines a run; stored in every checkpoint and in summary.json."""
 
-    epochs: int = 8
+    epochs: int = 4
     batch_size: int = 128
     lr: float = 0.1
     optimizer: str = "sgd"
