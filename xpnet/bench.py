@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy
 
 from xpnet import backend, nn, optim
+from xpnet.functional import parallel
 from xpnet.models import ResNet9
 
 
@@ -219,7 +220,7 @@ def _probe(framework, width, batch, backend_name, steps=3):
 
 def peak_memory_mib(framework, width, batch, backend_name, threads):
     cmd = [sys.executable, "-m", "xpnet.bench", "--_probe", framework, str(width), str(batch), backend_name]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), XPNET_THREADS=str(threads))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     if out.returncode != 0:
         return float("nan")
@@ -245,6 +246,7 @@ def run(args) -> dict:
 
     threads = args.threads or os.cpu_count()
     limiter = threadpool_limits(limits=threads)
+    previous_kernel_threads = parallel.set_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)
     peak = sgemm_peak(0.5 if args.smoke else 2.0)
@@ -274,11 +276,13 @@ def run(args) -> dict:
         rows.append(row)
         print(_format_row(row), flush=True)
     limiter.restore_original_limits()
+    kernel_threads = parallel.set_threads(previous_kernel_threads)  # the count the run used
     return dict(
         backend=args.backend,
         device=device,
         width=args.width,
         threads=threads,
+        kernel_threads=kernel_threads,
         blas=[{k: i.get(k) for k in ("internal_api", "version", "num_threads")} for i in threadpool_info()],
         torch=None if torch is None else torch.__version__,
         numpy=numpy.__version__,
@@ -345,7 +349,7 @@ def build_parser():
     p.add_argument("--backend", choices=backend.BACKENDS, default="numpy")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 64, 128])
     p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=0, help="BLAS/torch threads (0: all cores)")
+    p.add_argument("--threads", type=int, default=0, help="threads for BLAS, torch and the xpnet kernels (0: all cores)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
     p.add_argument("--steps", type=int, default=3, help="steps per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per framework first")

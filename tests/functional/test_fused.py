@@ -6,7 +6,7 @@ import pytest
 from _support import assert_close, randn, spread
 
 from xpnet import functional as F
-from xpnet.functional import fused
+from xpnet.functional import fused, parallel
 from xpnet.functional.layout import nhwc
 from xpnet.gradient_check import check_function
 
@@ -47,12 +47,16 @@ def _inputs(xp, rng, n, c, o, h, w, dtype=numpy.float64):
     return x, wt, gamma, beta
 
 
-@pytest.fixture(params=["whole", "one_image_chunks"])
+@pytest.fixture(params=["whole", "one_image_chunks", "serial", "three_threads"])
 def chunking(request, monkeypatch):
-    """Run once with the default chunk sizes and once with chunks of a single image."""
-    if request.param == "one_image_chunks":
+    """Run with the default chunk sizes and threads, with chunks of a single image, on one
+    thread, and on three threads with single-image chunks (so some thread may get no chunk)."""
+    if request.param in ("one_image_chunks", "three_threads"):
         monkeypatch.setattr(fused, "COL_CHUNK_BYTES", 1)
         monkeypatch.setattr(fused, "ELEMENTWISE_CHUNK_BYTES", 1)
+    if request.param in ("serial", "three_threads"):
+        previous = parallel.set_threads(1 if request.param == "serial" else 3)
+        request.addfinalizer(lambda: parallel.set_threads(previous))
     return request.param
 
 

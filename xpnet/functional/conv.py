@@ -122,14 +122,6 @@ def conv2d_backward(dy, cache):
 COL_CHUNK_BYTES = 4 << 20
 
 
-def chunk_images(xp, n, per_image_bytes, target):
-    """Images per chunk so that a chunk's buffer is about ``target`` bytes (all of them on a GPU,
-    where chunking buys nothing)."""
-    if xp.__name__ != "numpy":
-        return n
-    return max(1, min(n, target // max(per_image_bytes, 1)))
-
-
 def col3x3_buffer(ws, xp, nb, h, w, c, dtype, name="col3x3"):
     """A (nb, H, W, 9, C) column buffer from workspace ``ws`` whose padding border is zero."""
     return ws.get(xp, name, (nb, h, w, 9, c), dtype, zero=True)

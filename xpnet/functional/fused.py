@@ -27,7 +27,6 @@ import numpy
 from xpnet.backend import get_array_module
 from xpnet.functional.conv import (
     COL_CHUNK_BYTES,
-    chunk_images,
     col2im3x3_add,
     col3x3_buffer,
     im2col3x3_into,
@@ -35,6 +34,7 @@ from xpnet.functional.conv import (
     weight3x3_matrix,
 )
 from xpnet.functional.layout import nchw, nhwc
+from xpnet.functional.parallel import chunk_size, for_chunks, workers
 from xpnet.functional.workspace import Workspace
 
 # Elementwise passes work on chunks this size, small enough to stay in L2.
@@ -63,15 +63,16 @@ def _affine_relu_pool(z, scale, shift, y, p):
     """y <- relu(z * scale + shift) (z and y may be the same array); p <- maxpool2(y) if p."""
     xp = get_array_module(z)
     n, h, w, c = z.shape
-    nb = chunk_images(xp, n, h * w * c * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
+
+    def body(t, n0, n1):
         yc = y[n0:n1]
         xp.multiply(z[n0:n1], scale, out=yc)
         xp.add(yc, shift, out=yc)
         xp.maximum(yc, 0.0, out=yc)
         if p is not None:
             _pool2_into(yc, p[n0:n1])
+
+    for_chunks(xp, n, chunk_size(xp, n, h * w * c * z.itemsize, ELEMENTWISE_CHUNK_BYTES), body)
 
 
 def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None):
@@ -92,22 +93,25 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None)
     wmat = weight3x3_matrix(w)
     if not wmat.flags.c_contiguous:
         wmat = xp.ascontiguousarray(wmat)
-    # Chunked as the backward pass is, so both use the same column buffer of the workspace.
-    nb = chunk_images(xp, n, h * wd * 9 * max(c, o) * x.itemsize, COL_CHUNK_BYTES)
-    col = col3x3_buffer(ws, xp, nb, h, wd, c, dt)
+    # Chunked as the backward pass is, so both use the same column buffers of the workspace.
+    nb = chunk_size(xp, n, h * wd * 9 * max(c, o) * x.itemsize, COL_CHUNK_BYTES)
     ones = xp.ones(nb * h * wd, dtype=dt)
     z = xp.empty((n, h, wd, o), dtype=dt)
-    s1 = xp.zeros(o, dtype=numpy.float64)
-    s2 = xp.zeros(o, dtype=numpy.float64)
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
+    s1 = xp.zeros((workers(xp), o), dtype=numpy.float64)  # per-thread partial sums
+    s2 = xp.zeros_like(s1)
+
+    def body(t, n0, n1):
         r = (n1 - n0) * h * wd
+        col = col3x3_buffer(ws, xp, nb, h, wd, c, dt, name=f"col3x3.{t}")
         im2col3x3_into(xh, n0, n1, col)
         zc = z[n0:n1].reshape(r, o)
         xp.matmul(col[: n1 - n0].reshape(r, 9 * c), wmat, out=zc)
         # A GEMV and an einsum reduce columns faster than sum(axis=0) and need no temporary.
-        s1 += ones[:r] @ zc
-        s2 += xp.einsum("ij,ij->j", zc, zc)
+        s1[t] += ones[:r] @ zc
+        s2[t] += xp.einsum("ij,ij->j", zc, zc)
+
+    for_chunks(xp, n, nb, body)
+    s1, s2 = s1.sum(axis=0), s2.sum(axis=0)
     m = n * h * wd
     mean = s1 / m
     var = xp.maximum(s2 / m - mean * mean, 0.0)
@@ -140,14 +144,14 @@ def conv_bn_relu_eval_forward(x, w, b, gamma, beta, running_mean, running_var, e
     if b is not None:
         shift = shift + b * scale
     wmat = weight3x3_matrix(w) * scale
-    # Chunked as the backward pass is, so both use the same column buffer of the workspace.
-    nb = chunk_images(xp, n, h * wd * 9 * max(c, o) * x.itemsize, COL_CHUNK_BYTES)
-    col = col3x3_buffer(ws, xp, nb, h, wd, c, dt)
+    # Chunked as the backward pass is, so both use the same column buffers of the workspace.
+    nb = chunk_size(xp, n, h * wd * 9 * max(c, o) * x.itemsize, COL_CHUNK_BYTES)
     y = xp.empty((n, h, wd, o), dtype=dt)
     p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
+
+    def body(t, n0, n1):
         r = (n1 - n0) * h * wd
+        col = col3x3_buffer(ws, xp, nb, h, wd, c, dt, name=f"col3x3.{t}")
         im2col3x3_into(xh, n0, n1, col)
         yc = y[n0:n1]
         xp.matmul(col[: n1 - n0].reshape(r, 9 * c), wmat, out=yc.reshape(r, o))
@@ -155,6 +159,8 @@ def conv_bn_relu_eval_forward(x, w, b, gamma, beta, running_mean, running_var, e
         xp.maximum(yc, 0.0, out=yc)
         if p is not None:
             _pool2_into(yc, p[n0:n1])
+
+    for_chunks(xp, n, nb, body)
     return nchw(y if p is None else p)
 
 
@@ -201,25 +207,28 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
     m = n * h * wd
 
     # Pass 1: g (the ReLU input's gradient) and its per-channel sums sum(g), sum(g * z).
+    nt = workers(xp)
     g = xp.empty_like(z)
-    sg = xp.zeros(o, dtype=numpy.float64)
-    sgz = xp.zeros(o, dtype=numpy.float64)
-    nb = chunk_images(xp, n, h * wd * o * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
-    nb_col = chunk_images(xp, n, h * wd * 9 * max(c, o) * z.itemsize, COL_CHUNK_BYTES)
+    sg = xp.zeros((nt, o), dtype=numpy.float64)  # per-thread partial sums
+    sgz = xp.zeros_like(sg)
+    nb = chunk_size(xp, n, h * wd * o * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
+    nb_col = chunk_size(xp, n, h * wd * 9 * max(c, o) * z.itemsize, COL_CHUNK_BYTES)
     ones = xp.ones(max(nb, nb_col) * h * wd, dtype=dt)
     mask_shape = (nb, h // 2, wd // 2, o) if p is not None else (nb, h, wd, o)
-    free = ws.get(xp, "free", mask_shape, bool)
-    hit = ws.get(xp, "hit", mask_shape, bool)
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
+
+    def pass1(t, n0, n1):
         k = n1 - n0
         r = k * h * wd
-        _relu_pool_grad_into(
-            douth[n0:n1], y[n0:n1], None if p is None else p[n0:n1], g[n0:n1], free[:k], hit[:k]
-        )
+        free = ws.get(xp, f"free.{t}", mask_shape, bool)
+        hit = ws.get(xp, f"hit.{t}", mask_shape, bool)
+        pc = None if p is None else p[n0:n1]
+        _relu_pool_grad_into(douth[n0:n1], y[n0:n1], pc, g[n0:n1], free[:k], hit[:k])
         gc = g[n0:n1].reshape(r, o)
-        sg += ones[:r] @ gc
-        sgz += xp.einsum("ij,ij->j", gc, z[n0:n1].reshape(r, o))
+        sg[t] += ones[:r] @ gc
+        sgz[t] += xp.einsum("ij,ij->j", gc, z[n0:n1].reshape(r, o))
+
+    for_chunks(xp, n, nb, pass1)
+    sg, sgz = sg.sum(axis=0), sgz.sum(axis=0)
 
     # BatchNorm's backward, dz = gamma*inv_std*(g - mean(g) - xhat*mean(g*xhat)), as a*g + b*z + c.
     inv64 = inv_std.astype(numpy.float64)
@@ -242,44 +251,50 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
         else:
             wflip = xp.ascontiguousarray(weight3x3_flipped(w))
     nb = nb_col
-    colx = col3x3_buffer(ws, xp, nb, h, wd, c, dt)
-    single = nb >= n
-    dwmat = xp.empty((9 * c, o), dtype=dt) if single else xp.zeros((9 * c, o), dtype=dt)
-    dw_part = None if single else ws.get(xp, "dw", (9 * c, o), dt)
-    db = xp.zeros(o, dtype=numpy.float64)
-    bz = ws.get(xp, "bz", (nb * h * wd, o), dt)
+    dws = xp.empty((nt, 9 * c, o), dtype=dt)  # per-thread partial weight gradients
+    started = [False] * nt
+    db = xp.zeros((nt, o), dtype=numpy.float64)
     dx = None
     if need_dx:
         dx = xp.zeros((n, h, wd, c), dtype=dt) if thin else xp.empty((n, h, wd, c), dtype=dt)
-        if thin:
-            dcol = ws.get(xp, "dcol", (nb, h, wd, 9, c), dt)
-        else:
-            cold = col3x3_buffer(ws, xp, nb, h, wd, o, dt, name="col3x3_dz")
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
+
+    def pass2(t, n0, n1):
         k = n1 - n0
         r = k * h * wd
         dz = g[n0:n1].reshape(r, o)
+        bz = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)
         xp.multiply(z[n0:n1].reshape(r, o), cb, out=bz[:r])
         xp.multiply(dz, ca, out=dz)
         xp.add(dz, bz[:r], out=dz)
         xp.add(dz, cc, out=dz)
-        db += ones[:r] @ dz
+        db[t] += ones[:r] @ dz
+        colx = col3x3_buffer(ws, xp, nb, h, wd, c, dt, name=f"col3x3.{t}")
         im2col3x3_into(xh, n0, n1, colx)
         cols = colx[:k].reshape(r, 9 * c)
-        if single:
-            xp.matmul(cols.T, dz, out=dwmat)
+        if not started[t]:
+            xp.matmul(cols.T, dz, out=dws[t])
+            started[t] = True
         else:
-            xp.matmul(cols.T, dz, out=dw_part)
-            dwmat += dw_part
+            part = ws.get(xp, f"dw.{t}", (9 * c, o), dt)
+            xp.matmul(cols.T, dz, out=part)
+            dws[t] += part
         if not need_dx:
-            continue
+            return
         if thin:
+            dcol = ws.get(xp, f"dcol.{t}", (nb, h, wd, 9, c), dt)
             xp.matmul(dz, wmat_t, out=dcol[:k].reshape(r, 9 * c))
             col2im3x3_add(dcol[:k], dx[n0:n1])
         else:
+            cold = col3x3_buffer(ws, xp, nb, h, wd, o, dt, name=f"col3x3_dz.{t}")
             im2col3x3_into(g, n0, n1, cold)
             xp.matmul(cold[:k].reshape(r, 9 * o), wflip, out=dx[n0:n1].reshape(r, c))
+
+    for_chunks(xp, n, nb, pass2)
+    used = [t for t in range(nt) if started[t]]
+    dwmat = dws[used[0]]
+    for t in used[1:]:
+        dwmat += dws[t]
+    db = db.sum(axis=0)
     dw = dwmat.reshape(3, 3, c, o).transpose(3, 2, 0, 1)
     dx = None if dx is None else nchw(dx)
     return dx, dw, db.astype(dt), dgamma.astype(dt), sg.astype(dt)
