@@ -72,13 +72,18 @@ def get_array_module(*arrays):
     Raises BackendError when NumPy and CuPy arrays are mixed: moving data between host and device
     must be explicit (``to_device`` / ``asnumpy``).
     """
-    kinds = {is_cupy_array(a) for a in arrays if a is not None and not numpy.isscalar(a)}
-    if len(kinds) > 1:
+    host = device = False
+    for a in arrays:
+        if type(a) is numpy.ndarray:  # the common case first: this runs in every kernel call
+            host = True
+        elif a is not None and is_cupy_array(a):
+            device = True
+    if host and device:
         raise BackendError(
             "mixed NumPy and CuPy arrays in one operation; move them explicitly with "
             "xpnet.backend.to_device() or xpnet.backend.asnumpy()"
         )
-    if kinds == {True}:
+    if device:
         import cupy  # already imported by whoever made the array
 
         return cupy

@@ -10,7 +10,8 @@ from xpnet.functional import fused, parallel
 from xpnet.functional.layout import nhwc
 from xpnet.gradient_check import check_function
 
-# (N, C, O, H, W, pool): thin and wide inputs (the two input-gradient routes), odd sizes.
+# (N, C, O, H, W, pool): thin and wide inputs (the two im2col input-gradient routes), odd sizes
+# (Winograd tiles that hang over the edge).
 SHAPES = [
     (2, 1, 4, 6, 6, False),
     (3, 2, 3, 7, 7, True),
@@ -60,8 +61,15 @@ def chunking(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["im2col", "winograd"])
+def method(request, monkeypatch):
+    """Run with each convolution algorithm, whatever the shape would choose."""
+    monkeypatch.setattr(fused, "CONV3X3_METHOD", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("shape", SHAPES)
-def test_train_forward_and_backward_match_the_unfused_layers(xp, rng, chunking, shape):
+def test_train_forward_and_backward_match_the_unfused_layers(xp, rng, chunking, method, shape):
     n, c, o, h, w, pool = shape
     x, wt, gamma, beta = _inputs(xp, rng, n, c, o, h, w)
     y, cache, mean, var = F.conv_bn_relu_train_forward(x, wt, gamma, beta, pool=pool, ws=F.Workspace())
@@ -79,7 +87,7 @@ def test_train_forward_and_backward_match_the_unfused_layers(xp, rng, chunking, 
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_float32_matches_float64(xp, rng, shape):
+def test_float32_matches_float64(xp, rng, method, shape):
     n, c, o, h, w, pool = shape
     x, wt, gamma, beta = _inputs(xp, rng, n, c, o, h, w)
     y64, cache64, _, _ = F.conv_bn_relu_train_forward(x, wt, gamma, beta, pool=pool)
@@ -96,7 +104,7 @@ def test_float32_matches_float64(xp, rng, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradient_check(xp, rng, shape):
+def test_gradient_check(xp, rng, method, shape):
     n, c, o, h, w, pool = shape
     x, wt, gamma, beta = _inputs(xp, rng, n, c, o, h, w)
 
@@ -113,7 +121,7 @@ def test_gradient_check(xp, rng, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_eval_forward_matches_the_unfused_layers(xp, rng, chunking, shape):
+def test_eval_forward_matches_the_unfused_layers(xp, rng, chunking, method, shape):
     n, c, o, h, w, pool = shape
     x, wt, gamma, beta = _inputs(xp, rng, n, c, o, h, w)
     b = randn(xp, rng, o, dtype=x.dtype)
@@ -143,7 +151,7 @@ def test_pool_ties_route_the_gradient_to_the_first_maximum(xp):
     assert_close(g, expected)
 
 
-def test_a_shared_workspace_serves_several_shapes(xp, rng):
+def test_a_shared_workspace_serves_several_shapes(xp, rng, method):
     ws = F.Workspace()
     for n, c, o, h, w, pool in SHAPES + SHAPES[::-1]:
         x, wt, gamma, beta = _inputs(xp, rng, n, c, o, h, w)
@@ -160,3 +168,13 @@ def test_rejects_other_kernels(xp, rng):
         F.conv_bn_relu_train_forward(xp.zeros((1, 2, 4, 4)), xp.zeros((3, 2, 1, 1)), xp.ones(3), xp.zeros(3))
     with pytest.raises(ValueError):
         F.conv_bn_relu_train_forward(xp.zeros((1, 2, 4, 4)), xp.zeros((3, 4, 3, 3)), xp.ones(3), xp.zeros(3))
+
+
+def test_auto_method_uses_winograd_only_where_it_pays():
+    from xpnet.functional.conv import Im2col3x3
+    from xpnet.functional.winograd import Winograd3x3
+
+    assert fused.conv3x3_method(28, 28, 64, 128) is Winograd3x3
+    assert fused.conv3x3_method(7, 7, 256, 256) is Winograd3x3
+    assert fused.conv3x3_method(28, 28, 1, 64) is Im2col3x3  # one input channel: K = 1 GEMMs
+    assert fused.conv3x3_method(3, 3, 256, 256) is Im2col3x3  # a 3x3 image: 4 tiles, 64% waste

@@ -119,9 +119,6 @@ def conv2d_backward(dy, cache):
 # border is zeroed once when the workspace makes it and never written again, so no padded copy
 # is needed either.
 
-COL_CHUNK_BYTES = 4 << 20
-
-
 def col3x3_buffer(ws, xp, nb, h, w, c, dtype, name="col3x3"):
     """A (nb, H, W, 9, C) column buffer from workspace ``ws`` whose padding border is zero."""
     return ws.get(xp, name, (nb, h, w, 9, c), dtype, zero=True)
@@ -159,9 +156,71 @@ def weight3x3_matrix(w):
     return w.transpose(2, 3, 1, 0).reshape(9 * c, o)
 
 
-def weight3x3_flipped(w):
-    """w: (O, C, 3, 3) -> (9*O, C): the kernel rotated by 180 degrees with its channel axes
-    swapped, so that the input gradient of a 3x3 stride-1 padding-1 convolution is itself such a
-    convolution of the output gradient: dx = conv(dy, flipped)."""
-    o, c = w.shape[:2]
-    return w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(9 * o, c)
+class Im2col3x3:
+    """The convolution steps of a fused 3x3 block by im2col + GEMM, on chunks of images.
+
+    The same interface as ``xpnet.functional.winograd.Winograd3x3``: one plan per call of a fused
+    kernel on (N, H, W, C) -> (N, H, W, O), scratch from workspace ``ws`` per thread index ``t``.
+    For the input gradient, when the input has fewer channels than the output, ``dz @ W^T`` and a
+    9-tap accumulation move less memory than the columns of dz for the flipped-kernel convolution.
+    """
+
+    def __init__(self, h, w, c, o, nb, ws, dtype):
+        self.h, self.w, self.c, self.o, self.nb, self.ws, self.dtype = h, w, c, o, nb, ws, dtype
+        self.thin = c < o
+        self.dw_shape = (9 * c, o)
+
+    @staticmethod
+    def image_bytes(h, w, c, o, itemsize):
+        """Column-buffer bytes per image of a chunk."""
+        return h * w * 9 * max(c, o) * itemsize
+
+    def weights(self, w):
+        """w: (O, C, 3, 3) -> (9*C, O)."""
+        xp = get_array_module(w)
+        return xp.ascontiguousarray(weight3x3_matrix(w))
+
+    def dx_weights(self, wmat):
+        """From the forward's ``wmat`` (9*C, O): its transpose (thin inputs) or the flipped
+        kernel's matrix (9*O, C)."""
+        xp = get_array_module(wmat)
+        if self.thin:
+            return xp.ascontiguousarray(wmat.T)
+        k = wmat.reshape(3, 3, self.c, self.o)[::-1, ::-1]
+        return xp.ascontiguousarray(k.transpose(0, 1, 3, 2)).reshape(9 * self.o, self.c)
+
+    def _cols(self, xp, x, n0, n1, t, name="col3x3"):
+        """Columns of images n0:n1 of x (N, H, W, C') as (k*H*W, 9*C')."""
+        k, c = n1 - n0, x.shape[3]
+        col = col3x3_buffer(self.ws, xp, self.nb, self.h, self.w, c, self.dtype, name=f"{name}.{t}")
+        im2col3x3_into(x, n0, n1, col)
+        return col[:k].reshape(k * self.h * self.w, 9 * c)
+
+    def forward_into(self, x, n0, n1, wmat, out, t):
+        """out (k, H, W, O), contiguous <- conv of images n0:n1 of x (N, H, W, C)."""
+        xp = get_array_module(x)
+        cols = self._cols(xp, x, n0, n1, t)
+        xp.matmul(cols, wmat, out=out.reshape(cols.shape[0], wmat.shape[1]))
+
+    def dw_into(self, x, dz, n0, n1, out, t):
+        """out (9*C, O) <- this chunk's weight gradient; dz: (k, H, W, O), contiguous."""
+        xp = get_array_module(x)
+        cols = self._cols(xp, x, n0, n1, t)
+        xp.matmul(cols.T, dz.reshape(cols.shape[0], self.o), out=out)
+
+    def dw_finish(self, dwmat):
+        """(9*C, O) summed over chunks -> (O, C, 3, 3)."""
+        return dwmat.reshape(3, 3, self.c, self.o).transpose(3, 2, 0, 1)
+
+    def dx_into(self, dz_all, n0, n1, wdx, out, t):
+        """out (k, H, W, C), contiguous <- input gradient of images n0:n1; dz_all: (N, H, W, O)."""
+        xp = get_array_module(dz_all)
+        k, r = n1 - n0, (n1 - n0) * self.h * self.w
+        if self.thin:
+            dcol = self.ws.get(xp, f"dcol.{t}", (self.nb, self.h, self.w, 9, self.c), self.dtype)
+            xp.matmul(dz_all[n0:n1].reshape(r, self.o), wdx, out=dcol[:k].reshape(r, 9 * self.c))
+            out.fill(0.0)
+            col2im3x3_add(dcol[:k], out)
+        else:
+            cols = self._cols(xp, dz_all, n0, n1, t, name="col3x3_dz")
+            xp.matmul(cols, wdx, out=out.reshape(r, self.c))

@@ -25,17 +25,19 @@ from __future__ import annotations
 import numpy
 
 from xpnet.backend import get_array_module
-from xpnet.functional.conv import (
-    COL_CHUNK_BYTES,
-    col2im3x3_add,
-    col3x3_buffer,
-    im2col3x3_into,
-    weight3x3_flipped,
-    weight3x3_matrix,
-)
+from xpnet.functional.conv import Im2col3x3
 from xpnet.functional.layout import nchw, nhwc
 from xpnet.functional.parallel import chunk_size, for_chunks, workers
+from xpnet.functional.winograd import Winograd3x3
 from xpnet.functional.workspace import Workspace
+
+# The 3x3 convolutions run a few images at a time, so their scratch (about this size) stays in
+# cache while the GEMMs read it.
+COL_CHUNK_BYTES = 4 << 20
+# Winograd from this many channels (in and out) and this image size up; "auto" chooses by these.
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_SIZE = 6
+CONV3X3_METHOD = "auto"
 
 # Elementwise passes work on chunks this size, small enough to stay in L2.
 ELEMENTWISE_CHUNK_BYTES = 256 << 10
@@ -75,6 +77,26 @@ def _affine_relu_pool(z, scale, shift, y, p):
     for_chunks(xp, n, chunk_size(xp, n, h * w * c * z.itemsize, ELEMENTWISE_CHUNK_BYTES), body)
 
 
+def conv3x3_method(h, w, c, o):
+    """The convolution algorithm for an (H, W) image with C -> O channels.
+
+    Winograd F(2x2, 3x3) does 2.25x fewer multiplications, but its 16 GEMMs have only C as their
+    inner dimension and its transforms cost a few passes over 4x the data, so it pays only with
+    enough channels and tiles; ``CONV3X3_METHOD`` forces one method ("im2col" or "winograd").
+    """
+    if CONV3X3_METHOD != "auto":
+        return {"im2col": Im2col3x3, "winograd": Winograd3x3}[CONV3X3_METHOD]
+    if min(c, o) >= WINOGRAD_MIN_CHANNELS and min(h, w) >= WINOGRAD_MIN_SIZE:
+        return Winograd3x3
+    return Im2col3x3
+
+
+def _plan(xp, n, h, w, c, o, dtype, ws):
+    method = conv3x3_method(h, w, c, o)
+    nb = chunk_size(xp, n, method.image_bytes(h, w, c, o, numpy.dtype(dtype).itemsize), COL_CHUNK_BYTES)
+    return method(h, w, c, o, nb, ws, dtype)
+
+
 def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None):
     """Training-mode forward with batch statistics.
 
@@ -90,27 +112,21 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None)
     n, h, wd, c = xh.shape
     o = w.shape[0]
     dt = w.dtype
-    wmat = weight3x3_matrix(w)
-    if not wmat.flags.c_contiguous:
-        wmat = xp.ascontiguousarray(wmat)
-    # Chunked as the backward pass is, so both use the same column buffers of the workspace.
-    nb = chunk_size(xp, n, h * wd * 9 * max(c, o) * x.itemsize, COL_CHUNK_BYTES)
-    ones = xp.ones(nb * h * wd, dtype=dt)
+    plan = _plan(xp, n, h, wd, c, o, dt, ws)
+    wk = plan.weights(w)
+    ones = xp.ones(plan.nb * h * wd, dtype=dt)
     z = xp.empty((n, h, wd, o), dtype=dt)
     s1 = xp.zeros((workers(xp), o), dtype=numpy.float64)  # per-thread partial sums
     s2 = xp.zeros_like(s1)
 
     def body(t, n0, n1):
-        r = (n1 - n0) * h * wd
-        col = col3x3_buffer(ws, xp, nb, h, wd, c, dt, name=f"col3x3.{t}")
-        im2col3x3_into(xh, n0, n1, col)
-        zc = z[n0:n1].reshape(r, o)
-        xp.matmul(col[: n1 - n0].reshape(r, 9 * c), wmat, out=zc)
+        plan.forward_into(xh, n0, n1, wk, z[n0:n1], t)
+        zc = z[n0:n1].reshape((n1 - n0) * h * wd, o)
         # A GEMV and an einsum reduce columns faster than sum(axis=0) and need no temporary.
-        s1[t] += ones[:r] @ zc
+        s1[t] += ones[: zc.shape[0]] @ zc
         s2[t] += xp.einsum("ij,ij->j", zc, zc)
 
-    for_chunks(xp, n, nb, body)
+    for_chunks(xp, n, plan.nb, body)
     s1, s2 = s1.sum(axis=0), s2.sum(axis=0)
     m = n * h * wd
     mean = s1 / m
@@ -122,7 +138,7 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None)
     p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
     _affine_relu_pool(z, scale, shift, y, p)
     mean, var, inv_std = mean.astype(dt), var.astype(dt), inv_std.astype(dt)
-    cache = (x, w, gamma, z, y, p, mean, inv_std)
+    cache = (x, wk, gamma, z, y, p, mean, inv_std)
     return nchw(y if p is None else p), cache, mean, var
 
 
@@ -143,24 +159,20 @@ def conv_bn_relu_eval_forward(x, w, b, gamma, beta, running_mean, running_var, e
     shift = beta - running_mean * scale
     if b is not None:
         shift = shift + b * scale
-    wmat = weight3x3_matrix(w) * scale
-    # Chunked as the backward pass is, so both use the same column buffers of the workspace.
-    nb = chunk_size(xp, n, h * wd * 9 * max(c, o) * x.itemsize, COL_CHUNK_BYTES)
+    plan = _plan(xp, n, h, wd, c, o, dt, ws)
+    wk = plan.weights(w * scale.reshape(o, 1, 1, 1))
     y = xp.empty((n, h, wd, o), dtype=dt)
     p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
 
     def body(t, n0, n1):
-        r = (n1 - n0) * h * wd
-        col = col3x3_buffer(ws, xp, nb, h, wd, c, dt, name=f"col3x3.{t}")
-        im2col3x3_into(xh, n0, n1, col)
         yc = y[n0:n1]
-        xp.matmul(col[: n1 - n0].reshape(r, 9 * c), wmat, out=yc.reshape(r, o))
+        plan.forward_into(xh, n0, n1, wk, yc, t)
         xp.add(yc, shift, out=yc)
         xp.maximum(yc, 0.0, out=yc)
         if p is not None:
             _pool2_into(yc, p[n0:n1])
 
-    for_chunks(xp, n, nb, body)
+    for_chunks(xp, n, plan.nb, body)
     return nchw(y if p is None else p)
 
 
@@ -196,7 +208,7 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
     Returns (dx: (N, C, H, W) or None, dw: (O, C, 3, 3), db: (O,), dgamma: (O,), dbeta: (O,)).
     ``db`` is the conv bias gradient, zero up to rounding since BatchNorm follows.
     """
-    x, w, gamma, z, y, p, mean, inv_std = cache
+    x, wk, gamma, z, y, p, mean, inv_std = cache
     xp = get_array_module(dout, z)
     ws = Workspace() if ws is None else ws
     xh = nhwc(x)
@@ -212,8 +224,7 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
     sg = xp.zeros((nt, o), dtype=numpy.float64)  # per-thread partial sums
     sgz = xp.zeros_like(sg)
     nb = chunk_size(xp, n, h * wd * o * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
-    nb_col = chunk_size(xp, n, h * wd * 9 * max(c, o) * z.itemsize, COL_CHUNK_BYTES)
-    ones = xp.ones(max(nb, nb_col) * h * wd, dtype=dt)
+    ones = xp.ones(n * h * wd, dtype=dt)
     mask_shape = (nb, h // 2, wd // 2, o) if p is not None else (nb, h, wd, o)
 
     def pass1(t, n0, n1):
@@ -239,28 +250,17 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
     cb = (-kk * inv64 * dgamma / m).astype(dt)
     cc = (kk * (mean64 * inv64 * dgamma - sg) / m).astype(dt)
 
-    # Pass 2, per chunk of images: dz in place of g, then dW += cols(x).T @ dz and dx. For dx,
-    # when the input has fewer channels than the output, dz @ W^T and a 9-tap accumulation move
-    # less memory than building the columns of dz for a convolution with the flipped kernel.
-    wmat_t = None
-    wflip = None
-    thin = c < o
-    if need_dx:
-        if thin:
-            wmat_t = xp.ascontiguousarray(weight3x3_matrix(w).T)
-        else:
-            wflip = xp.ascontiguousarray(weight3x3_flipped(w))
-    nb = nb_col
-    dws = xp.empty((nt, 9 * c, o), dtype=dt)  # per-thread partial weight gradients
+    # Pass 2, per chunk of images: dz in place of g, then this chunk's share of dW and dx.
+    plan = _plan(xp, n, h, wd, c, o, dt, ws)
+    wdx = plan.dx_weights(wk) if need_dx else None
+    nb = plan.nb
+    dws = xp.empty((nt, *plan.dw_shape), dtype=dt)  # per-thread partial weight gradients
     started = [False] * nt
     db = xp.zeros((nt, o), dtype=numpy.float64)
-    dx = None
-    if need_dx:
-        dx = xp.zeros((n, h, wd, c), dtype=dt) if thin else xp.empty((n, h, wd, c), dtype=dt)
+    dx = xp.empty((n, h, wd, c), dtype=dt) if need_dx else None
 
     def pass2(t, n0, n1):
-        k = n1 - n0
-        r = k * h * wd
+        r = (n1 - n0) * h * wd
         dz = g[n0:n1].reshape(r, o)
         bz = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)
         xp.multiply(z[n0:n1].reshape(r, o), cb, out=bz[:r])
@@ -268,26 +268,15 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
         xp.add(dz, bz[:r], out=dz)
         xp.add(dz, cc, out=dz)
         db[t] += ones[:r] @ dz
-        colx = col3x3_buffer(ws, xp, nb, h, wd, c, dt, name=f"col3x3.{t}")
-        im2col3x3_into(xh, n0, n1, colx)
-        cols = colx[:k].reshape(r, 9 * c)
         if not started[t]:
-            xp.matmul(cols.T, dz, out=dws[t])
+            plan.dw_into(xh, g[n0:n1], n0, n1, dws[t], t)
             started[t] = True
         else:
-            part = ws.get(xp, f"dw.{t}", (9 * c, o), dt)
-            xp.matmul(cols.T, dz, out=part)
+            part = ws.get(xp, f"dw.{t}", plan.dw_shape, dt)
+            plan.dw_into(xh, g[n0:n1], n0, n1, part, t)
             dws[t] += part
-        if not need_dx:
-            return
-        if thin:
-            dcol = ws.get(xp, f"dcol.{t}", (nb, h, wd, 9, c), dt)
-            xp.matmul(dz, wmat_t, out=dcol[:k].reshape(r, 9 * c))
-            col2im3x3_add(dcol[:k], dx[n0:n1])
-        else:
-            cold = col3x3_buffer(ws, xp, nb, h, wd, o, dt, name=f"col3x3_dz.{t}")
-            im2col3x3_into(g, n0, n1, cold)
-            xp.matmul(cold[:k].reshape(r, 9 * o), wflip, out=dx[n0:n1].reshape(r, c))
+        if need_dx:
+            plan.dx_into(g, n0, n1, wdx, dx[n0:n1], t)
 
     for_chunks(xp, n, nb, pass2)
     used = [t for t in range(nt) if started[t]]
@@ -295,6 +284,6 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
     for t in used[1:]:
         dwmat += dws[t]
     db = db.sum(axis=0)
-    dw = dwmat.reshape(3, 3, c, o).transpose(3, 2, 0, 1)
+    dw = plan.dw_finish(dwmat)
     dx = None if dx is None else nchw(dx)
     return dx, dw, db.astype(dt), dgamma.astype(dt), sg.astype(dt)

@@ -1,0 +1,239 @@
+"""Winograd's minimal filtering F(2x2, 3x3): a 3x3, stride-1, padding-1 convolution in 2.25x
+fewer multiplications than im2col + GEMM, on channels-last arrays.
+
+The output is cut into 2x2 tiles; tile (i, j) reads the 4x4 patch of the zero-padded input that
+starts at padded row 2i, column 2j. With the transforms of Lavin & Gray (2016),
+
+    Y = A^T [ (G g G^T) (*) (B^T d B) ] A        (*): elementwise over the 4x4 taps
+
+for one channel pair. Summed over input channels, each of the 16 taps becomes one GEMM over all
+tiles: ``M[tap] = U[tap] @ W[tap]`` with ``U[tap]`` (tiles, C) and ``W[tap]`` (C, O). The data
+transforms hold only 0 and +-1 (B, A), so they run as a few adds and subtracts over strided
+views, separably along columns and then rows; the kernel transform (G, with halves) is one small
+GEMM over the weights.
+
+Gradients:
+* input: the input gradient of such a convolution is a convolution of the output gradient with
+  the kernel rotated by 180 degrees and its channel axes swapped, so it runs through the same
+  forward transforms;
+* weight: ``dW[tap] = V[tap]^T @ U[tap]`` (O, C) with ``V = A dY A^T`` (the adjoint of the
+  output transform), and ``dg = G^T dW G`` per channel pair (the adjoint of the weight
+  transform).
+
+Every ``*_into`` function works on images ``n0:n1`` of a batch and writes into buffers the caller
+provides (sized for ``nb >= n1 - n0`` images), so the fused kernels can run it chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+from xpnet.backend import get_array_module
+from xpnet.functional.parallel import for_chunks, workers
+
+# Coefficients, all in {-1, 0, 1} for the data transforms.
+BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))  # 4x4: input tile -> taps
+AT = ((1, 1, 1, 0), (0, 1, -1, -1))  # 2x4: taps -> output tile
+A = tuple(zip(*AT))  # 4x2: output-tile gradient -> taps (the adjoint of AT)
+G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))  # 4x3: kernel -> taps
+
+
+def tiles(h, w):
+    """Tiles (rows, columns) that cover an (h, w) output."""
+    return (h + 1) // 2, (w + 1) // 2
+
+
+def _kernel_map(xp, dtype):
+    """(16, 9): row 4a+b maps a kernel (3x3, flattened) to its tap (a, b) of ``G g G^T``."""
+    g = numpy.asarray(G, dtype=dtype)
+    return xp.asarray(numpy.kron(g, g))
+
+
+def weight_transform(w):
+    """w: (O, C, 3, 3) -> (16, O, C), tap-major: ``G w G^T`` of every channel pair, as a GEMM
+    with the kernels' 9 taps as its inner dimension."""
+    xp = get_array_module(w)
+    o, c = w.shape[:2]
+    k = _kernel_map(xp, w.dtype)
+    out = xp.empty((16, o, c), dtype=w.dtype)
+
+    # Split over output channels on the kernels' threads: a BLAS call of its own threads here
+    # would leave them spinning into the chunk loop that follows.
+    def body(t, o0, o1):
+        xp.matmul(k, w[o0:o1].reshape(-1, 9).T, out=out[:, o0:o1].reshape(16, -1))
+
+    for_chunks(xp, o, -(-o // workers(xp)), body)
+    return out
+
+
+def weight_transform_adjoint(du):
+    """du: (16, O, C) -> (O, C, 3, 3): the gradient of ``weight_transform``'s input."""
+    xp = get_array_module(du)
+    _, o, c = du.shape
+    k = _kernel_map(xp, du.dtype)
+    out = xp.empty((o, c, 3, 3), dtype=du.dtype)
+
+    def body(t, o0, o1):
+        xp.matmul(du[:, o0:o1].reshape(16, -1).T, k, out=out[o0:o1].reshape(-1, 9))
+
+    for_chunks(xp, o, -(-o // workers(xp)), body)
+    return out
+
+
+# Reversing a kernel's three taps maps G's four rows (g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2) onto
+# rows 3, 1, 2, 0: the flipped kernel's taps are a permutation of the kernel's.
+FLIP = tuple(4 * a + b for a in (3, 1, 2, 0) for b in (3, 1, 2, 0))
+
+
+def _combine(xp, coefs, srcs, out):
+    """out <- sum_k coefs[k] * srcs[k], for coefficients in {-1, 0, 1}; ``out`` is not a source."""
+    terms = [(c, s) for c, s in zip(coefs, srcs) if c]
+    (c0, s0), rest = terms[0], terms[1:]
+    if not rest:
+        if c0 > 0:
+            xp.copyto(out, s0)
+        else:
+            xp.negative(s0, out=out)
+        return
+    (c1, s1), rest = rest[0], rest[1:]
+    if c0 > 0:
+        (xp.add if c1 > 0 else xp.subtract)(s0, s1, out=out)
+    elif c1 > 0:
+        xp.subtract(s1, s0, out=out)
+    else:
+        xp.add(s0, s1, out=out)
+        xp.negative(out, out=out)
+    for c, s in rest:
+        (xp.add if c > 0 else xp.subtract)(out, s, out=out)
+
+
+def input_transform_into(x, n0, n1, xpad, cols, u):
+    """The 16 tap matrices of images ``n0:n1``.
+
+    x: (N, H, W, C); xpad: (nb, 2th+2, 2tw+2, C) scratch whose border the caller keeps zero (only
+    the interior ``[1:H+1, 1:W+1]`` is written); cols: (4, nb, 2th+2, tw, C) scratch;
+    u: (4, 4, nb, th, tw, C) out, of which ``u[:, :, :n1-n0]`` is filled.
+    """
+    xp = get_array_module(x)
+    k = n1 - n0
+    h, w = x.shape[1], x.shape[2]
+    th, tw = u.shape[3], u.shape[4]
+    xpad[:k, 1 : h + 1, 1 : w + 1] = x[n0:n1]
+    # Columns first: its strided reads touch only C contiguous values at a time, so it goes on
+    # the smaller array; the row pass then reads whole rows.
+    src = [xpad[:k, :, j : j + 2 * tw : 2] for j in range(4)]
+    for s in range(4):
+        _combine(xp, BT[s], src, cols[s, :k])
+    src = [cols[:, :k, i : i + 2 * th : 2] for i in range(4)]
+    for r in range(4):
+        _combine(xp, BT[r], src, u[r, :, :k])
+
+
+def output_transform_into(m, out, scratch):
+    """m: (4, 4, n, th, tw, O) tap products -> out: (n, H, W, O), any strides.
+
+    scratch: (2, 4, nb >= n, th, tw, O). Output rows and columns past H, W are dropped.
+    """
+    xp = get_array_module(m)
+    k = m.shape[2]
+    s = scratch[:, :, :k]
+    for a in range(2):
+        _combine(xp, AT[a], [m[r] for r in range(4)], s[a])
+    for a in range(2):
+        for b in range(2):
+            dst = out[:, a::2, b::2]
+            ra, cb = dst.shape[1], dst.shape[2]
+            _combine(xp, AT[b], [s[a, j, :, :ra, :cb] for j in range(4)], dst)
+
+
+def output_transform_adjoint_into(dy, dypad, cols, v):
+    """The adjoint of ``output_transform_into``: dy (n, H, W, O) -> v[:, :, :n] (4, 4, nb, th, tw, O).
+
+    dypad: (nb, 2th, 2tw, O) scratch with a zero margin past H, W (used only when H or W is odd);
+    cols: (4, nb, 2th, tw, O) scratch.
+    """
+    xp = get_array_module(dy)
+    k, h, w = dy.shape[:3]
+    th, tw = v.shape[3], v.shape[4]
+    if (h, w) != (2 * th, 2 * tw):
+        dypad[:k, :h, :w] = dy
+        dy = dypad[:k]
+    src = [dy[:, :, b::2] for b in range(2)]
+    for s in range(4):
+        _combine(xp, A[s], src, cols[s, :k])
+    src = [cols[:, :k, a::2] for a in range(2)]
+    for r in range(4):
+        _combine(xp, A[r], src, v[r, :, :k])
+
+
+class Winograd3x3:
+    """The convolution steps of a fused 3x3 block by F(2x2, 3x3), on chunks of images.
+
+    One plan serves one call of a fused kernel on a batch of (N, H, W, C) -> (N, H, W, O); its
+    scratch comes from workspace ``ws`` per thread index ``t``. Weights are transformed once per
+    call by ``weights``; the backward pass derives the input gradient's from those by
+    ``dx_weights``.
+    """
+
+    def __init__(self, h, w, c, o, nb, ws, dtype):
+        self.h, self.w, self.c, self.o, self.nb, self.ws, self.dtype = h, w, c, o, nb, ws, dtype
+        self.th, self.tw = tiles(h, w)
+        self.dw_shape = (16, o, c)
+
+    @staticmethod
+    def image_bytes(h, w, c, o, itemsize):
+        """Scratch bytes per image of a chunk (tap inputs and products, both directions)."""
+        th, tw = tiles(h, w)
+        return 16 * th * tw * (c + o) * itemsize
+
+    def weights(self, w):
+        """w: (O, C, 3, 3) -> the (16, C, O) tap matrices, a view of (16, O, C) memory."""
+        return weight_transform(w).transpose(0, 2, 1)
+
+    def dx_weights(self, wt):
+        """The flipped kernel's tap matrices (16, O, C), from the forward's ``wt``: the same
+        matrices, permuted (``FLIP``) and transposed."""
+        return wt.transpose(0, 2, 1)[list(FLIP)]
+
+    def _buf(self, xp, name, t, shape, zero=False):
+        return self.ws.get(xp, f"wino.{name}.{t}", shape, self.dtype, zero=zero)
+
+    def _taps(self, xp, x, n0, n1, t):
+        """u[:, :, :k] for images n0:n1 of x (N, H, W, C'), as (16, k*th*tw, C')."""
+        c, nb, th, tw = x.shape[3], self.nb, self.th, self.tw
+        xpad = self._buf(xp, "xpad", t, (nb, 2 * th + 2, 2 * tw + 2, c), zero=True)
+        cols = self._buf(xp, "cols", t, (4, nb, 2 * th + 2, tw, c))
+        u = self._buf(xp, "u", t, (4, 4, nb, th, tw, c))
+        input_transform_into(x, n0, n1, xpad, cols, u)
+        return u[:, :, : n1 - n0].reshape(16, (n1 - n0) * th * tw, c)
+
+    def forward_into(self, x, n0, n1, wt, out, t):
+        """out (k, H, W, O') <- conv of images n0:n1 of x (N, H, W, C') with tap matrices ``wt``
+        (16, C', O') from ``weights`` or ``dx_weights``."""
+        xp = get_array_module(x)
+        k, nb, th, tw = n1 - n0, self.nb, self.th, self.tw
+        o = wt.shape[2]
+        u = self._taps(xp, x, n0, n1, t)
+        m = self._buf(xp, "m", t, (4, 4, nb, th, tw, o))
+        xp.matmul(u, wt, out=m[:, :, :k].reshape(16, k * th * tw, o))
+        scratch = self._buf(xp, "out", t, (2, 4, nb, th, tw, o))
+        output_transform_into(m[:, :, :k], out, scratch)
+
+    def dw_into(self, x, dz, n0, n1, out, t):
+        """out (16, O, C) <- this chunk's weight gradient, in tap form; dz: (k, H, W, O)."""
+        xp = get_array_module(x)
+        k, nb, th, tw, o = n1 - n0, self.nb, self.th, self.tw, self.o
+        u = self._taps(xp, x, n0, n1, t)
+        dypad = self._buf(xp, "dypad", t, (nb, 2 * th, 2 * tw, o), zero=True)
+        cols = self._buf(xp, "dycols", t, (4, nb, 2 * th, tw, o))
+        v = self._buf(xp, "v", t, (4, 4, nb, th, tw, o))
+        output_transform_adjoint_into(dz, dypad, cols, v)
+        xp.matmul(v[:, :, :k].reshape(16, k * th * tw, o).transpose(0, 2, 1), u, out=out)
+
+    def dw_finish(self, dwt):
+        """(16, O, C) summed over chunks -> (O, C, 3, 3)."""
+        return weight_transform_adjoint(dwt)
+
+    def dx_into(self, dz_all, n0, n1, wflip, out, t):
+        """out (k, H, W, C) <- input gradient of images n0:n1; dz_all: (N, H, W, O)."""
+        self.forward_into(dz_all, n0, n1, wflip, out, t)
