@@ -40,3 +40,17 @@ def test_memory_probe_reports_a_number(tmp_path):
 
 def test_bad_arguments_exit_2(tmp_path):
     assert main(["--batch-sizes", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_profile_times_every_stage_of_both_frameworks(tmp_path):
+    assert main(["--smoke", "--profile", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    (row,) = result["rows"]
+    rows = row["profile"]
+    stages = ["conv1", "conv2", "res1", "conv3", "conv4", "res2", "classifier"]
+    assert [(s, p) for s, p, _ in rows[:-2]] == [(s, "forward") for s in stages] + [(s, "backward") for s in stages[::-1]]
+    assert all(ms["xpnet"] > 0 for _, _, ms in rows[:-1])
+    assert all(ms["torch"] > 0 for s, _, ms in rows[:-2] if s != "conv1")
+    step = rows[-1][2]
+    assert step["xpnet"] > sum(ms["xpnet"] for _, _, ms in rows[:-2])
+    assert "| res1 | backward |" in (tmp_path / "bench.md").read_text()

@@ -81,8 +81,12 @@ def weight_transform_adjoint(du):
 
 
 # Reversing a kernel's three taps maps G's four rows (g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2) onto
-# rows 3, 1, 2, 0: the flipped kernel's taps are a permutation of the kernel's.
-FLIP = tuple(4 * a + b for a in (3, 1, 2, 0) for b in (3, 1, 2, 0))
+# rows 3, 1, 2, 0 (a permutation that is its own inverse): the flipped kernel's tap (a, b) is the
+# kernel's tap (P[a], P[b]). The input-gradient convolution therefore keeps the forward's tap
+# matrices and instead stores its data taps in that order, with these reordered transforms.
+P = (3, 1, 2, 0)
+BT_FLIPPED = tuple(BT[p] for p in P)
+AT_FLIPPED = tuple(tuple(row[p] for p in P) for row in AT)
 
 
 def _combine(xp, coefs, srcs, out):
@@ -107,12 +111,13 @@ def _combine(xp, coefs, srcs, out):
         (xp.add if c > 0 else xp.subtract)(out, s, out=out)
 
 
-def input_transform_into(x, n0, n1, xpad, cols, u):
+def input_transform_into(x, n0, n1, xpad, cols, u, bt=BT):
     """The 16 tap matrices of images ``n0:n1``.
 
     x: (N, H, W, C); xpad: (nb, 2th+2, 2tw+2, C) scratch whose border the caller keeps zero (only
     the interior ``[1:H+1, 1:W+1]`` is written); cols: (4, nb, 2th+2, tw, C) scratch;
-    u: (4, 4, nb, th, tw, C) out, of which ``u[:, :, :n1-n0]`` is filled.
+    u: (4, 4, nb, th, tw, C) out, of which ``u[:, :, :n1-n0]`` is filled. ``bt``: the transform's
+    rows, in the order the taps are stored.
     """
     xp = get_array_module(x)
     k = n1 - n0
@@ -123,27 +128,28 @@ def input_transform_into(x, n0, n1, xpad, cols, u):
     # the smaller array; the row pass then reads whole rows.
     src = [xpad[:k, :, j : j + 2 * tw : 2] for j in range(4)]
     for s in range(4):
-        _combine(xp, BT[s], src, cols[s, :k])
+        _combine(xp, bt[s], src, cols[s, :k])
     src = [cols[:, :k, i : i + 2 * th : 2] for i in range(4)]
     for r in range(4):
-        _combine(xp, BT[r], src, u[r, :, :k])
+        _combine(xp, bt[r], src, u[r, :, :k])
 
 
-def output_transform_into(m, out, scratch):
+def output_transform_into(m, out, scratch, at=AT):
     """m: (4, 4, n, th, tw, O) tap products -> out: (n, H, W, O), any strides.
 
-    scratch: (2, 4, nb >= n, th, tw, O). Output rows and columns past H, W are dropped.
+    scratch: (2, 4, nb >= n, th, tw, O). Output rows and columns past H, W are dropped. ``at``: the
+    transform, its columns in the order the taps are stored.
     """
     xp = get_array_module(m)
     k = m.shape[2]
     s = scratch[:, :, :k]
     for a in range(2):
-        _combine(xp, AT[a], [m[r] for r in range(4)], s[a])
+        _combine(xp, at[a], [m[r] for r in range(4)], s[a])
     for a in range(2):
         for b in range(2):
             dst = out[:, a::2, b::2]
             ra, cb = dst.shape[1], dst.shape[2]
-            _combine(xp, AT[b], [s[a, j, :, :ra, :cb] for j in range(4)], dst)
+            _combine(xp, at[b], [s[a, j, :, :ra, :cb] for j in range(4)], dst)
 
 
 def output_transform_adjoint_into(dy, dypad, cols, v):
@@ -192,32 +198,32 @@ class Winograd3x3:
 
     def dx_weights(self, wt):
         """The flipped kernel's tap matrices (16, O, C), from the forward's ``wt``: the same
-        matrices, permuted (``FLIP``) and transposed."""
-        return wt.transpose(0, 2, 1)[list(FLIP)]
+        matrices transposed, in the tap order of ``BT_FLIPPED`` (a view, no copy)."""
+        return wt.transpose(0, 2, 1)
 
     def _buf(self, xp, name, t, shape, zero=False):
         return self.ws.get(xp, f"wino.{name}.{t}", shape, self.dtype, zero=zero)
 
-    def _taps(self, xp, x, n0, n1, t):
+    def _taps(self, xp, x, n0, n1, t, bt=BT):
         """u[:, :, :k] for images n0:n1 of x (N, H, W, C'), as (16, k*th*tw, C')."""
         c, nb, th, tw = x.shape[3], self.nb, self.th, self.tw
         xpad = self._buf(xp, "xpad", t, (nb, 2 * th + 2, 2 * tw + 2, c), zero=True)
         cols = self._buf(xp, "cols", t, (4, nb, 2 * th + 2, tw, c))
         u = self._buf(xp, "u", t, (4, 4, nb, th, tw, c))
-        input_transform_into(x, n0, n1, xpad, cols, u)
+        input_transform_into(x, n0, n1, xpad, cols, u, bt)
         return u[:, :, : n1 - n0].reshape(16, (n1 - n0) * th * tw, c)
 
-    def forward_into(self, x, n0, n1, wt, out, t):
+    def forward_into(self, x, n0, n1, wt, out, t, flipped=False):
         """out (k, H, W, O') <- conv of images n0:n1 of x (N, H, W, C') with tap matrices ``wt``
-        (16, C', O') from ``weights`` or ``dx_weights``."""
+        (16, C', O') from ``weights``, or with ``flipped`` from ``dx_weights``."""
         xp = get_array_module(x)
         k, nb, th, tw = n1 - n0, self.nb, self.th, self.tw
         o = wt.shape[2]
-        u = self._taps(xp, x, n0, n1, t)
+        u = self._taps(xp, x, n0, n1, t, BT_FLIPPED if flipped else BT)
         m = self._buf(xp, "m", t, (4, 4, nb, th, tw, o))
         xp.matmul(u, wt, out=m[:, :, :k].reshape(16, k * th * tw, o))
         scratch = self._buf(xp, "out", t, (2, 4, nb, th, tw, o))
-        output_transform_into(m[:, :, :k], out, scratch)
+        output_transform_into(m[:, :, :k], out, scratch, AT_FLIPPED if flipped else AT)
 
     def dw_into(self, x, dz, n0, n1, out, t):
         """out (16, O, C) <- this chunk's weight gradient, in tap form; dz: (k, H, W, O)."""
@@ -236,4 +242,4 @@ class Winograd3x3:
 
     def dx_into(self, dz_all, n0, n1, wflip, out, t):
         """out (k, H, W, C) <- input gradient of images n0:n1; dz_all: (N, H, W, O)."""
-        self.forward_into(dz_all, n0, n1, wflip, out, t)
+        self.forward_into(dz_all, n0, n1, wflip, out, t, flipped=True)
