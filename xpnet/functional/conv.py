@@ -114,46 +114,46 @@ def conv2d_backward(dy, cache):
 # -- 3x3, stride 1, padding 1: cache-blocked kernels on channels-last memory ------------------
 #
 # The general path above builds the whole column matrix (9x the input) and pads a copy of the
-# input. The kernels below build the columns a few images at a time into a workspace buffer of a
-# few MB that stays in the last-level cache while its GEMM reads it, and the buffer's padding
-# border is zeroed once when the workspace makes it and never written again, so no padded copy
-# is needed either.
+# input. The kernels below build the columns a few images at a time into a workspace buffer that
+# stays in cache while its GEMM reads it, and the buffer's padding border is zeroed once when the
+# workspace makes it and never written again, so no padded copy is needed either. Their columns
+# are ordered (channel, tap_i, tap_j), the order of a PyTorch-layout weight (O, C, 3, 3) seen as
+# (O, 9C): the weight matrices and the weight gradient are then views of that memory, with no
+# transposing copies. (xpnet uses this plan where images are small or have one channel, so the
+# strided column writes cost little; large layers go through Winograd.)
+
 
 def col3x3_buffer(ws, xp, nb, h, w, c, dtype, name="col3x3"):
-    """A (nb, H, W, 9, C) column buffer from workspace ``ws`` whose padding border is zero."""
-    return ws.get(xp, name, (nb, h, w, 9, c), dtype, zero=True)
+    """A (nb, H, W, C, 9) column buffer from workspace ``ws`` whose padding border is zero."""
+    return ws.get(xp, name, (nb, h, w, c, 9), dtype, zero=True)
+
+
+def _taps3x3(h, w):
+    """(t, output slices, input slices) of the 9 taps of a 3x3, padding-1 window; only the
+    in-bounds part of each tap is listed."""
+    for t in range(9):
+        i, j = divmod(t, 3)
+        h0, h1 = max(0, 1 - i), min(h, h + 1 - i)
+        w0, w1 = max(0, 1 - j), min(w, w + 1 - j)
+        yield t, (slice(h0, h1), slice(w0, w1)), (slice(h0 + i - 1, h1 + i - 1), slice(w0 + j - 1, w1 + j - 1))
 
 
 def im2col3x3_into(x, n0, n1, col):
-    """x: (N, H, W, C) channels-last view; col: (nb, H, W, 9, C) with a zero border.
+    """x: (N, H, W, C) channels-last view; col: (nb, H, W, C, 9) with a zero border.
 
-    Fills ``col[:n1 - n0]`` with the 3x3, padding-1 receptive fields of images ``n0:n1``, ordered
-    (tap_i, tap_j, channel) as ``im2col``. Only in-bounds entries are written.
+    Fills ``col[:n1 - n0]`` with the 3x3, padding-1 receptive fields of images ``n0:n1``, each
+    pixel's row ordered (channel, tap_i, tap_j). Only in-bounds entries are written.
     """
     n = n1 - n0
-    h, w = x.shape[1], x.shape[2]
-    for t in range(9):
-        i, j = divmod(t, 3)
-        h0, h1 = max(0, 1 - i), min(h, h + 1 - i)
-        w0, w1 = max(0, 1 - j), min(w, w + 1 - j)
-        col[:n, h0:h1, w0:w1, t] = x[n0:n1, h0 + i - 1 : h1 + i - 1, w0 + j - 1 : w1 + j - 1]
+    for t, (ro, co), (ri, ci) in _taps3x3(x.shape[1], x.shape[2]):
+        col[:n, ro, co, :, t] = x[n0:n1, ri, ci]
 
 
 def col2im3x3_add(dcols, dx):
-    """The adjoint of ``im2col3x3_into`` for one chunk: dcols (n, H, W, 9, C) summed into
+    """The adjoint of ``im2col3x3_into`` for one chunk: dcols (n, H, W, C, 9) summed into
     dx (n, H, W, C), which the caller has zeroed."""
-    h, w = dx.shape[1], dx.shape[2]
-    for t in range(9):
-        i, j = divmod(t, 3)
-        h0, h1 = max(0, 1 - i), min(h, h + 1 - i)
-        w0, w1 = max(0, 1 - j), min(w, w + 1 - j)
-        dx[:, h0 + i - 1 : h1 + i - 1, w0 + j - 1 : w1 + j - 1] += dcols[:, h0:h1, w0:w1, t]
-
-
-def weight3x3_matrix(w):
-    """w: (O, C, 3, 3) -> (9*C, O), rows ordered (tap_i, tap_j, channel) like the columns."""
-    o, c = w.shape[:2]
-    return w.transpose(2, 3, 1, 0).reshape(9 * c, o)
+    for t, (ro, co), (ri, ci) in _taps3x3(dx.shape[1], dx.shape[2]):
+        dx[:, ri, ci] += dcols[:, ro, co, :, t]
 
 
 class Im2col3x3:
@@ -161,66 +161,54 @@ class Im2col3x3:
 
     The same interface as ``xpnet.functional.winograd.Winograd3x3``: one plan per call of a fused
     kernel on (N, H, W, C) -> (N, H, W, O), scratch from workspace ``ws`` per thread index ``t``.
-    For the input gradient, when the input has fewer channels than the output, ``dz @ W^T`` and a
-    9-tap accumulation move less memory than the columns of dz for the flipped-kernel convolution.
+    The input gradient is ``dz @ W`` (the columns' gradient) folded back by ``col2im3x3_add``.
     """
 
     def __init__(self, h, w, c, o, nb, ws, dtype):
         self.h, self.w, self.c, self.o, self.nb, self.ws, self.dtype = h, w, c, o, nb, ws, dtype
-        self.thin = c < o
-        self.dw_shape = (9 * c, o)
+        self.dw_shape = (o, 9 * c)
 
     @staticmethod
     def image_bytes(h, w, c, o, itemsize):
         """Column-buffer bytes per image of a chunk."""
-        return h * w * 9 * max(c, o) * itemsize
+        return h * w * 9 * c * itemsize
 
     def weights(self, w):
-        """w: (O, C, 3, 3) -> (9*C, O)."""
-        xp = get_array_module(w)
-        return xp.ascontiguousarray(weight3x3_matrix(w))
+        """w: (O, C, 3, 3) -> (9*C, O), a view."""
+        return w.reshape(self.o, 9 * self.c).T
 
     def dx_weights(self, wmat):
-        """From the forward's ``wmat`` (9*C, O): its transpose (thin inputs) or the flipped
-        kernel's matrix (9*O, C)."""
-        xp = get_array_module(wmat)
-        if self.thin:
-            return xp.ascontiguousarray(wmat.T)
-        k = wmat.reshape(3, 3, self.c, self.o)[::-1, ::-1]
-        return xp.ascontiguousarray(k.transpose(0, 1, 3, 2)).reshape(9 * self.o, self.c)
+        """The forward's ``wmat`` -> (O, 9*C), a view."""
+        return wmat.T
 
-    def _cols(self, xp, x, n0, n1, t, name="col3x3"):
-        """Columns of images n0:n1 of x (N, H, W, C') as (k*H*W, 9*C')."""
-        k, c = n1 - n0, x.shape[3]
-        col = col3x3_buffer(self.ws, xp, self.nb, self.h, self.w, c, self.dtype, name=f"{name}.{t}")
+    def _cols(self, xp, x, n0, n1, t):
+        """Columns of images n0:n1 of x (N, H, W, C) as (k*H*W, 9*C)."""
+        k = n1 - n0
+        col = col3x3_buffer(self.ws, xp, self.nb, self.h, self.w, self.c, self.dtype, name=f"col3x3.{t}")
         im2col3x3_into(x, n0, n1, col)
-        return col[:k].reshape(k * self.h * self.w, 9 * c)
+        return col[:k].reshape(k * self.h * self.w, 9 * self.c)
 
     def forward_into(self, x, n0, n1, wmat, out, t):
         """out (k, H, W, O), contiguous <- conv of images n0:n1 of x (N, H, W, C)."""
         xp = get_array_module(x)
         cols = self._cols(xp, x, n0, n1, t)
-        xp.matmul(cols, wmat, out=out.reshape(cols.shape[0], wmat.shape[1]))
+        xp.matmul(cols, wmat, out=out.reshape(cols.shape[0], self.o))
 
     def dw_into(self, x, dz, n0, n1, out, t):
-        """out (9*C, O) <- this chunk's weight gradient; dz: (k, H, W, O), contiguous."""
+        """out (O, 9*C) <- this chunk's weight gradient; dz: (k, H, W, O), contiguous."""
         xp = get_array_module(x)
         cols = self._cols(xp, x, n0, n1, t)
-        xp.matmul(cols.T, dz.reshape(cols.shape[0], self.o), out=out)
+        xp.matmul(dz.reshape(cols.shape[0], self.o).T, cols, out=out)
 
     def dw_finish(self, dwmat):
-        """(9*C, O) summed over chunks -> (O, C, 3, 3)."""
-        return dwmat.reshape(3, 3, self.c, self.o).transpose(3, 2, 0, 1)
+        """(O, 9*C) summed over chunks -> (O, C, 3, 3), a view."""
+        return dwmat.reshape(self.o, self.c, 3, 3)
 
     def dx_into(self, dz_all, n0, n1, wdx, out, t):
-        """out (k, H, W, C), contiguous <- input gradient of images n0:n1; dz_all: (N, H, W, O)."""
+        """out (k, H, W, C) <- input gradient of images n0:n1; dz_all: (N, H, W, O)."""
         xp = get_array_module(dz_all)
         k, r = n1 - n0, (n1 - n0) * self.h * self.w
-        if self.thin:
-            dcol = self.ws.get(xp, f"dcol.{t}", (self.nb, self.h, self.w, 9, self.c), self.dtype)
-            xp.matmul(dz_all[n0:n1].reshape(r, self.o), wdx, out=dcol[:k].reshape(r, 9 * self.c))
-            out.fill(0.0)
-            col2im3x3_add(dcol[:k], out)
-        else:
-            cols = self._cols(xp, dz_all, n0, n1, t, name="col3x3_dz")
-            xp.matmul(cols, wdx, out=out.reshape(r, self.c))
+        dcol = self.ws.get(xp, f"dcol.{t}", (self.nb, self.h, self.w, self.c, 9), self.dtype)
+        xp.matmul(dz_all[n0:n1].reshape(r, self.o), wdx, out=dcol[:k].reshape(r, 9 * self.c))
+        out.fill(0.0)
+        col2im3x3_add(dcol[:k], out)
