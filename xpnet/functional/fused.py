@@ -35,7 +35,7 @@ from xpnet.functional.workspace import Workspace
 # cache while the GEMMs read it.
 COL_CHUNK_BYTES = 4 << 20
 # Winograd from this many channels (in and out) and this image size up; "auto" chooses by these.
-WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_SIZE = 6
 CONV3X3_METHOD = "auto"
 

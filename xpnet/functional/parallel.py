@@ -124,9 +124,13 @@ def for_chunks(xp, n, nb, body):
 
 
 def chunk_size(xp, n, per_image_bytes, target):
-    """Images per chunk: about ``target`` bytes of buffer per chunk, and at least one chunk per
-    thread where the batch allows. On a GPU all ``n`` images, as chunking buys nothing there."""
-    if xp.__name__ != "numpy":
-        return n
+    """Images per chunk: chunks of at most about ``target`` bytes of buffer (one image if that is
+    more), as few as that allows, and as many as the threads or a multiple of them, so that every
+    thread gets the same share where the batch allows. On a GPU all ``n`` images, as chunking buys
+    nothing there."""
+    if xp.__name__ != "numpy" or n <= 1:
+        return max(n, 1)
     k = workers(xp)
-    return max(1, min(-(-n // k), target // max(per_image_bytes, 1)))
+    wanted = -(-n * max(per_image_bytes, 1) // max(target, 1))
+    chunks = min(n, k * -(-wanted // k))
+    return -(-n // chunks)

@@ -202,6 +202,7 @@ class Winograd3x3:
         return wt.transpose(0, 2, 1)
 
     def _buf(self, xp, name, t, shape, zero=False):
+        """Scratch of thread ``t``. One name serves several steps that never overlap."""
         return self.ws.get(xp, f"wino.{name}.{t}", shape, self.dtype, zero=zero)
 
     def _taps(self, xp, x, n0, n1, t, bt=BT):
@@ -222,7 +223,7 @@ class Winograd3x3:
         u = self._taps(xp, x, n0, n1, t, BT_FLIPPED if flipped else BT)
         m = self._buf(xp, "m", t, (4, 4, nb, th, tw, o))
         xp.matmul(u, wt, out=m[:, :, :k].reshape(16, k * th * tw, o))
-        scratch = self._buf(xp, "out", t, (2, 4, nb, th, tw, o))
+        scratch = self._buf(xp, "cols", t, (2, 4, nb, th, tw, o))  # the taps' scratch is free again
         output_transform_into(m[:, :, :k], out, scratch, AT_FLIPPED if flipped else AT)
 
     def dw_into(self, x, dz, n0, n1, out, t):
@@ -231,8 +232,8 @@ class Winograd3x3:
         k, nb, th, tw, o = n1 - n0, self.nb, self.th, self.tw, self.o
         u = self._taps(xp, x, n0, n1, t)
         dypad = self._buf(xp, "dypad", t, (nb, 2 * th, 2 * tw, o), zero=True)
-        cols = self._buf(xp, "dycols", t, (4, nb, 2 * th, tw, o))
-        v = self._buf(xp, "v", t, (4, 4, nb, th, tw, o))
+        cols = self._buf(xp, "cols", t, (4, nb, 2 * th, tw, o))  # the taps' scratch is free again
+        v = self._buf(xp, "m", t, (4, 4, nb, th, tw, o))  # the forward's products are not needed here
         output_transform_adjoint_into(dz, dypad, cols, v)
         xp.matmul(v[:, :, :k].reshape(16, k * th * tw, o).transpose(0, 2, 1), u, out=out)
 
