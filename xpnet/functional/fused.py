@@ -2,7 +2,10 @@
 
 The same math as running ``conv2d``, ``batchnorm``, ``relu`` and ``maxpool2d`` one after the
 other, reorganised so each large array is read and written as few times as possible, a few images
-at a time while they are in cache:
+at a time while they are in cache, the chunks spread over threads (``parallel``). The convolution
+itself is a plan chosen per shape (``conv3x3_method``): Winograd F(2x2, 3x3) (``winograd``) or
+im2col + GEMM (``conv.Im2col3x3``), both with the same chunk-wise forward, weight-gradient and
+input-gradient steps.
 
 * Forward (training): the convolution leaves out its bias, which training-mode BatchNorm cancels
   (it only shifts the batch mean, so it enters the running mean alone), and sums each output
@@ -11,9 +14,8 @@ at a time while they are in cache:
 * Backward: the ReLU/pool mask is rebuilt from the saved output ``y`` and pooled ``p`` (a window's
   gradient goes to the first position equal to its maximum, and only where that maximum is
   positive), so no index array is stored. BatchNorm's backward becomes ``dz = a*g + b*z + c``
-  with per-channel a, b, c, formed chunk by chunk just before that chunk's weight-gradient GEMM
-  (``cols.T @ dz``) and input-gradient GEMM (the input gradient of a 3x3 stride-1 padding-1
-  convolution is a convolution of dz with the flipped kernel).
+  with per-channel a, b, c, formed chunk by chunk just before that chunk's weight and input
+  gradients.
 * Forward (eval): BatchNorm folds into the convolution's weights and one per-channel shift.
 
 Arrays are NCHW-shaped, channels-last in memory, like the rest of ``xpnet.functional``. Pooling
