@@ -10,7 +10,7 @@ from xpnet.functional import fused, parallel
 from xpnet.functional.layout import nhwc
 from xpnet.gradient_check import check_function
 
-# (N, C, O, H, W, pool): thin and wide inputs (the two im2col input-gradient routes), odd sizes
+# (N, C, O, H, W, pool): fewer and more input than output channels, odd sizes
 # (Winograd tiles that hang over the edge).
 SHAPES = [
     (2, 1, 4, 6, 6, False),

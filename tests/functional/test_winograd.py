@@ -40,16 +40,6 @@ def test_kernel_transform_adjoint(xp, rng):
     assert lhs == pytest.approx(rhs, rel=1e-12)
 
 
-def test_the_flipped_kernels_taps_are_the_kernels_permuted():
-    w = numpy.random.default_rng(0).standard_normal((4, 3, 3, 3))
-    flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, O, 3, 3)
-    taps = W.weight_transform(w).reshape(4, 4, 4, 3)  # (a, b, O, C)
-    expected = W.weight_transform(flipped).reshape(4, 4, 3, 4)  # (a, b, C, O)
-    p = list(W.P)
-    assert_close(taps[p][:, p].transpose(0, 1, 3, 2), expected, rtol=1e-12, atol=1e-12)
-    assert [W.P[q] for q in W.P] == [0, 1, 2, 3]  # its own inverse
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 def test_input_and_output_transforms_match_their_definitions(xp, rng, shape):
     n, h, w, c, o = shape
@@ -72,6 +62,20 @@ def test_input_and_output_transforms_match_their_definitions(xp, rng, shape):
     at = numpy.array(W.AT, dtype=numpy.float64)
     full = numpy.einsum("ar,rsnijo,bs->niajbo", at, asnumpy(m), at).reshape(n, 2 * th, 2 * tw, o)
     assert_close(out, full[:, :h, :w], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_input_transform_adjoint(xp, rng, shape):
+    n, h, w, c, o = shape
+    th, tw = W.tiles(h, w)
+    x = randn(xp, rng, n, h, w, c, dtype=numpy.float64)
+    du = randn(xp, rng, 4, 4, n, th, tw, c, dtype=numpy.float64)
+    u = xp.empty((4, 4, n, th, tw, c))
+    W.input_transform_into(x, 0, n, xp.zeros((n, 2 * th + 2, 2 * tw + 2, c)), xp.empty((4, n, 2 * th + 2, tw, c)), u)
+    dx = xp.full((n, h, w, c), numpy.nan)  # every entry must be written
+    dxpad = xp.full((n, 2 * th + 2, 2 * tw + 2, c), numpy.nan)  # scratch: overwritten whole
+    W.input_transform_adjoint_into(du, xp.full((4, n, 2 * th + 2, tw, c), numpy.nan), dxpad, dx)
+    assert float((u * du).sum()) == pytest.approx(float((x * dx).sum()), rel=1e-12)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -106,9 +110,8 @@ def test_plan_matches_im2col(xp, rng, shape, nb):
         for n0 in range(0, n, nb):
             n1 = min(n, n0 + nb)
             plan.forward_into(x, n0, n1, wk, y[n0:n1], 0)
-            plan.dw_into(x, dz[n0:n1], n0, n1, part, 0)
+            plan.backward_into(x, dz[n0:n1], n0, n1, wdx, part, dx[n0:n1], 0)
             dw += part
-            plan.dx_into(dz, n0, n1, wdx, dx[n0:n1], 0)
         results.append((y, plan.dw_finish(dw), dx))
     assert_close(results[0][0], _direct(x, wt), rtol=1e-10, atol=1e-12, what="y vs the general conv")
     for got, ref, what in zip(results[0], results[1], ("y", "dw", "dx")):

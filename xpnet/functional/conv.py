@@ -194,21 +194,21 @@ class Im2col3x3:
         cols = self._cols(xp, x, n0, n1, t)
         xp.matmul(cols, wmat, out=out.reshape(cols.shape[0], self.o))
 
-    def dw_into(self, x, dz, n0, n1, out, t):
-        """out (O, 9*C) <- this chunk's weight gradient; dz: (k, H, W, O), contiguous."""
+    def backward_into(self, x, dz, n0, n1, wdx, dw_out, dx_out, t):
+        """Gradients of images n0:n1 from dz (k, H, W, O), contiguous: dw_out (O, 9*C) <- their
+        weight gradient; dx_out (k, H, W, C) <- their input gradient (skipped when None)."""
         xp = get_array_module(x)
+        k = n1 - n0
         cols = self._cols(xp, x, n0, n1, t)
-        xp.matmul(dz.reshape(cols.shape[0], self.o).T, cols, out=out)
+        dz = dz.reshape(cols.shape[0], self.o)
+        xp.matmul(dz.T, cols, out=dw_out)
+        if dx_out is None:
+            return
+        dcol = self.ws.get(xp, f"dcol.{t}", (self.nb, self.h, self.w, self.c, 9), self.dtype)
+        xp.matmul(dz, wdx, out=dcol[:k].reshape(cols.shape))
+        dx_out.fill(0.0)
+        col2im3x3_add(dcol[:k], dx_out)
 
     def dw_finish(self, dwmat):
         """(O, 9*C) summed over chunks -> (O, C, 3, 3), a view."""
         return dwmat.reshape(self.o, self.c, 3, 3)
-
-    def dx_into(self, dz_all, n0, n1, wdx, out, t):
-        """out (k, H, W, C) <- input gradient of images n0:n1; dz_all: (N, H, W, O)."""
-        xp = get_array_module(dz_all)
-        k, r = n1 - n0, (n1 - n0) * self.h * self.w
-        dcol = self.ws.get(xp, f"dcol.{t}", (self.nb, self.h, self.w, self.c, 9), self.dtype)
-        xp.matmul(dz_all[n0:n1].reshape(r, self.o), wdx, out=dcol[:k].reshape(r, 9 * self.c))
-        out.fill(0.0)
-        col2im3x3_add(dcol[:k], out)

@@ -270,15 +270,11 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
         xp.add(dz, bz[:r], out=dz)
         xp.add(dz, cc, out=dz)
         db[t] += ones[:r] @ dz
-        if not started[t]:
-            plan.dw_into(xh, g[n0:n1], n0, n1, dws[t], t)
-            started[t] = True
-        else:
-            part = ws.get(xp, f"dw.{t}", plan.dw_shape, dt)
-            plan.dw_into(xh, g[n0:n1], n0, n1, part, t)
+        part = dws[t] if not started[t] else ws.get(xp, f"dw.{t}", plan.dw_shape, dt)
+        plan.backward_into(xh, g[n0:n1], n0, n1, wdx, part, None if dx is None else dx[n0:n1], t)
+        if started[t]:
             dws[t] += part
-        if need_dx:
-            plan.dx_into(g, n0, n1, wdx, dx[n0:n1], t)
+        started[t] = True
 
     for_chunks(xp, n, nb, pass2)
     used = [t for t in range(nt) if started[t]]

@@ -12,13 +12,11 @@ transforms hold only 0 and +-1 (B, A), so they run as a few adds and subtracts o
 views, separably along columns and then rows; the kernel transform (G, with halves) is one small
 GEMM over the weights.
 
-Gradients:
-* input: the input gradient of such a convolution is a convolution of the output gradient with
-  the kernel rotated by 180 degrees and its channel axes swapped, so it runs through the same
-  forward transforms;
-* weight: ``dW[tap] = V[tap]^T @ U[tap]`` (O, C) with ``V = A dY A^T`` (the adjoint of the
-  output transform), and ``dg = G^T dW G`` per channel pair (the adjoint of the weight
-  transform).
+Gradients, both from ``V = A dY A^T`` (the adjoint of the output transform):
+* weight: ``dW[tap] = V[tap]^T @ U[tap]`` (O, C), and ``dg = G^T dW G`` per channel pair (the
+  adjoint of the kernel transform);
+* input: ``dU[tap] = V[tap] @ W[tap]^T`` (tiles, C), then the adjoint of the input transform,
+  ``B dU B^T`` added back onto the overlapping 4x4 patches.
 
 Every ``*_into`` function works on images ``n0:n1`` of a batch and writes into buffers the caller
 provides (sized for ``nb >= n1 - n0`` images), so the fused kernels can run it chunk by chunk.
@@ -80,15 +78,6 @@ def weight_transform_adjoint(du):
     return out
 
 
-# Reversing a kernel's three taps maps G's four rows (g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2) onto
-# rows 3, 1, 2, 0 (a permutation that is its own inverse): the flipped kernel's tap (a, b) is the
-# kernel's tap (P[a], P[b]). The input-gradient convolution therefore keeps the forward's tap
-# matrices and instead stores its data taps in that order, with these reordered transforms.
-P = (3, 1, 2, 0)
-BT_FLIPPED = tuple(BT[p] for p in P)
-AT_FLIPPED = tuple(tuple(row[p] for p in P) for row in AT)
-
-
 def _combine(xp, coefs, srcs, out):
     """out <- sum_k coefs[k] * srcs[k], for coefficients in {-1, 0, 1}; ``out`` is not a source."""
     terms = [(c, s) for c, s in zip(coefs, srcs) if c]
@@ -111,13 +100,12 @@ def _combine(xp, coefs, srcs, out):
         (xp.add if c > 0 else xp.subtract)(out, s, out=out)
 
 
-def input_transform_into(x, n0, n1, xpad, cols, u, bt=BT):
+def input_transform_into(x, n0, n1, xpad, cols, u):
     """The 16 tap matrices of images ``n0:n1``.
 
     x: (N, H, W, C); xpad: (nb, 2th+2, 2tw+2, C) scratch whose border the caller keeps zero (only
     the interior ``[1:H+1, 1:W+1]`` is written); cols: (4, nb, 2th+2, tw, C) scratch;
-    u: (4, 4, nb, th, tw, C) out, of which ``u[:, :, :n1-n0]`` is filled. ``bt``: the transform's
-    rows, in the order the taps are stored.
+    u: (4, 4, nb, th, tw, C) out, of which ``u[:, :, :n1-n0]`` is filled.
     """
     xp = get_array_module(x)
     k = n1 - n0
@@ -128,28 +116,58 @@ def input_transform_into(x, n0, n1, xpad, cols, u, bt=BT):
     # the smaller array; the row pass then reads whole rows.
     src = [xpad[:k, :, j : j + 2 * tw : 2] for j in range(4)]
     for s in range(4):
-        _combine(xp, bt[s], src, cols[s, :k])
+        _combine(xp, BT[s], src, cols[s, :k])
     src = [cols[:, :k, i : i + 2 * th : 2] for i in range(4)]
     for r in range(4):
-        _combine(xp, bt[r], src, u[r, :, :k])
+        _combine(xp, BT[r], src, u[r, :, :k])
 
 
-def output_transform_into(m, out, scratch, at=AT):
+def _windows_adjoint(xp, src, dst, axis):
+    """The adjoint of reading 4-wide windows at stride 2 along ``axis`` and combining them by
+    ``BT``: dst (length 2T+2 along ``axis``) <- sum over taps r and windows p of
+    ``BT[r][i] * src[r][p]`` at position 2p + i. Windows overlap by two, so each position gathers
+    from two windows; every position of ``dst`` is written."""
+    t = src[0].shape[axis]
+    lead = (slice(None),) * axis
+    for parity in (0, 1):
+        coefs = [BT[r][parity] for r in range(4)]
+        _combine(xp, coefs, src, dst[lead + (slice(parity, parity + 2 * t, 2),)])
+        dst[lead + (slice(parity + 2 * t, parity + 2 * t + 1),)] = 0.0
+        tail = dst[lead + (slice(parity + 2, parity + 2 * t + 2, 2),)]
+        for r in range(4):
+            c = BT[r][parity + 2]
+            if c:
+                (xp.add if c > 0 else xp.subtract)(tail, src[r], out=tail)
+
+
+def input_transform_adjoint_into(du, dcols, dxpad, out):
+    """The adjoint of ``input_transform_into``: du (4, 4, n, th, tw, C) -> out (n, H, W, C).
+
+    dcols: (4, nb, 2th+2, tw, C) and dxpad: (nb, 2th+2, 2tw+2, C) scratch, overwritten.
+    """
+    xp = get_array_module(du)
+    k = du.shape[2]
+    h, w = out.shape[1], out.shape[2]
+    _windows_adjoint(xp, [du[r] for r in range(4)], dcols[:, :k], axis=2)  # rows
+    _windows_adjoint(xp, [dcols[s, :k] for s in range(4)], dxpad[:k], axis=2)  # columns
+    out[...] = dxpad[:k, 1 : h + 1, 1 : w + 1]
+
+
+def output_transform_into(m, out, scratch):
     """m: (4, 4, n, th, tw, O) tap products -> out: (n, H, W, O), any strides.
 
-    scratch: (2, 4, nb >= n, th, tw, O). Output rows and columns past H, W are dropped. ``at``: the
-    transform, its columns in the order the taps are stored.
+    scratch: (2, 4, nb >= n, th, tw, O). Output rows and columns past H, W are dropped.
     """
     xp = get_array_module(m)
     k = m.shape[2]
     s = scratch[:, :, :k]
     for a in range(2):
-        _combine(xp, at[a], [m[r] for r in range(4)], s[a])
+        _combine(xp, AT[a], [m[r] for r in range(4)], s[a])
     for a in range(2):
         for b in range(2):
             dst = out[:, a::2, b::2]
             ra, cb = dst.shape[1], dst.shape[2]
-            _combine(xp, at[b], [s[a, j, :, :ra, :cb] for j in range(4)], dst)
+            _combine(xp, AT[b], [s[a, j, :, :ra, :cb] for j in range(4)], dst)
 
 
 def output_transform_adjoint_into(dy, dypad, cols, v):
@@ -197,50 +215,56 @@ class Winograd3x3:
         return weight_transform(w).transpose(0, 2, 1)
 
     def dx_weights(self, wt):
-        """The flipped kernel's tap matrices (16, O, C), from the forward's ``wt``: the same
-        matrices transposed, in the tap order of ``BT_FLIPPED`` (a view, no copy)."""
+        """The forward's tap matrices transposed, (16, O, C): a view, no copy."""
         return wt.transpose(0, 2, 1)
 
     def _buf(self, xp, name, t, shape, zero=False):
         """Scratch of thread ``t``. One name serves several steps that never overlap."""
         return self.ws.get(xp, f"wino.{name}.{t}", shape, self.dtype, zero=zero)
 
-    def _taps(self, xp, x, n0, n1, t, bt=BT):
-        """u[:, :, :k] for images n0:n1 of x (N, H, W, C'), as (16, k*th*tw, C')."""
+    def _taps(self, xp, x, n0, n1, t):
+        """u[:, :, :k] for images n0:n1 of x (N, H, W, C), as (16, k*th*tw, C)."""
         c, nb, th, tw = x.shape[3], self.nb, self.th, self.tw
         xpad = self._buf(xp, "xpad", t, (nb, 2 * th + 2, 2 * tw + 2, c), zero=True)
         cols = self._buf(xp, "cols", t, (4, nb, 2 * th + 2, tw, c))
         u = self._buf(xp, "u", t, (4, 4, nb, th, tw, c))
-        input_transform_into(x, n0, n1, xpad, cols, u, bt)
+        input_transform_into(x, n0, n1, xpad, cols, u)
         return u[:, :, : n1 - n0].reshape(16, (n1 - n0) * th * tw, c)
 
-    def forward_into(self, x, n0, n1, wt, out, t, flipped=False):
-        """out (k, H, W, O') <- conv of images n0:n1 of x (N, H, W, C') with tap matrices ``wt``
-        (16, C', O') from ``weights``, or with ``flipped`` from ``dx_weights``."""
+    def forward_into(self, x, n0, n1, wt, out, t):
+        """out (k, H, W, O) <- conv of images n0:n1 of x (N, H, W, C) with tap matrices ``wt``
+        (16, C, O) from ``weights``."""
         xp = get_array_module(x)
-        k, nb, th, tw = n1 - n0, self.nb, self.th, self.tw
-        o = wt.shape[2]
-        u = self._taps(xp, x, n0, n1, t, BT_FLIPPED if flipped else BT)
+        k, nb, th, tw, o = n1 - n0, self.nb, self.th, self.tw, self.o
+        u = self._taps(xp, x, n0, n1, t)
         m = self._buf(xp, "m", t, (4, 4, nb, th, tw, o))
         xp.matmul(u, wt, out=m[:, :, :k].reshape(16, k * th * tw, o))
         scratch = self._buf(xp, "cols", t, (2, 4, nb, th, tw, o))  # the taps' scratch is free again
-        output_transform_into(m[:, :, :k], out, scratch, AT_FLIPPED if flipped else AT)
+        output_transform_into(m[:, :, :k], out, scratch)
 
-    def dw_into(self, x, dz, n0, n1, out, t):
-        """out (16, O, C) <- this chunk's weight gradient, in tap form; dz: (k, H, W, O)."""
+    def backward_into(self, x, dz, n0, n1, wdx, dw_out, dx_out, t):
+        """Gradients of images n0:n1 from dz (k, H, W, O): dw_out (16, O, C) <- their weight
+        gradient in tap form (``V^T U`` per tap); dx_out (k, H, W, C) <- their input gradient, the
+        input transform's adjoint of ``V @ W^T`` per tap (skipped when None). ``wdx`` is from
+        ``dx_weights``."""
         xp = get_array_module(x)
-        k, nb, th, tw, o = n1 - n0, self.nb, self.th, self.tw, self.o
+        k, nb, th, tw, c, o = n1 - n0, self.nb, self.th, self.tw, self.c, self.o
+        r = k * th * tw
         u = self._taps(xp, x, n0, n1, t)
         dypad = self._buf(xp, "dypad", t, (nb, 2 * th, 2 * tw, o), zero=True)
         cols = self._buf(xp, "cols", t, (4, nb, 2 * th, tw, o))  # the taps' scratch is free again
         v = self._buf(xp, "m", t, (4, 4, nb, th, tw, o))  # the forward's products are not needed here
         output_transform_adjoint_into(dz, dypad, cols, v)
-        xp.matmul(v[:, :, :k].reshape(16, k * th * tw, o).transpose(0, 2, 1), u, out=out)
+        v = v[:, :, :k].reshape(16, r, o)
+        xp.matmul(v.transpose(0, 2, 1), u, out=dw_out)
+        if dx_out is None:
+            return
+        du = self._buf(xp, "u", t, (4, 4, nb, th, tw, c))  # the input's taps are used up
+        xp.matmul(v, wdx, out=du[:, :, :k].reshape(16, r, c))
+        dcols = self._buf(xp, "cols", t, (4, nb, 2 * th + 2, tw, c))
+        dxpad = self._buf(xp, "dxpad", t, (nb, 2 * th + 2, 2 * tw + 2, c))
+        input_transform_adjoint_into(du[:, :, :k], dcols, dxpad, dx_out)
 
     def dw_finish(self, dwt):
         """(16, O, C) summed over chunks -> (O, C, 3, 3)."""
         return weight_transform_adjoint(dwt)
-
-    def dx_into(self, dz_all, n0, n1, wflip, out, t):
-        """out (k, H, W, C) <- input gradient of images n0:n1; dz_all: (N, H, W, O)."""
-        self.forward_into(dz_all, n0, n1, wflip, out, t, flipped=True)
