@@ -177,10 +177,6 @@ class Im2col3x3:
         """w: (O, C, 3, 3) -> (9*C, O), a view."""
         return w.reshape(self.o, 9 * self.c).T
 
-    def dx_weights(self, wmat):
-        """The forward's ``wmat`` -> (O, 9*C), a view."""
-        return wmat.T
-
     def _cols(self, xp, x, n0, n1, t):
         """Columns of images n0:n1 of x (N, H, W, C) as (k*H*W, 9*C)."""
         k = n1 - n0
@@ -194,9 +190,10 @@ class Im2col3x3:
         cols = self._cols(xp, x, n0, n1, t)
         xp.matmul(cols, wmat, out=out.reshape(cols.shape[0], self.o))
 
-    def backward_into(self, x, dz, n0, n1, wdx, dw_out, dx_out, t):
-        """Gradients of images n0:n1 from dz (k, H, W, O), contiguous: dw_out (O, 9*C) <- their
-        weight gradient; dx_out (k, H, W, C) <- their input gradient (skipped when None)."""
+    def backward_into(self, x, dz, n0, n1, wmat, dw_out, dx_out, t):
+        """Gradients of images n0:n1 from dz (k, H, W, O), contiguous, with the forward's ``wmat``:
+        dw_out (O, 9*C) <- their weight gradient; dx_out (k, H, W, C) <- their input gradient
+        (skipped when None)."""
         xp = get_array_module(x)
         k = n1 - n0
         cols = self._cols(xp, x, n0, n1, t)
@@ -205,7 +202,7 @@ class Im2col3x3:
         if dx_out is None:
             return
         dcol = self.ws.get(xp, f"dcol.{t}", (self.nb, self.h, self.w, self.c, 9), self.dtype)
-        xp.matmul(dz, wdx, out=dcol[:k].reshape(cols.shape))
+        xp.matmul(dz, wmat.T, out=dcol[:k].reshape(cols.shape))
         dx_out.fill(0.0)
         col2im3x3_add(dcol[:k], dx_out)
 

@@ -254,7 +254,6 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
 
     # Pass 2, per chunk of images: dz in place of g, then this chunk's share of dW and dx.
     plan = _plan(xp, n, h, wd, c, o, dt, ws)
-    wdx = plan.dx_weights(wk) if need_dx else None
     nb = plan.nb
     dws = xp.empty((nt, *plan.dw_shape), dtype=dt)  # per-thread partial weight gradients
     started = [False] * nt
@@ -271,7 +270,7 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
         xp.add(dz, cc, out=dz)
         db[t] += ones[:r] @ dz
         part = dws[t] if not started[t] else ws.get(xp, f"dw.{t}", plan.dw_shape, dt)
-        plan.backward_into(xh, g[n0:n1], n0, n1, wdx, part, None if dx is None else dx[n0:n1], t)
+        plan.backward_into(xh, g[n0:n1], n0, n1, wk, part, None if dx is None else dx[n0:n1], t)
         if started[t]:
             dws[t] += part
         started[t] = True

@@ -195,8 +195,7 @@ class Winograd3x3:
 
     One plan serves one call of a fused kernel on a batch of (N, H, W, C) -> (N, H, W, O); its
     scratch comes from workspace ``ws`` per thread index ``t``. Weights are transformed once per
-    call by ``weights``; the backward pass derives the input gradient's from those by
-    ``dx_weights``.
+    call by ``weights``; the backward pass uses the forward's.
     """
 
     def __init__(self, h, w, c, o, nb, ws, dtype):
@@ -213,10 +212,6 @@ class Winograd3x3:
     def weights(self, w):
         """w: (O, C, 3, 3) -> the (16, C, O) tap matrices, a view of (16, O, C) memory."""
         return weight_transform(w).transpose(0, 2, 1)
-
-    def dx_weights(self, wt):
-        """The forward's tap matrices transposed, (16, O, C): a view, no copy."""
-        return wt.transpose(0, 2, 1)
 
     def _buf(self, xp, name, t, shape, zero=False):
         """Scratch of thread ``t``. One name serves several steps that never overlap."""
@@ -242,11 +237,11 @@ class Winograd3x3:
         scratch = self._buf(xp, "cols", t, (2, 4, nb, th, tw, o))  # the taps' scratch is free again
         output_transform_into(m[:, :, :k], out, scratch)
 
-    def backward_into(self, x, dz, n0, n1, wdx, dw_out, dx_out, t):
-        """Gradients of images n0:n1 from dz (k, H, W, O): dw_out (16, O, C) <- their weight
-        gradient in tap form (``V^T U`` per tap); dx_out (k, H, W, C) <- their input gradient, the
-        input transform's adjoint of ``V @ W^T`` per tap (skipped when None). ``wdx`` is from
-        ``dx_weights``."""
+    def backward_into(self, x, dz, n0, n1, wt, dw_out, dx_out, t):
+        """Gradients of images n0:n1 from dz (k, H, W, O), with the forward's tap matrices ``wt``:
+        dw_out (16, O, C) <- their weight gradient in tap form (``V^T U`` per tap); dx_out
+        (k, H, W, C) <- their input gradient, the input transform's adjoint of ``V @ W^T`` per tap
+        (skipped when None)."""
         xp = get_array_module(x)
         k, nb, th, tw, c, o = n1 - n0, self.nb, self.th, self.tw, self.c, self.o
         r = k * th * tw
@@ -260,7 +255,7 @@ class Winograd3x3:
         if dx_out is None:
             return
         du = self._buf(xp, "u", t, (4, 4, nb, th, tw, c))  # the input's taps are used up
-        xp.matmul(v, wdx, out=du[:, :, :k].reshape(16, r, c))
+        xp.matmul(v, wt.transpose(0, 2, 1), out=du[:, :, :k].reshape(16, r, c))
         dcols = self._buf(xp, "cols", t, (4, nb, 2 * th + 2, tw, c))
         dxpad = self._buf(xp, "dxpad", t, (nb, 2 * th + 2, 2 * tw + 2, c))
         input_transform_adjoint_into(du[:, :, :k], dcols, dxpad, dx_out)
