@@ -189,3 +189,14 @@ def test_presets_set_defaults_and_explicit_flags_win(monkeypatch):
     assert seen["width"] == 0.75 and seen["epochs"] == PRESETS["fast"]["epochs"]
     assert main(["train"]) == 0
     assert seen["width"] == 1.0 and seen["epochs"] is None
+
+
+@pytest.mark.parametrize("value", ["abc", "0"])
+def test_a_bad_thread_count_is_one_line(monkeypatch, capsys, value):
+    from xpnet.functional import parallel
+
+    monkeypatch.setattr(parallel, "_threads", None)  # read afresh, as in a new process
+    monkeypatch.setenv("XPNET_THREADS", value)
+    assert main(["train", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("xpnet: error: XPNET_THREADS") and "\n" not in err

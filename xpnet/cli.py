@@ -249,6 +249,13 @@ def cmd_predict(args) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from xpnet.functional import parallel
+
+    try:
+        parallel.threads()  # reads XPNET_THREADS: a bad value is a usage error, not a traceback
+    except ValueError as e:
+        print(f"xpnet: error: {e}", file=sys.stderr)
+        return 2
     if argv and argv[0] == "bench":
         from xpnet import bench
 
