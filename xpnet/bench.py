@@ -248,7 +248,10 @@ def profile(runners, steps):
         results[name] = (_profile_torch if name == "torch" else _profile_xpnet)(r, steps)
     order = [(n, "forward") for n in runners["xpnet"].model._modules]
     order += [(n, "backward") for n in reversed(runners["xpnet"].model._modules)]
-    rows = [(n, ph, {k: (t.get((n, ph)) or 0) * 1e3 or None for k, (t, _) in results.items()}) for n, ph in order]
+    def ms(times, key):
+        return times[key] * 1e3 if key in times else None
+
+    rows = [(n, ph, {k: ms(t, (n, ph)) for k, (t, _) in results.items()}) for n, ph in order]
     rows.append(("rest", "", {k: (total - sum(t.values())) * 1e3 for k, (t, total) in results.items()}))
     rows.append(("step", "", {k: total * 1e3 for k, (_, total) in results.items()}))
     return rows

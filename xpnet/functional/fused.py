@@ -226,7 +226,8 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
     sg = xp.zeros((nt, o), dtype=numpy.float64)  # per-thread partial sums
     sgz = xp.zeros_like(sg)
     nb = chunk_size(xp, n, h * wd * o * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
-    ones = xp.ones(n * h * wd, dtype=dt)
+    plan = _plan(xp, n, h, wd, c, o, dt, ws)
+    ones = xp.ones(max(nb, plan.nb) * h * wd, dtype=dt)
     mask_shape = (nb, h // 2, wd // 2, o) if p is not None else (nb, h, wd, o)
 
     def pass1(t, n0, n1):
@@ -253,7 +254,6 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
     cc = (kk * (mean64 * inv64 * dgamma - sg) / m).astype(dt)
 
     # Pass 2, per chunk of images: dz in place of g, then this chunk's share of dW and dx.
-    plan = _plan(xp, n, h, wd, c, o, dt, ws)
     nb = plan.nb
     dws = xp.empty((nt, *plan.dw_shape), dtype=dt)  # per-thread partial weight gradients
     started = [False] * nt
