@@ -1,24 +1,23 @@
-"""Checkpoints as safetensors files, written and read here without pickle.
+"""Checkpoints as safetensors files: the ``safetensors`` package encodes and decodes them, no pickle.
 
-Layout (https://github.com/huggingface/safetensors): an 8-byte little-endian header length ``n``,
-``n`` bytes of JSON mapping each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}``
-(offsets relative to the data section) plus an optional ``"__metadata__"`` str -> str map, then the
-raw little-endian tensor bytes. xpnet keeps its JSON-able metadata (config, epoch, RNG state,
-schedule position...) as one JSON string under ``__metadata__["xpnet"]``, so other safetensors
-readers can open the weights and ignore the rest.
+A file is the weights (and optimizer state) as named tensors plus xpnet's own JSON metadata
+(config, epoch, RNG state, schedule position...), kept as one JSON string under
+``__metadata__["xpnet"]`` so any safetensors reader opens the weights and ignores the rest.
 
     save("run/last.safetensors", {"conv1.weight": w}, {"epoch": 3})
     arrays, meta = load("run/last.safetensors")
 
-Writes are atomic: a temporary file in the target's folder is flushed, fsynced and renamed over
-the target, so an interrupted save leaves the previous checkpoint as it was.
+What is ours around the package: writes are atomic (a temporary file in the target's folder is
+flushed, fsynced and renamed over the target, so an interrupted save leaves the previous checkpoint
+as it was); pickles, PyTorch archives and NumPy files are recognised from their first bytes and
+refused with one line, never unpickled; every fault is one CheckpointError naming the file. Files
+written by xpnet's earlier hand-written encoder follow the same format and load as they are.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import secrets
 import struct
@@ -28,26 +27,14 @@ import numpy
 
 from xpnet import backend
 
-_DTYPES = {
-    "F64": numpy.dtype("<f8"),
-    "F32": numpy.dtype("<f4"),
-    "F16": numpy.dtype("<f2"),
-    "I64": numpy.dtype("<i8"),
-    "I32": numpy.dtype("<i4"),
-    "I16": numpy.dtype("<i2"),
-    "I8": numpy.dtype("i1"),
-    "U64": numpy.dtype("<u8"),
-    "U32": numpy.dtype("<u4"),
-    "U16": numpy.dtype("<u2"),
-    "U8": numpy.dtype("u1"),
-    "BOOL": numpy.dtype("?"),
+# The dtypes xpnet stores (the package's own names); bfloat16 and complex have no NumPy twin here.
+_CODES = {
+    (numpy.dtype(t).kind, numpy.dtype(t).itemsize): numpy.dtype(t).newbyteorder("<")
+    for t in ("f8", "f4", "f2", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "?")
 }
-_CODES = {(dt.kind, dt.itemsize): code for code, dt in _DTYPES.items()}
 
 META_KEY = "xpnet"
 
-# The reference implementation refuses larger headers too; ours are a few kilobytes.
-_MAX_HEADER = 100 * 1024 * 1024
 _NEVER_UNPICKLE = "xpnet checkpoints never unpickle"
 
 
@@ -55,15 +42,49 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be written or is not a safetensors file xpnet reads (names the file)."""
 
 
+def _safetensors(path):
+    # A dependency of xpnet; the import stays here so that the array core imports with NumPy alone.
+    try:
+        import safetensors
+        import safetensors.numpy
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading and writing checkpoints needs the safetensors package, a dependency "
+            f"of xpnet: pip install xpnet (or pip install safetensors)"
+        ) from None
+    return safetensors
+
+
 def save(path, arrays: dict, meta: dict | None = None) -> None:
     """Atomically write ``arrays`` (name -> NumPy or CuPy array of any shape) and ``meta``.
 
-    ``meta`` must be JSON-serialisable (``rng.bit_generator.state`` is, as is). Arrays keep the
-    order given and are stored as little-endian bytes of a supported dtype (float16/32/64,
-    int8..64, uint8..64, bool), each aligned to its item size.
+    ``meta`` must be JSON-serialisable (``rng.bit_generator.state`` is, as is). Arrays are stored
+    as little-endian bytes of a supported dtype (float16/32/64, int8..64, uint8..64, bool).
     """
     path = os.fspath(path)
-    header, blobs = _encode(path, arrays, {} if meta is None else meta)
+    try:
+        meta_json = json.dumps({} if meta is None else meta)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: metadata is not JSON-serialisable ({e})") from None
+    tensors = {}
+    for name, a in arrays.items():
+        if not isinstance(name, str) or name == "__metadata__":
+            raise CheckpointError(f"{path}: invalid tensor name {name!r}")
+        a = backend.asnumpy(a)
+        dtype = _CODES.get((a.dtype.kind, a.dtype.itemsize))
+        if dtype is None or a.dtype.hasobject:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {a.dtype}")
+        # The package reads each tensor's memory as one dense block: contiguous, little-endian.
+        tensors[name] = numpy.asarray(a, dtype=dtype, order="C")
+    st = _safetensors(path)
+    try:
+        blob = st.numpy.save(tensors, metadata={META_KEY: meta_json})
+    except (st.SafetensorError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: cannot encode the checkpoint ({_one_line(e)})") from None
+    _write_atomically(path, blob)
+
+
+def _write_atomically(path: str, blob: bytes) -> None:
     tmp = os.path.join(
         os.path.dirname(os.path.abspath(path)),
         f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp",
@@ -73,7 +94,7 @@ def save(path, arrays: dict, meta: dict | None = None) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with open(fd, "wb") as f:
-            _write_all(f, [struct.pack("<Q", len(header)), header, *blobs])
+            _write_all(f, _pieces(blob))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -85,6 +106,11 @@ def save(path, arrays: dict, meta: dict | None = None) -> None:
             pass
         raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _pieces(blob: bytes, size: int = 1 << 22):
+    view = memoryview(blob)
+    return [view[i:i + size] for i in range(0, max(len(view), 1), size)]
 
 
 def _write_all(f, chunks) -> None:
@@ -107,46 +133,13 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _encode(path: str, arrays: dict, meta: dict):
-    """(header bytes padded to a multiple of 8, [contiguous little-endian arrays in file order])."""
-    try:
-        meta_json = json.dumps(meta)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: metadata is not JSON-serialisable ({e})") from None
-    header, converted = {}, {}
-    for name, a in arrays.items():
-        if not isinstance(name, str) or name == "__metadata__":
-            raise CheckpointError(f"{path}: invalid tensor name {name!r}")
-        a = backend.asnumpy(a)
-        code = _CODES.get((a.dtype.kind, a.dtype.itemsize))
-        if code is None:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {a.dtype}")
-        converted[name] = numpy.asarray(a, dtype=_DTYPES[code])
-        header[name] = {"dtype": code, "shape": list(a.shape)}
-    # The header keeps the caller's order; the data goes widest dtype first (a stable sort), as the
-    # reference writer does, so every tensor starts at a multiple of its item size.
-    blobs, offset = [], 0
-    for name in sorted(converted, key=lambda n: -converted[n].dtype.itemsize):
-        a = converted[name]
-        header[name]["data_offsets"] = [offset, offset + a.nbytes]
-        # reshape(-1) copies only non-contiguous arrays (into C order); the uint8 view then writes
-        # the bytes without the extra copy tobytes() would make.
-        blobs.append(a.reshape(-1).view(numpy.uint8))
-        offset += a.nbytes
-    header["__metadata__"] = {META_KEY: meta_json}
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    # Padding with spaces (as the reference writer does) keeps the data section 8-byte aligned.
-    encoded += b" " * (-len(encoded) % 8)
-    return encoded, blobs
-
-
 def load(path):
     """Read a safetensors checkpoint; returns (arrays: dict name -> numpy.ndarray, meta: dict).
 
-    Arrays come back on the host in the order saved, native-endian and writable; meta is the dict
-    given to ``save`` ({} for safetensors files written by other tools). Raises CheckpointError,
-    naming the file, for anything that is not a well-formed safetensors file: pickles and
-    PyTorch/NumPy archives are recognised and refused without being unpickled.
+    Arrays come back on the host, in the order of the file's header, native-endian and writable;
+    meta is the dict given to ``save`` ({} for safetensors files written by other tools). Raises
+    CheckpointError, naming the file, for anything that is not a well-formed safetensors file:
+    pickles and PyTorch/NumPy archives are recognised and refused without being unpickled.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -160,32 +153,51 @@ def load(path):
         raise CheckpointError(f"{path}: not a safetensors file (only {len(raw)} bytes)")
     if n > len(raw) - 8:
         raise CheckpointError(
-            f"{path}: not a safetensors file: header length {n} exceeds the file size "
-            f"({len(raw)} bytes)"
+            f"{path}: not a safetensors file, or a truncated one: header length {n} exceeds the "
+            f"file size ({len(raw)} bytes)"
         )
-    if n > _MAX_HEADER:
-        raise CheckpointError(f"{path}: safetensors header of {n} bytes is implausibly large")
-    if raw[8:9] != b"{":
-        raise CheckpointError(f"{path}: not a safetensors file (header does not start with '{{')")
-    header = _parse_header(path, raw[8:8 + n])
-    data = memoryview(raw)[8 + n:]
-    meta = _parse_meta(path, header.pop("__metadata__", None))
-    entries = {name: _parse_entry(path, name, entry) for name, entry in header.items()}
-    for name, (_, _, begin, end) in entries.items():
-        if end > len(data):
-            raise CheckpointError(
-                f"{path}: truncated file or data_offsets out of range: tensor {name!r} needs bytes "
-                f"{begin}..{end} of the data section but it has only {len(data)}"
-            )
-    _check_layout(path, [(begin, end, name) for name, (_, _, begin, end) in entries.items()],
-                  len(data))
-    # astype copies: the arrays own their memory (writable, native-endian) instead of pinning `raw`.
-    arrays = {
-        name: numpy.frombuffer(data[begin:end], dtype=dtype).reshape(shape).astype(
-            dtype.newbyteorder("="))
-        for name, (dtype, shape, begin, end) in entries.items()
-    }
+    st = _safetensors(path)
+    try:
+        decoded = st.numpy.load(raw)
+    except st.SafetensorError as e:
+        raise CheckpointError(
+            f"{path}: {_truncation(raw, n) or 'not a safetensors file xpnet reads'} ({_one_line(e)})"
+        ) from None
+    except KeyError as e:  # a dtype the package decodes but has no NumPy type for (BF16...)
+        raise CheckpointError(f"{path}: unsupported dtype {e}") from None
+    # The package has checked the header; ours is the metadata, the order of the names and a
+    # duplicate name, which the package lets the last one win.
+    try:
+        header = json.loads(raw[8:8 + n].decode("utf-8"), object_pairs_hook=_reject_duplicates)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not a safetensors file xpnet reads ({e})") from None
+    meta = _parse_meta(path, header.get("__metadata__"))
+    arrays = {}
+    for name in header:
+        if name == "__metadata__":
+            continue
+        a = decoded[name]
+        # Decoded arrays view the package's buffers; a copy owns its memory, writable and native.
+        arrays[name] = a.astype(a.dtype.newbyteorder("="), copy=True)
     return arrays, meta
+
+
+def _truncation(raw: bytes, n: int) -> str | None:
+    """'truncated: ...' when the header asks for more data than the file holds, else None."""
+    try:
+        header = json.loads(raw[8:8 + n].decode("utf-8"))
+        need = max((e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"),
+                   default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+    have = len(raw) - 8 - n
+    if not isinstance(need, int) or need <= have:
+        return None
+    return f"truncated: its tensors need {need} bytes of data but the file holds {have}"
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
 
 
 def _refuse_foreign(path: str, raw: bytes) -> None:
@@ -235,17 +247,6 @@ def _reject_duplicates(pairs):
     return dict(pairs)
 
 
-def _parse_header(path: str, blob: bytes) -> dict:
-    try:
-        header = json.loads(blob.decode("utf-8"), object_pairs_hook=_reject_duplicates)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: not a safetensors file (header is not valid JSON: {e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
-    return header
-
-
 def _parse_meta(path: str, entry) -> dict:
     if entry is None:
         return {}
@@ -260,46 +261,3 @@ def _parse_meta(path: str, entry) -> dict:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: xpnet metadata is not a JSON object")
     return meta
-
-
-def _is_index(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _parse_entry(path: str, name: str, entry):
-    """(dtype, shape, begin, end) of one header entry, checked for consistency."""
-    if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= entry.keys()):
-        raise CheckpointError(f"{path}: tensor {name!r} needs dtype, shape and data_offsets")
-    dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
-    if dtype is None:
-        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']!r}")
-    shape, offsets = entry["shape"], entry["data_offsets"]
-    if not (isinstance(shape, list) and all(_is_index(d) for d in shape)):
-        raise CheckpointError(f"{path}: tensor {name!r} has invalid shape {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_index, offsets))
-            and offsets[0] <= offsets[1]):
-        raise CheckpointError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
-    begin, end = offsets
-    if end - begin != math.prod(shape) * dtype.itemsize:
-        raise CheckpointError(
-            f"{path}: tensor {name!r} of shape {shape} and dtype {entry['dtype']} needs "
-            f"{math.prod(shape) * dtype.itemsize} bytes but data_offsets span {end - begin}"
-        )
-    return dtype, tuple(shape), begin, end
-
-
-def _check_layout(path: str, spans, size: int) -> None:
-    """The tensors must tile the data section exactly: no overlaps, no gaps, no trailing bytes."""
-    position = 0
-    previous = None
-    for begin, end, name in sorted(spans):
-        if begin < position:
-            raise CheckpointError(
-                f"{path}: tensors {previous!r} and {name!r} overlap in the data section")
-        if begin > position:
-            raise CheckpointError(f"{path}: {begin - position} unused bytes before tensor {name!r}")
-        # Zero-size tensors share their offset with a neighbour without overlapping it.
-        if end > begin:
-            position, previous = end, name
-    if position != size:
-        raise CheckpointError(f"{path}: {size - position} trailing bytes after the last tensor")
