@@ -211,6 +211,21 @@ def test_missing_files_without_download(tmp_path):
     assert "--data-dir" in message and "XPNET_DATA" in message
 
 
+def test_load_split_reads_only_its_own_files(tmp_path):
+    arrays = synthetic()
+    write_set(tmp_path, arrays)
+    (tmp_path / IMAGES).unlink()
+    (tmp_path / LABELS).unlink()
+    images, labels = mnist.load_split(tmp_path, "test", download=False)
+    numpy.testing.assert_array_equal(images, arrays["test_images"])
+    numpy.testing.assert_array_equal(labels, arrays["test_labels"])
+    with pytest.raises(DataError) as excinfo:
+        mnist.load_split(tmp_path, "train", download=False)
+    assert_one_line_naming(excinfo, IMAGES)
+    with pytest.raises(ValueError, match="split"):
+        mnist.load_split(tmp_path, "validation", download=False)
+
+
 # --- verification --------------------------------------------------------------------------------
 
 
@@ -326,7 +341,17 @@ def test_unreachable_mirror_gives_one_clear_error(tmp_path, dead_url, server, mo
     assert "\n" not in message
     assert all(name + ".gz" in message for name in mnist.FILES.values())
     assert "--data-dir" in message and "XPNET_DATA" in message and "2 mirror(s)" in message
-    assert not data_dir.exists() or os.listdir(data_dir) == []
+    # The folder this call created is gone again; it would pass for a data folder otherwise.
+    assert not data_dir.exists()
+
+
+def test_failed_download_keeps_a_folder_that_was_there(tmp_path, dead_url):
+    pytest.importorskip("pooch")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with pytest.raises(DataError):
+        mnist.load_mnist(data_dir, progress=False, mirrors=(dead_url,), timeout=5)
+    assert data_dir.is_dir()
 
 
 def test_only_mirror_down_names_it(tmp_path, dead_url):
@@ -344,12 +369,12 @@ def test_md5_mismatch_is_refused(tmp_path, server):
         mnist.load_mnist(data_dir, progress=False, mirrors=(server["url"],), timeout=5)
     assert "hash" in str(excinfo.value).lower()
     assert len(server["requested"]) == 4
-    assert os.listdir(data_dir) == []
+    assert not data_dir.exists()
 
 
 def test_missing_pooch_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pooch", None)
-    with pytest.raises(DataError, match="pip install pooch"):
+    with pytest.raises(DataError, match="pip install xpnet"):
         mnist.load_mnist(tmp_path, progress=False)
 
 

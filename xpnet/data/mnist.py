@@ -222,6 +222,42 @@ def _read_split(data_dir, images_name: str, labels_name: str):
     return images, labels.astype(numpy.int64)
 
 
+SPLITS = {"train": ("train_images", "train_labels"), "test": ("test_images", "test_labels")}
+
+
+def _ensure(data_dir: Path, names, download, **fetch_args) -> None:
+    """Download those of ``names`` missing from ``data_dir`` (when ``download``), or name them."""
+    missing = [name for name in missing_files(data_dir) if name in names]
+    if missing and download:
+        fetch(data_dir, missing, **fetch_args)
+    elif missing:
+        raise DataError(f"missing {', '.join(missing)} (or .gz) in {data_dir}; {_HELP}")
+
+
+def load_split(
+    data_dir=None,
+    split: str = "test",
+    download: bool = True,
+    progress: bool = True,
+    *,
+    mirrors=MIRRORS,
+    known_md5: dict[str, str] | None = None,
+    timeout: float = 30.0,
+):
+    """One split, ``"train"`` or ``"test"``, of the set in ``data_dir``: only its two files are
+    read (and downloaded if missing), so evaluation needs no training files.
+
+    Returns (images (N, H, W) uint8, labels (N,) int64).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    data_dir = Path(default_data_dir() if data_dir is None else data_dir)
+    images, labels = (FILES[k] for k in SPLITS[split])
+    _ensure(data_dir, (images, labels), download, mirrors=mirrors, known_md5=known_md5,
+            progress=progress, timeout=timeout)
+    return _read_split(data_dir, images, labels)
+
+
 def load_mnist(
     data_dir=None,
     download: bool = True,
@@ -240,12 +276,8 @@ def load_mnist(
     (M, H, W) uint8, test_labels (M,) int64.
     """
     data_dir = Path(default_data_dir() if data_dir is None else data_dir)
-    missing = missing_files(data_dir)
-    if missing and download:
-        fetch(data_dir, missing, mirrors=mirrors, known_md5=known_md5, progress=progress,
-              timeout=timeout)
-    elif missing:
-        raise DataError(f"missing {', '.join(missing)} (or .gz) in {data_dir}; {_HELP}")
+    _ensure(data_dir, list(FILES.values()), download, mirrors=mirrors, known_md5=known_md5,
+            progress=progress, timeout=timeout)
     train_images, train_labels = _read_split(data_dir, FILES["train_images"], FILES["train_labels"])
     test_images, test_labels = _read_split(data_dir, FILES["test_images"], FILES["test_labels"])
     if train_images.shape[1:] != test_images.shape[1:]:
@@ -268,16 +300,20 @@ def fetch(
     """Download ``names`` (default: all four, without ``.gz``) as ``name.gz`` into ``data_dir``.
 
     Each file is tried on every mirror in order (with ``timeout`` seconds per request) and accepted
-    only when its md5 matches ``known_md5[name]`` (default: the canonical MNIST .gz md5s). Needs the
-    optional dependency pooch. Returns the paths written; raises one DataError naming every file
-    that no mirror could supply.
+    only when its md5 matches ``known_md5[name]`` (default: the canonical MNIST .gz md5s). Needs
+    pooch, a dependency of xpnet. Returns the paths written; raises one DataError naming every
+    file that no mirror could supply, and then removes ``data_dir`` again if this call created it
+    and it is still empty.
     """
     try:
         import pooch
         import requests  # a dependency of pooch
     except ImportError:
-        raise DataError(f"downloading MNIST needs pooch (pip install pooch), or {_HELP}") from None
+        raise DataError(
+            f"downloading MNIST needs pooch, a dependency of xpnet (pip install xpnet), or {_HELP}"
+        ) from None
     data_dir = Path(data_dir)
+    created = not data_dir.exists()
     names = list(FILES.values()) if names is None else list(names)
     known_md5 = CANONICAL_GZ_MD5 if known_md5 is None else known_md5
     # pooch draws its progress bar with tqdm and refuses progressbar=True without it.
@@ -307,11 +343,21 @@ def fetch(
         else:
             failed.append(name + ".gz")
     if failed:
+        if created:
+            _remove_if_empty(data_dir)
         raise DataError(
             f"could not download {', '.join(failed)} into {data_dir} from {len(mirrors)} mirror(s) "
             f"(last error: {last_error}); {_HELP}"
         )
     return written
+
+
+def _remove_if_empty(folder: Path) -> None:
+    # A failed download should not leave an empty folder behind that looks like a data folder.
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _one_line(e: BaseException) -> str:
