@@ -86,7 +86,7 @@ def test_outputs_and_learning(tmp_path):
     data = _digits(n_train=300, n_test=100)
     summary = fit(TrainConfig(epochs=3, **TINY), data, tmp_path, log=lambda s: None)
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,lr"
+    assert lines[0] == "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,lr,lr_mean,lr_max"
     assert len(lines) == 4
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["epochs"] == 3 and 0.0 <= on_disk["test_accuracy"] <= 1.0

@@ -450,11 +450,12 @@ def markdown(result) -> str:
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="xpnet bench", description=__doc__.split("\n\n")[0],
+    # The module docstring's first paragraph without its reST markup.
+    p = argparse.ArgumentParser(prog="xpnet bench", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backend", choices=backend.BACKENDS, default="numpy")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 64, 128])
-    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--backend", choices=backend.BACKENDS, default="numpy", help="array backend")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 64, 128], help="batch sizes to time")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model")
     p.add_argument("--threads", type=int, default=0, help="threads for BLAS, torch and the xpnet kernels (0: all cores)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
     p.add_argument("--steps", type=int, default=3, help="steps per round")

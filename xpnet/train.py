@@ -17,6 +17,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -31,7 +32,9 @@ from xpnet.models import ResNet9
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 CHECKPOINT_EXT = ".safetensors"
-METRICS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr")
+# lr is the epoch's last learning rate; lr_mean and lr_max show what the schedule did within it.
+METRICS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr",
+           "lr_mean", "lr_max")
 
 
 class TrainingError(RuntimeError):
@@ -213,7 +216,8 @@ def _write_metrics(out_dir: Path, history: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=METRICS)
         w.writeheader()
         for row in history:
-            w.writerow({k: row[k] for k in METRICS})
+            # Rows from checkpoints older than a column leave it empty.
+            w.writerow({k: row.get(k, "") for k in METRICS})
     os.replace(tmp, out_dir / "metrics.csv")
 
 
@@ -233,6 +237,7 @@ def fit(
     progress=None,
     log=print,
     plots=True,
+    extra_meta=None,
 ) -> dict:
     """Train on ``data`` (an ``xpnet.data.MNIST``) and write results into ``out_dir``.
 
@@ -240,7 +245,9 @@ def fit(
     stored there (``cfg`` is ignored), except that ``epochs`` may set a new total. ``stop_after``
     ends this call after that many epochs while the schedule still spans the whole run, so
     "stop after 1, resume" equals one uninterrupted run. Returns the summary dict (also in
-    summary.json). Raises TrainingError on a non-finite loss; the last good checkpoint stays.
+    summary.json). ``extra_meta``: more JSON-able entries for every checkpoint's metadata (the CLI
+    stores the data folder there). Raises TrainingError on a non-finite loss; the last good
+    checkpoint stays.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -294,6 +301,7 @@ def fit(
             rng_state=state,
             history=history,
             best_accuracy=best,
+            **(extra_meta or {}),
         )
 
     last_path = out_dir / f"last{CHECKPOINT_EXT}"
@@ -348,6 +356,8 @@ def fit(
             bar.close()
         test_loss, test_acc, preds, probs = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
         seconds = time.perf_counter() - t0
+        # The schedule is a function of the step, so the rates this epoch used are recomputed exactly.
+        lrs = [schedule(s) for s in range(opt.steps - done, opt.steps)] or [lr]
         row = dict(
             epoch=epoch + 1,
             train_loss=loss_sum / max(seen, 1),
@@ -356,6 +366,8 @@ def fit(
             test_accuracy=test_acc,
             seconds=seconds,
             lr=lr,
+            lr_mean=statistics.fmean(lrs),
+            lr_max=max(lrs),
         )
         history.append(row)
         log(

@@ -6,7 +6,7 @@ memory-bound passes (im2col, BatchNorm, ReLU, pooling) that one NumPy call runs 
 Inside such a region each BLAS call runs on its caller's thread alone, so the process never
 runs more threads than ``threads()``.
 
-Limiting BLAS needs ``threadpoolctl`` (installed with the ``app`` extra); without it, or with
+Limiting BLAS needs ``threadpoolctl`` (a dependency of xpnet); without it, or with
 ``threads() == 1``, or on a GPU, the loop runs serially and BLAS keeps its own threads. Work is
 split into contiguous runs of chunks, one run per thread, and every per-thread partial result is
 combined in thread order, so a fixed thread count gives bit-identical results run after run.

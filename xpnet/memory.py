@@ -1,0 +1,79 @@
+"""How much host memory a training step will take, and whether it fits: measured, not guessed.
+
+A batch of 100,000 full-width images needs far more memory than a desktop has; started anyway, the
+run fills memory until the kernel kills it, and a swapping machine cannot even take a Ctrl-C. So
+``xpnet train`` asks here first. NumPy reports its allocations to ``tracemalloc``, so the peak of
+one training step (forward, backward, optimizer) of the same model at two small batch sizes gives
+a fixed part and a per-image part; the estimate for the real batch extrapolates the line. It is a
+rough figure (within tens of percent), good enough to refuse a batch that cannot fit.
+
+Only the NumPy backend is estimated; a GPU's memory is CuPy's business.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy
+
+# The two probe batches: about a second together at full width on 2 cores, far enough apart
+# for a stable slope.
+_PROBES = (16, 32)
+
+
+def available_bytes() -> int | None:
+    """Memory the system can give a new allocation without swapping (Linux MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def step_peak_bytes(model_config: dict, num_classes: int, image_shape, batch: int) -> int:
+    """Peak bytes allocated while building a model and running one training step at ``batch``.
+
+    image_shape: (H, W). Uses its own generator and model; the caller's state is untouched.
+    """
+    from xpnet import backend, nn, optim
+    from xpnet.models import ResNet9
+
+    rng = numpy.random.default_rng(0)
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        model = ResNet9(num_classes=num_classes, rng=rng, **model_config).train()
+        opt = optim.SGD(model.named_parameters(), lr=0.0, momentum=0.9)
+        loss_fn = nn.CrossEntropyLoss()
+        x = backend.to_device(rng.standard_normal((batch, 1, *image_shape)).astype(numpy.float32))
+        y = backend.to_device(rng.integers(0, num_classes, batch))
+        opt.zero_grad()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        if started:
+            tracemalloc.stop()
+    return peak - base
+
+
+def estimate_step_bytes(model_config: dict, num_classes: int, image_shape, batch: int) -> int:
+    """Estimated peak bytes of one training step at ``batch``, from two small measured steps."""
+    small, large = (step_peak_bytes(model_config, num_classes, image_shape, b) for b in _PROBES)
+    per_image = max(large - small, 0) / (_PROBES[1] - _PROBES[0])
+    return int(large + per_image * (batch - _PROBES[1]))
+
+
+def fits(need: int, available: int | None):
+    """(ok, warn): ``ok`` false when ``need`` exceeds what is available; ``warn`` when it takes
+    more than 80 % of it (other programs, the test set's evaluation and noise need the rest)."""
+    if available is None:
+        return True, False
+    return need <= available, need > 0.8 * available
