@@ -211,7 +211,7 @@ def _check_batch(cfg, data, warn):
     if cfg.batch_size > n:
         used = f"the {n} training images of --train-subset {cfg.train_subset}" if cfg.train_subset else f"the {n} training images"
         raise UserError(f"--batch-size {cfg.batch_size} exceeds {used}")
-    if backend.name() != "numpy" or cfg.batch_size <= max(memory._PROBES):
+    if backend.name() != "numpy" or cfg.batch_size <= max(memory.PROBES):
         return
     need = memory.estimate_step_bytes(cfg.model_config(), 10, data.image_shape, cfg.batch_size)
     available = memory.available_bytes()

@@ -5,7 +5,7 @@ run fills memory until the kernel kills it, and a swapping machine cannot even t
 ``xpnet train`` asks here first. NumPy reports its allocations to ``tracemalloc``, so the peak of
 one training step (forward, backward, optimizer) of the same model at two small batch sizes gives
 a fixed part and a per-image part; the estimate for the real batch extrapolates the line. It is a
-rough figure (within tens of percent), good enough to refuse a batch that cannot fit.
+rough figure (10-25 % high in the measurements behind it), good enough to refuse a batch that cannot fit.
 
 Only the NumPy backend is estimated; a GPU's memory is CuPy's business.
 """
@@ -16,9 +16,10 @@ import tracemalloc
 
 import numpy
 
-# The two probe batches: about a second together at full width on 2 cores, far enough apart
-# for a stable slope.
-_PROBES = (16, 32)
+# The two probe batches: large enough that the kernels' chunk scratch has stopped growing (below
+# about 64 images it grows with the batch and would steepen the slope), yet cheap next to an epoch.
+# Batches up to the larger one are not estimated at all.
+PROBES = (64, 128)
 
 
 def available_bytes() -> int | None:
@@ -66,9 +67,9 @@ def step_peak_bytes(model_config: dict, num_classes: int, image_shape, batch: in
 
 def estimate_step_bytes(model_config: dict, num_classes: int, image_shape, batch: int) -> int:
     """Estimated peak bytes of one training step at ``batch``, from two small measured steps."""
-    small, large = (step_peak_bytes(model_config, num_classes, image_shape, b) for b in _PROBES)
-    per_image = max(large - small, 0) / (_PROBES[1] - _PROBES[0])
-    return int(large + per_image * (batch - _PROBES[1]))
+    small, large = (step_peak_bytes(model_config, num_classes, image_shape, b) for b in PROBES)
+    per_image = max(large - small, 0) / (PROBES[1] - PROBES[0])
+    return int(large + per_image * (batch - PROBES[1]))
 
 
 def fits(need: int, available: int | None):

@@ -1,0 +1,51 @@
+"""xpnet.runs: which folders hold a run, what a resume may change."""
+
+import pytest
+
+from xpnet import runs
+from xpnet.runs import RunError
+
+
+def test_fresh_folder_and_holds_run(tmp_path):
+    assert runs.fresh_folder(tmp_path) == tmp_path / "run-1"
+    (tmp_path / "run-1").mkdir()
+    (tmp_path / "run-2").mkdir()
+    assert runs.fresh_folder(tmp_path) == tmp_path / "run-3"
+    assert not runs.holds_run(tmp_path / "run-1")
+    (tmp_path / "run-1" / "notes.txt").write_text("mine")
+    assert not runs.holds_run(tmp_path / "run-1")
+    (tmp_path / "run-1" / "summary.json").write_text("{}")
+    assert runs.holds_run(tmp_path / "run-1")
+
+
+def test_check_out_and_clear(tmp_path):
+    runs.check_out(tmp_path / "new")
+    for name in ("last.safetensors", "best.safetensors", "metrics.csv", "curves.png"):
+        (tmp_path / name).write_text(name)
+    with pytest.raises(RunError, match="holds another run"):
+        runs.check_out(tmp_path)
+    runs.check_out(tmp_path, resume=tmp_path / "last.safetensors")
+    with pytest.raises(RunError, match="later last.safetensors"):
+        runs.check_out(tmp_path, resume=tmp_path / "best.safetensors")
+    runs.check_out(tmp_path, resume=tmp_path / "best.safetensors", overwrite=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    runs.clear(tmp_path, keep=tmp_path / "best.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors", "notes.txt"]
+
+
+def test_conflicts_name_each_changed_flag():
+    stored = dict(width=0.25, batch_size=128, seed=0)
+    assert runs.conflicts(stored, dict(width=0.25, seed=0)) is None
+    line = runs.conflicts(stored, dict(width=0.5, batch_size=128, seed=3))
+    assert line.startswith("--width 0.5, --seed 3 would change") and "(width 0.25, seed 0)" in line
+    assert "\n" not in line and "--epochs" in line
+
+
+def test_new_epochs():
+    onecycle = dict(epochs=4, schedule="onecycle")
+    runs.check_new_epochs(onecycle, 4, 4, 4e-7, 4e-7)
+    with pytest.raises(RunError, match="from 4e-07 to 0.074.*new run with --epochs 6"):
+        runs.check_new_epochs(onecycle, 4, 6, 4e-7, 0.074)
+    with pytest.raises(RunError, match="fewer than the 3 epochs"):
+        runs.check_new_epochs(onecycle, 3, 2, 0.01, 0.02)
+    runs.check_new_epochs(dict(epochs=4, schedule="constant"), 4, 9, 0.01, 0.01)
