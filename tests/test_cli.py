@@ -452,3 +452,13 @@ def test_predict_answers_for_the_good_images_when_one_is_missing(capsys, trained
                          tmp_path / "one.png", tmp_path / "missing.png")
     assert "missing.png" in _one_line_error(code, err) and "one.png" not in err
     assert out.startswith(f"{tmp_path / 'one.png'}: ") and len(out.splitlines()) == 1
+
+
+def test_tests_find_the_shared_mnist_beside_the_repository(tmp_path):
+    from conftest import shared_mnist
+
+    repo = tmp_path / "xpnet"
+    repo.mkdir()
+    assert shared_mnist(repo) is None
+    (tmp_path / "shared" / "data" / "mnist").mkdir(parents=True)
+    assert shared_mnist(repo) == tmp_path / "shared" / "data" / "mnist"
