@@ -1,6 +1,6 @@
 """Figures of a run: loss and accuracy curves, a grid of misclassified digits, a confusion matrix.
 
-Needs matplotlib (``pip install 'xpnet[app]'``); drawn off-screen with the Agg backend.
+Needs matplotlib, a dependency of xpnet; drawn off-screen with the Agg backend.
 """
 
 from __future__ import annotations
