@@ -42,10 +42,15 @@ def test_conflicts_name_each_changed_flag():
 
 
 def test_new_epochs():
-    onecycle = dict(epochs=4, schedule="onecycle")
-    runs.check_new_epochs(onecycle, 4, 4, 4e-7, 4e-7)
-    with pytest.raises(RunError, match="from 4e-07 to 0.074.*new run with --epochs 6"):
-        runs.check_new_epochs(onecycle, 4, 6, 4e-7, 0.074)
-    with pytest.raises(RunError, match="fewer than the 3 epochs"):
-        runs.check_new_epochs(onecycle, 3, 2, 0.01, 0.02)
-    runs.check_new_epochs(dict(epochs=4, schedule="constant"), 4, 9, 0.01, 0.01)
+    # A finished 4-epoch one-cycle run of 10 steps per epoch.
+    config = dict(epochs=4, schedule="onecycle", lr=0.1, batch_size=128)
+    meta = dict(config=config, epoch=4, step=40)
+    runs.check_new_epochs(meta, 4, 10)
+    with pytest.raises(RunError, match=r"from 4e-07 to 0.038.*start a new run with --epochs 6"):
+        runs.check_new_epochs(meta, 6, 10)
+    with pytest.raises(RunError, match="fewer than the 4 epochs"):
+        runs.check_new_epochs(meta, 3, 10)
+    for schedule in ("cosine", "step"):
+        with pytest.raises(RunError, match=schedule):
+            runs.check_new_epochs({**meta, "config": {**config, "schedule": schedule}}, 6, 10)
+    runs.check_new_epochs({**meta, "config": {**config, "schedule": "constant"}}, 9, 10)

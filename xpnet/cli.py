@@ -229,7 +229,7 @@ def _check_batch(cfg, data, warn):
 
 def cmd_train(args) -> int:
     from xpnet import checkpoint, runs
-    from xpnet.train import PRESETS, TrainConfig, build_schedule, fit
+    from xpnet.train import PRESETS, TrainConfig, fit
 
     backend.use(args.backend)
     fields = [f.name for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)]
@@ -260,11 +260,7 @@ def cmd_train(args) -> int:
     epochs = None
     if meta is not None and "epochs" in given:
         epochs = given["epochs"]
-        steps_per_epoch = math.ceil((cfg.train_subset or len(data.train_labels)) / cfg.batch_size)
-        step = int(meta["step"])
-        lr_now = build_schedule(cfg, steps_per_epoch)(step)
-        lr_new = build_schedule(dataclasses.replace(cfg, epochs=epochs), steps_per_epoch)(step)
-        runs.check_new_epochs(meta["config"], int(meta["epoch"]), epochs, lr_now, lr_new)
+        runs.check_new_epochs(meta, epochs, math.ceil((cfg.train_subset or len(data.train_labels)) / cfg.batch_size))
     if args.overwrite:
         runs.clear(out, keep=args.resume)
     n = len(data.train_labels)

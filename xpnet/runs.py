@@ -14,9 +14,9 @@ the figures. The rules ``xpnet train`` follows:
   ``--stop-after``, ``--data-dir``, ``--out``, ``--backend``, ``--no-plots``, ``--overwrite``.
 - ``--epochs`` on a resume: the one-cycle, cosine and step schedules are laid out over the run's
   total number of steps, so a new total would make the learning rate jump (a finished 4-epoch
-  one-cycle run ends near 4e-7; stretched to 6 epochs, its next step would be near 0.074). Such a
-  run cannot be extended; start a new run with more epochs. A constant schedule has no total and
-  may be extended (or shortened down to the epochs already done).
+  one-cycle run on MNIST ends near 4e-7; stretched to 8 epochs, its next step would be near
+  0.075). Such a run cannot be extended; start a new run with more epochs. A constant schedule
+  has no total and may be extended (or shortened down to the epochs already done).
 """
 
 from __future__ import annotations
@@ -100,20 +100,24 @@ def conflicts(stored: dict, given: dict) -> str | None:
     )
 
 
-def check_new_epochs(config: dict, done: int, epochs: int, lr_now: float, lr_new: float) -> None:
-    """Refuse a new total of ``epochs`` for a run with ``done`` epochs finished.
+def check_new_epochs(meta: dict, epochs: int, steps_per_epoch: int) -> None:
+    """Refuse a new total of ``epochs`` for the run whose checkpoint metadata is ``meta``."""
+    from xpnet.train import TrainConfig, build_schedule
 
-    lr_now, lr_new: the learning rate of the next step under the stored and the new total.
-    """
+    config, done = meta["config"], int(meta["epoch"])
     if epochs == config["epochs"]:
         return
     if epochs < done:
         raise RunError(f"--epochs {epochs} is fewer than the {done} epochs this run has done")
     schedule = config["schedule"]
     if schedule not in EXTENDABLE_SCHEDULES:
+        cfg = TrainConfig.from_dict(config)
+        step = int(meta["step"])
+        now = build_schedule(cfg, steps_per_epoch)(step)
+        new = build_schedule(TrainConfig.from_dict({**config, "epochs": epochs}), steps_per_epoch)(step)
         raise RunError(
             f"--epochs {epochs}: this run's {schedule} learning rate is laid out over its "
             f"{config['epochs']} epochs, and a new total would move its next step's rate from "
-            f"{lr_now:.2g} to {lr_new:.2g}; only a constant schedule can be extended, so start a "
-            f"new run with --epochs {epochs}"
+            f"{now:.2g} to {new:.2g}; only a constant schedule can be extended, so start a new run "
+            f"with --epochs {epochs}"
         )
