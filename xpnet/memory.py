@@ -3,9 +3,10 @@
 A batch of 100,000 full-width images needs far more memory than a desktop has; started anyway, the
 run fills memory until the kernel kills it, and a swapping machine cannot even take a Ctrl-C. So
 ``xpnet train`` asks here first. NumPy reports its allocations to ``tracemalloc``, so the peak of
-one training step (forward, backward, optimizer) of the same model at two small batch sizes gives
+one training step (forward, backward, optimizer) of the same model at two smaller batch sizes gives
 a fixed part and a per-image part; the estimate for the real batch extrapolates the line. It is a
-rough figure (from 1.0 to 1.22 times a measured step at batches 256 and 512, widths 1 to 0.125), good enough to refuse a batch that cannot fit.
+rough figure (1.0 to 1.22 times a measured step at batches 256 and 512, widths 1 to 0.125), good
+enough to refuse a batch that cannot fit.
 
 Only the NumPy backend is estimated; a GPU's memory is CuPy's business.
 """
