@@ -26,6 +26,7 @@ from xpnet.functional.normalization import (
     batchnorm_backward,
     batchnorm_eval_forward,
     batchnorm_train_forward,
+    sums_over_ranks,
 )
 from xpnet.functional.workspace import Workspace
 from xpnet.functional.pooling import (
@@ -63,6 +64,7 @@ __all__ = [
     "maxpool2d_forward",
     "relu_backward",
     "relu_forward",
+    "sums_over_ranks",
     "to_rows",
     "Workspace",
 ]

@@ -17,6 +17,10 @@ input-gradient steps.
   with per-channel a, b, c, formed chunk by chunk just before that chunk's weight and input
   gradients.
 * Forward (eval): BatchNorm folds into the convolution's weights and one per-channel shift.
+* Synchronised BatchNorm over data-parallel ranks: the four per-channel sums above (sum z and
+  sum z^2 in the forward, sum g and sum g*z in the backward) and the count go through the
+  ``reduce_sums`` hook of ``normalization.sums_over_ranks`` between the two passes, the one
+  place where a chunk loop's partial sums meet; nothing else changes.
 
 Arrays are NCHW-shaped, channels-last in memory, like the rest of ``xpnet.functional``. Pooling
 is floor-mode: odd edge rows and columns belong to no window and get no gradient.
@@ -29,6 +33,7 @@ import numpy
 from xpnet.backend import get_array_module
 from xpnet.functional.conv import Im2col3x3
 from xpnet.functional.layout import nchw, nhwc
+from xpnet.functional.normalization import sums_over_ranks
 from xpnet.functional.parallel import chunk_size, for_chunks, workers
 from xpnet.functional.winograd import Winograd3x3
 from xpnet.functional.workspace import Workspace
@@ -99,8 +104,8 @@ def _plan(xp, n, h, w, c, o, dtype, ws):
     return method(h, w, c, o, nb, ws, dtype)
 
 
-def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None):
-    """Training-mode forward with batch statistics.
+def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None, reduce_sums=None):
+    """Training-mode forward with batch statistics (over every rank with ``reduce_sums``).
 
     x: (N, C, H, W); w: (O, C, 3, 3); gamma, beta: (O,).
     Returns (out, cache, mean, var): out (N, O, H, W), or (N, O, H//2, W//2) with ``pool``;
@@ -129,8 +134,7 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None)
         s2[t] += xp.einsum("ij,ij->j", zc, zc)
 
     for_chunks(xp, n, plan.nb, body)
-    s1, s2 = s1.sum(axis=0), s2.sum(axis=0)
-    m = n * h * wd
+    (s1, s2), m = sums_over_ranks(reduce_sums, (s1.sum(axis=0), s2.sum(axis=0)), n * h * wd)
     mean = s1 / m
     var = xp.maximum(s2 / m - mean * mean, 0.0)
     inv_std = 1.0 / xp.sqrt(var + eps)
@@ -204,11 +208,13 @@ def _relu_pool_grad_into(dout, y, p, g, free, hit):
         xp.multiply(dout, hit, out=g[:, a : 2 * ho : 2, b : 2 * wo : 2])
 
 
-def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
+def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
     """dout: gradient of the training-mode forward's output.
 
     Returns (dx: (N, C, H, W) or None, dw: (O, C, 3, 3), db: (O,), dgamma: (O,), dbeta: (O,)).
-    ``db`` is the conv bias gradient, zero up to rounding since BatchNorm follows.
+    ``db`` is the conv bias gradient, zero up to rounding since BatchNorm follows. With
+    ``reduce_sums`` (as in the forward) dz and dx use the sums over every rank, and the parameter
+    gradients are this rank's share.
     """
     x, wk, gamma, z, y, p, mean, inv_std = cache
     xp = get_array_module(dout, z)
@@ -243,15 +249,17 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None):
 
     for_chunks(xp, n, nb, pass1)
     sg, sgz = sg.sum(axis=0), sgz.sum(axis=0)
+    (sg_all, sgz_all), m = sums_over_ranks(reduce_sums, (sg, sgz), m)
 
     # BatchNorm's backward, dz = gamma*inv_std*(g - mean(g) - xhat*mean(g*xhat)), as a*g + b*z + c.
     inv64 = inv_std.astype(numpy.float64)
     mean64 = mean.astype(numpy.float64)
     dgamma = inv64 * (sgz - mean64 * sg)
+    dgamma_all = dgamma if reduce_sums is None else inv64 * (sgz_all - mean64 * sg_all)
     kk = gamma.astype(numpy.float64) * inv64
     ca = kk.astype(dt)
-    cb = (-kk * inv64 * dgamma / m).astype(dt)
-    cc = (kk * (mean64 * inv64 * dgamma - sg) / m).astype(dt)
+    cb = (-kk * inv64 * dgamma_all / m).astype(dt)
+    cc = (kk * (mean64 * inv64 * dgamma_all - sg_all) / m).astype(dt)
 
     # Pass 2, per chunk of images: dz in place of g, then this chunk's share of dW and dx.
     nb = plan.nb

@@ -60,9 +60,9 @@ class ConvBlock(Sequential):
                 bn.running_var, bn.eps, pool, self.workspace,
             )
         y, cache, mean, var = F.conv_bn_relu_train_forward(
-            x, conv.weight.data, bn.weight.data, bn.bias.data, bn.eps, pool, self.workspace
+            x, conv.weight.data, bn.weight.data, bn.bias.data, bn.eps, pool, self.workspace, bn.reduce_sums
         )
-        bn.update_running_stats(mean if b is None else mean + b, var, x.size // x.shape[1])
+        bn.update_running_stats(mean if b is None else mean + b, var, bn.batch_count(x))
         object.__setattr__(self, "_cache", cache)
         return y
 
@@ -74,7 +74,7 @@ class ConvBlock(Sequential):
             raise RuntimeError("ConvBlock.backward called without a training-mode forward pass")
         object.__setattr__(self, "_cache", None)
         conv, bn = self.layers[0], self.layers[1]
-        dx, dw, db, dgamma, dbeta = F.conv_bn_relu_backward(dy, cache, ws=self.workspace)
+        dx, dw, db, dgamma, dbeta = F.conv_bn_relu_backward(dy, cache, ws=self.workspace, reduce_sums=bn.reduce_sums)
         conv.weight.grad += dw
         if conv.bias is not None:
             conv.bias.grad += db

@@ -97,7 +97,13 @@ class BatchNorm2d(_Cached):
     Training mode uses the batch's statistics and updates the running ones as PyTorch does:
     ``running = (1 - momentum) * running + momentum * batch``, with the unbiased batch variance.
     Eval mode uses the running statistics.
+
+    ``reduce_sums``: None, or the hook that adds the batch statistics' sums up over data-parallel
+    ranks (synchronised BatchNorm; ``xpnet.distributed`` sets it, see
+    ``functional.normalization``).
     """
+
+    reduce_sums = None
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
@@ -114,10 +120,16 @@ class BatchNorm2d(_Cached):
             return F.batchnorm_eval_forward(
                 x, self.weight.data, self.bias.data, self.running_mean, self.running_var, self.eps
             )
-        y, cache, mean, var = F.batchnorm_train_forward(x, self.weight.data, self.bias.data, self.eps)
-        self.update_running_stats(mean, var, x.size // x.shape[1])
+        y, cache, mean, var = F.batchnorm_train_forward(
+            x, self.weight.data, self.bias.data, self.eps, self.reduce_sums
+        )
+        self.update_running_stats(mean, var, self.batch_count(x))
         self._keep(cache)
         return y
+
+    def batch_count(self, x):
+        """Values per channel of the batch x (N, C, ...), over every rank under sync-BN."""
+        return F.sums_over_ranks(self.reduce_sums, (), x.size // x.shape[1])[1]
 
     def update_running_stats(self, mean, var, count):
         """Fold one batch's ``mean`` and biased ``var`` (C,), taken over ``count`` values per
@@ -130,7 +142,7 @@ class BatchNorm2d(_Cached):
         self.num_batches_tracked += 1
 
     def backward(self, dy):
-        dx, dgamma, dbeta = F.batchnorm_backward(dy, self._take_cache())
+        dx, dgamma, dbeta = F.batchnorm_backward(dy, self._take_cache(), self.reduce_sums)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx
@@ -289,8 +301,10 @@ class CrossEntropyLoss:
 
     __call__ = forward
 
-    def backward(self):
+    def backward(self, scale=1.0):
+        """-> the gradient of ``scale`` times the mean loss (data-parallel ranks scale theirs by
+        their share of the global batch)."""
         if self._cache is None:
             raise RuntimeError("CrossEntropyLoss.backward called without a forward pass")
         cache, self._cache = self._cache, None
-        return F.cross_entropy_backward(cache)
+        return F.cross_entropy_backward(cache, scale)
