@@ -10,12 +10,16 @@ input-gradient steps.
 * Forward (training): the convolution leaves out its bias, which training-mode BatchNorm cancels
   (it only shifts the batch mean, so it enters the running mean alone), and sums each output
   channel and its square while a GEMM chunk is still in cache; those sums are the batch
-  statistics. Then normalise + ReLU + pool run in small chunks.
+  statistics. Each chunk sums its deviations from its own mean ``a`` (sum z = sum d + r a,
+  sum z^2 = sum d^2 + 2a sum d + r a^2, combined in float64): raw float32 sums of z^2 would lose
+  the variance to cancellation where a channel's mean is large against its spread, as on
+  MNIST's flat background. Then normalise + ReLU + pool run in small chunks.
 * Backward: the ReLU/pool mask is rebuilt from the saved output ``y`` and pooled ``p`` (a window's
   gradient goes to the first position equal to its maximum, and only where that maximum is
   positive), so no index array is stored. BatchNorm's backward becomes ``dz = a*g + b*z + c``
   with per-channel a, b, c, formed chunk by chunk just before that chunk's weight and input
-  gradients.
+  gradients. Its sum of g*z is taken around the batch mean, sum g*(z - mean), for the same
+  reason.
 * Forward (eval): BatchNorm folds into the convolution's weights and one per-channel shift.
 * Synchronised BatchNorm over data-parallel ranks: the four per-channel sums above (sum z and
   sum z^2 in the forward, sum g and sum g*z in the backward) and the count go through the
@@ -48,6 +52,8 @@ CONV3X3_METHOD = "auto"
 
 # Elementwise passes work on chunks this size, small enough to stay in L2.
 ELEMENTWISE_CHUNK_BYTES = 256 << 10
+# Rows per float32 partial sum of the BatchNorm statistics (see _column_dots).
+DOT_BLOCK = 256
 
 
 def _check(x, w):
@@ -56,6 +62,22 @@ def _check(x, w):
         raise ValueError(f"fused conv block: expects a 3x3 kernel, got {kh}x{kw}")
     if x.shape[1] != c:
         raise ValueError(f"fused conv block: input has {x.shape[1]} channels, weight expects {c}")
+
+
+def _column_dots(a, b):
+    """sum over rows of a * b, per column: (r, O), (r, O) -> (O,) float64.
+
+    An einsum in blocks of DOT_BLOCK rows whose partial sums are added in float64: one float32
+    sum over thousands of rows of like terms (a flat image background) drifts by about r*eps.
+    """
+    xp = get_array_module(a, b)
+    r, o = a.shape
+    k = r - r % DOT_BLOCK
+    out = xp.einsum("ij,ij->j", a[k:], b[k:]).astype(numpy.float64)
+    if k:
+        ab, bb = a[:k].reshape(k // DOT_BLOCK, DOT_BLOCK, o), b[:k].reshape(k // DOT_BLOCK, DOT_BLOCK, o)
+        out += xp.einsum("kij,kij->kj", ab, bb).sum(axis=0, dtype=numpy.float64)
+    return out
 
 
 def _pool2_into(y, p):
@@ -123,15 +145,22 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
     wk = plan.weights(w)
     ones = xp.ones(plan.nb * h * wd, dtype=dt)
     z = xp.empty((n, h, wd, o), dtype=dt)
+    y = xp.empty_like(z)  # the output, and until then each chunk's deviations
     s1 = xp.zeros((workers(xp), o), dtype=numpy.float64)  # per-thread partial sums
     s2 = xp.zeros_like(s1)
 
     def body(t, n0, n1):
         plan.forward_into(xh, n0, n1, wk, z[n0:n1], t)
-        zc = z[n0:n1].reshape((n1 - n0) * h * wd, o)
-        # A GEMV and an einsum reduce columns faster than sum(axis=0) and need no temporary.
-        s1[t] += ones[: zc.shape[0]] @ zc
-        s2[t] += xp.einsum("ij,ij->j", zc, zc)
+        r = (n1 - n0) * h * wd
+        zc = z[n0:n1].reshape(r, o)
+        # GEMVs and an einsum reduce columns faster than sum(axis=0) and need no temporary.
+        a = (ones[:r] @ zc) * (1.0 / r)
+        d = y[n0:n1].reshape(r, o)
+        xp.subtract(zc, a, out=d)
+        sd = (ones[:r] @ d).astype(numpy.float64)
+        a64 = a.astype(numpy.float64)
+        s1[t] += r * a64 + sd
+        s2[t] += _column_dots(d, d) + a64 * (2.0 * sd + r * a64)
 
     for_chunks(xp, n, plan.nb, body)
     (s1, s2), m = sums_over_ranks(reduce_sums, (s1.sum(axis=0), s2.sum(axis=0)), n * h * wd)
@@ -140,7 +169,6 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
     inv_std = 1.0 / xp.sqrt(var + eps)
     scale = (gamma * inv_std).astype(dt)
     shift = (beta - mean * scale).astype(dt)
-    y = xp.empty_like(z)
     p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
     _affine_relu_pool(z, scale, shift, y, p)
     mean, var, inv_std = mean.astype(dt), var.astype(dt), inv_std.astype(dt)
@@ -226,7 +254,7 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
     dt = z.dtype
     m = n * h * wd
 
-    # Pass 1: g (the ReLU input's gradient) and its per-channel sums sum(g), sum(g * z).
+    # Pass 1: g (the ReLU input's gradient) and its per-channel sums sum(g), sum(g * (z - mean)).
     nt = workers(xp)
     g = xp.empty_like(z)
     sg = xp.zeros((nt, o), dtype=numpy.float64)  # per-thread partial sums
@@ -245,7 +273,9 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
         _relu_pool_grad_into(douth[n0:n1], y[n0:n1], pc, g[n0:n1], free[:k], hit[:k])
         gc = g[n0:n1].reshape(r, o)
         sg[t] += ones[:r] @ gc
-        sgz[t] += xp.einsum("ij,ij->j", gc, z[n0:n1].reshape(r, o))
+        zc = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)[:r]  # pass 2's scratch, free until then
+        xp.subtract(z[n0:n1].reshape(r, o), mean, out=zc)
+        sgz[t] += _column_dots(gc, zc)
 
     for_chunks(xp, n, nb, pass1)
     sg, sgz = sg.sum(axis=0), sgz.sum(axis=0)
@@ -254,8 +284,8 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
     # BatchNorm's backward, dz = gamma*inv_std*(g - mean(g) - xhat*mean(g*xhat)), as a*g + b*z + c.
     inv64 = inv_std.astype(numpy.float64)
     mean64 = mean.astype(numpy.float64)
-    dgamma = inv64 * (sgz - mean64 * sg)
-    dgamma_all = dgamma if reduce_sums is None else inv64 * (sgz_all - mean64 * sg_all)
+    dgamma = inv64 * sgz
+    dgamma_all = inv64 * sgz_all
     kk = gamma.astype(numpy.float64) * inv64
     ca = kk.astype(dt)
     cb = (-kk * inv64 * dgamma_all / m).astype(dt)
