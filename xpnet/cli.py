@@ -128,6 +128,8 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     t.add_argument("--stop-after", type=_positive_int, default=None, metavar="N",
                    help="stop after N epochs of this invocation (default: none; the schedule still spans --epochs)")
     t.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="under mpiexec: BatchNorm statistics over the global batch, not each rank's slice")
 
     e = sub.add_parser("evaluate", help="test loss and accuracy of a checkpoint", formatter_class=fmt)
     e.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors file written by xpnet train")
@@ -227,7 +229,34 @@ def _check_batch(cfg, data, warn):
              f"{available / gib:.1f} GiB available")
 
 
+def _one_line_errors():
+    """The errors a user can cause, reported as one line without a traceback."""
+    from xpnet.checkpoint import CheckpointError
+    from xpnet.data import DataError
+    from xpnet.distributed import DistributedError
+    from xpnet.runs import RunError
+    from xpnet.train import TrainingError
+
+    return UserError, DataError, CheckpointError, TrainingError, RunError, backend.BackendError, DistributedError
+
+
+def _read_checkpoint(path):
+    from xpnet import checkpoint
+
+    if not path.is_file():
+        raise UserError(f"--resume: no such checkpoint: {path}")
+    return checkpoint.load(path)
+
+
 def cmd_train(args) -> int:
+    from xpnet import distributed
+
+    comm = distributed.world()  # one process, or one rank of `mpiexec -n N xpnet train`
+    with comm.guard("xpnet train", (*_one_line_errors(), FileNotFoundError)):
+        return _train(args, comm)
+
+
+def _train(args, comm) -> int:
     from xpnet import checkpoint, runs
     from xpnet.train import PRESETS, TrainConfig, fit
 
@@ -243,9 +272,7 @@ def cmd_train(args) -> int:
         runs.check_out(out, overwrite=args.overwrite)
         folder, may_create, origin = _data_dir(args.data_dir)
     else:
-        if not args.resume.is_file():
-            raise UserError(f"--resume: no such checkpoint: {args.resume}")
-        _, meta = checkpoint.load(args.resume)
+        _, meta = comm.from_root(_read_checkpoint, args.resume)  # rank 0 reads, the others are told
         if "config" not in meta or "step" not in meta:
             raise checkpoint.CheckpointError(f"{args.resume}: not an xpnet training checkpoint (no config)")
         problem = runs.conflicts(meta["config"], {k: v for k, v in given.items() if k != "epochs"})
@@ -255,27 +282,32 @@ def cmd_train(args) -> int:
         out = args.out or args.resume.parent
         runs.check_out(out, resume=args.resume, overwrite=args.overwrite)
         folder, may_create, origin = _data_dir(args.data_dir, meta.get("data_dir"))
-    data = _load_data(folder, may_create, origin)
+    out = comm.bcast(out)  # rank 0 names the folder it alone writes into
+    data = comm.root_first(_load_data, folder, may_create, origin)
     _check_batch(cfg, data, lambda line: print(f"xpnet train: warning: {line}", file=sys.stderr, flush=True))
     epochs = None
     if meta is not None and "epochs" in given:
         epochs = given["epochs"]
         runs.check_new_epochs(meta, epochs, math.ceil((cfg.train_subset or len(data.train_labels)) / cfg.batch_size))
-    if args.overwrite:
+    if args.overwrite and comm.is_root:
         runs.clear(out, keep=args.resume)
     n = len(data.train_labels)
     used = f"{cfg.train_subset} of {n}" if cfg.train_subset else f"{n}"
     h, w = data.image_shape
-    print(f"data: {used} training and {len(data.test_labels)} test images ({h}x{w}) from {folder}; "
-          f"backend: {backend.name()}; out: {out}", flush=True)
+    ranks = f"; {comm.size} ranks" if comm.size > 1 else ""
+    if comm.is_root:
+        print(f"data: {used} training and {len(data.test_labels)} test images ({h}x{w}) from {folder}; "
+              f"backend: {backend.name()}{ranks}; out: {out}", flush=True)
     try:
         summary = fit(
             None if args.resume else cfg, data, out, resume=args.resume, epochs=epochs,
             stop_after=args.stop_after, plots=not args.no_plots, log=lambda s: print(s, flush=True),
-            extra_meta={"data_dir": str(folder.resolve())},
+            extra_meta={"data_dir": str(folder.resolve())}, comm=comm,
         )
     except KeyboardInterrupt:
         return 130
+    if not comm.is_root:
+        return 0
     if summary:
         print(
             f"done: test accuracy {summary['test_accuracy']:.4%} after {_plural(summary['epochs'], 'epoch')} "
@@ -388,16 +420,12 @@ def main(argv=None) -> int:
     if absent:
         print(f"xpnet {args.command}: error: {deps.message(args.command, absent)}", file=sys.stderr)
         return 1
-    from xpnet.checkpoint import CheckpointError
-    from xpnet.data import DataError
-    from xpnet.runs import RunError
-    from xpnet.train import TrainingError
-
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
     try:
         return commands[args.command](args)
-    except (UserError, DataError, CheckpointError, TrainingError, RunError, backend.BackendError) as e:
-        print(f"xpnet {args.command}: error: {e}", file=sys.stderr)
+    except _one_line_errors() as e:
+        if getattr(e, "rank", 0) == 0:  # a DistributedError comes on every rank: one line
+            print(f"xpnet {args.command}: error: {e}", file=sys.stderr)
         return 1
     except FileNotFoundError as e:
         print(f"xpnet {args.command}: error: {e.filename or e}: no such file", file=sys.stderr)

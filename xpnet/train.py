@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy
 
-from xpnet import backend, checkpoint, nn, optim
+from xpnet import backend, checkpoint, distributed, nn, optim
 from xpnet.data import batches
 from xpnet.models import ResNet9
 
@@ -63,6 +63,7 @@ class TrainConfig:
     train_subset: int = 0
     seed: int = 0
     eval_batch_size: int = 200
+    sync_bn: bool = False
 
     def model_config(self) -> dict:
         return dict(
@@ -161,9 +162,10 @@ def save_state(path, model, opt, meta: dict) -> None:
     checkpoint.save(path, arrays, {**meta, "optimizer_state": opt_scalars})
 
 
-def load_model(path, rng=None):
-    """-> (model in eval mode on the current backend, checkpoint arrays, meta)."""
-    arrays, meta = checkpoint.load(path)
+def load_model(path, rng=None, read=checkpoint.load):
+    """-> (model in eval mode on the current backend, checkpoint arrays, meta); ``read(path)``
+    gives the arrays and meta."""
+    arrays, meta = read(path)
     if "model_config" not in meta or "num_classes" not in meta:
         raise checkpoint.CheckpointError(f"{path}: not an xpnet training checkpoint (no model config)")
     model = build_model(meta["model_config"], meta["num_classes"], numpy.random.default_rng(rng))
@@ -238,6 +240,7 @@ def fit(
     log=print,
     plots=True,
     extra_meta=None,
+    comm=None,
 ) -> dict:
     """Train on ``data`` (an ``xpnet.data.MNIST``) and write results into ``out_dir``.
 
@@ -248,9 +251,16 @@ def fit(
     summary.json). ``extra_meta``: more JSON-able entries for every checkpoint's metadata (the CLI
     stores the data folder there). Raises TrainingError on a non-finite loss; the last good
     checkpoint stays.
+
+    comm: the data-parallel communicator (``xpnet.distributed``; default: one process). Every
+    rank calls ``fit`` alike; rank 0 alone reads checkpoints, writes files and logs.
     """
+    comm = distributed.Solo() if comm is None else comm
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if comm.is_root:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        log, progress = (lambda s: None), False
     progress = sys.stderr.isatty() if progress is None else progress
     num_classes = int(max(data.train_labels.max(), data.test_labels.max())) + 1
     num_classes = max(num_classes, 10)
@@ -258,7 +268,7 @@ def fit(
     rng = numpy.random.default_rng(None if cfg is None else cfg.seed)
     start_epoch, start_batch, history, best, rng_state = 0, 0, [], -1.0, None
     if resume is not None:
-        model, arrays, meta = load_model(resume, rng)
+        model, arrays, meta = load_model(resume, rng, read=lambda p: comm.from_root(checkpoint.load, p))
         cfg = TrainConfig.from_dict(meta["config"])
         if epochs is not None:
             cfg.epochs = int(epochs)
@@ -287,7 +297,8 @@ def fit(
     if resume is not None:
         opt_arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
         opt.load_state_dict(opt_arrays, meta["optimizer_state"])
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    comm.start(model, cfg)
+    loss_fn = comm.loss(nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
 
     def meta_for(epoch, batch, state):
         return dict(
@@ -301,6 +312,7 @@ def fit(
             rng_state=state,
             history=history,
             best_accuracy=best,
+            ranks=comm.size,
             **(extra_meta or {}),
         )
 
@@ -314,7 +326,7 @@ def fit(
         epoch_state = rng.bit_generator.state
         rng_state = None
         t0 = time.perf_counter()
-        it = batches(train_images, train_labels, cfg.batch_size, rng, shuffle=True, augment=cfg.augment)
+        it = comm.shard(batches(train_images, train_labels, cfg.batch_size, rng, shuffle=True, augment=cfg.augment))
         skip = start_batch if epoch == start_epoch else 0
         it = itertools.islice(it, skip, None)
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress)
@@ -334,6 +346,7 @@ def fit(
                         f"the last good checkpoint ({last_path}) is kept"
                     )
                 model.backward(loss_fn.backward())
+                comm.sync_grads()
                 opt.step()
                 done += 1
                 loss_sum += loss * len(y)
@@ -342,6 +355,7 @@ def fit(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.4g}")
+                stop.requested = comm.any(stop.requested)  # Ctrl-C reaches ranks at different steps
                 if stop.requested:
                     break
         if stop.requested:
@@ -349,12 +363,16 @@ def fit(
                 bar.close()
             # Saved with the epoch's starting RNG state and the batches done: resume replays
             # the same shuffle and skips what was already trained.
-            save_state(last_path, model, opt, meta_for(epoch, done, epoch_state))
+            comm.settle(model)
+            if comm.is_root:
+                save_state(last_path, model, opt, meta_for(epoch, done, epoch_state))
             log(f"interrupted: saved {last_path} at epoch {epoch + 1}, batch {done}/{steps_per_epoch}")
             raise KeyboardInterrupt
         if bar is not None:
             bar.close()
-        test_loss, test_acc, preds, probs = evaluate(model, test_images, test_labels, cfg.eval_batch_size)
+        loss_sum, correct, seen = comm.sums(loss_sum, correct, seen)
+        comm.settle(model)
+        test_loss, test_acc, preds, probs = comm.evaluate(evaluate, model, test_images, test_labels, cfg.eval_batch_size)
         seconds = time.perf_counter() - t0
         # The schedule is a function of the step, so the rates this epoch used are recomputed exactly.
         lrs = [schedule(s) for s in range(opt.steps - done, opt.steps)] or [lr]
@@ -377,10 +395,11 @@ def fit(
         is_best = test_acc > best
         best = max(best, test_acc)
         state = rng.bit_generator.state
-        save_state(last_path, model, opt, meta_for(epoch + 1, 0, state))
-        if is_best:
-            save_state(best_path, model, opt, meta_for(epoch + 1, 0, state))
-        _write_metrics(out_dir, history)
+        if comm.is_root:  # the one writer; every rank holds the same state
+            save_state(last_path, model, opt, meta_for(epoch + 1, 0, state))
+            if is_best:
+                save_state(best_path, model, opt, meta_for(epoch + 1, 0, state))
+            _write_metrics(out_dir, history)
         summary = dict(
             test_accuracy=test_acc,
             best_test_accuracy=best,
@@ -391,8 +410,9 @@ def fit(
             model_config=cfg.model_config(),
             parameters=sum(int(p.data.size) for p in model.parameters()),
         )
-        _write_json(out_dir / "summary.json", summary)
-        if plots and epoch + 1 == cfg.epochs:
+        if comm.is_root:
+            _write_json(out_dir / "summary.json", summary)
+        if plots and epoch + 1 == cfg.epochs and comm.is_root:
             _plots(out_dir, history, data, preds, num_classes, log)
     return summary
 
