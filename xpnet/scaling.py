@@ -1,0 +1,104 @@
+"""``python -m xpnet.scaling``: data-parallel training speed, N ranks x T threads against one
+process x N*T threads on the same machine.
+
+Each configuration runs in child processes (``mpiexec -n N python -m xpnet.scaling --worker``
+and ``python -m xpnet.scaling --worker``, with ``XPNET_THREADS`` set), alternating, a round at a
+time; each worker times a few train steps of ResNet-9 on random batches at one global batch size
+(forward, backward, gradient Allreduce, SGD update; one untimed step first, the ranks meeting at
+a barrier before the clock is read) and prints images per second. The report gives the medians
+and their ratio, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def worker(args) -> None:
+    import numpy
+
+    from xpnet import distributed, nn
+    from xpnet.train import TrainConfig, build_model, build_optimizer
+
+    comm = distributed.world()
+    cfg = TrainConfig(batch_size=args.batch_size, width=args.width, sync_bn=args.sync_bn, schedule="constant")
+    rng = numpy.random.default_rng(0)
+    model = build_model(cfg.model_config(), 10, rng).train()
+    opt = build_optimizer(cfg, model)
+    comm.start(model, cfg)
+    loss_fn = comm.loss(nn.CrossEntropyLoss())
+    x = rng.standard_normal((args.batch_size, 1, 28, 28)).astype(numpy.float32)
+    y = rng.integers(0, 10, args.batch_size)
+
+    def step():
+        for xs, ys in comm.shard([(x, y)]):
+            opt.zero_grad()
+            loss_fn(model(xs), ys)
+            model.backward(loss_fn.backward())
+            comm.sync_grads()
+            opt.step()
+
+    step()
+    comm.barrier()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    comm.barrier()
+    seconds = time.perf_counter() - t0
+    if comm.is_root:
+        print(json.dumps(dict(images_per_s=args.steps * args.batch_size / seconds)), flush=True)
+
+
+def _run(cmd, threads):
+    env = {**os.environ, "XPNET_THREADS": str(threads)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=1800)
+    if out.returncode != 0:
+        raise SystemExit(f"xpnet.scaling: error: {' '.join(cmd[:4])}... failed: {out.stderr.strip()[-500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m xpnet.scaling", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ranks", type=int, default=2, help="MPI ranks (N)")
+    p.add_argument("--threads", type=int, default=1, help="kernel threads per rank (T)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="measurements of each configuration")
+    p.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    mpiexec = shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if mpiexec is None:
+        print("python -m xpnet.scaling: error: no mpiexec found: pip install 'xpnet[mpi]'", file=sys.stderr)
+        return 1
+    flags = ["--worker", "--batch-size", str(args.batch_size), "--width", str(args.width), "--steps", str(args.steps)]
+    flags += ["--sync-bn"] if args.sync_bn else []
+    one = [sys.executable, "-m", "xpnet.scaling", *flags]
+    ranks = [mpiexec, "-n", str(args.ranks), *one]
+    solo, multi = [], []
+    for _ in range(args.rounds):
+        solo.append(_run(one, args.ranks * args.threads))
+        multi.append(_run(ranks, args.threads))
+    a, b = statistics.median(solo), statistics.median(multi)
+    print(f"batch {args.batch_size}, width {args.width}, sync-bn {args.sync_bn}, {args.steps} steps x {args.rounds} rounds")
+    print(f"1 process x {args.ranks * args.threads} threads: {a:.1f} img/s  (runs: {', '.join(f'{v:.1f}' for v in solo)})")
+    print(f"{args.ranks} ranks x {args.threads} threads: {b:.1f} img/s  (runs: {', '.join(f'{v:.1f}' for v in multi)})")
+    print(f"ratio (ranks / process): {b / a:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
