@@ -250,7 +250,12 @@ class MPIWorld(Communicator):
         self.comm.Barrier()
 
     def abort(self, code=1):
+        sys.stdout.flush()
+        sys.stderr.flush()
         self.comm.Abort(code)
+        # MPICH's MPI_Abort can return once the process manager has been told, leaving this rank
+        # running until it is killed: it must not go on to train or write anything.
+        os._exit(code)
 
     # -- training helpers ----------------------------------------------------------------------
 
