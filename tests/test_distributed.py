@@ -307,3 +307,17 @@ def test_a_failing_rank_ends_the_job_and_diverged_weights_are_caught():
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("same weights agree") == 2
     assert r.stdout.count("the ranks' weights have diverged") == 2
+
+
+@needs_mpi
+def test_uneven_slices_with_sync_bn_equal_one_process(tmp_path, digits):
+    """A global batch of 31 over 2 ranks: slices of 16 and 15, weighted by their share (and a
+    last batch of 3 split 2 + 1)."""
+    flags = ["--data-dir", str(digits), "--epochs", "1", "--sync-bn", *SMALL, "--batch-size", "31"]
+    assert main(["train", "--out", str(tmp_path / "one"), *flags]) == 0
+    r = _train("--out", tmp_path / "two", *flags)
+    assert r.returncode == 0, r.stderr
+    one, _ = _weights(tmp_path / "one" / "last.safetensors")
+    two, meta = _weights(tmp_path / "two" / "last.safetensors")
+    assert meta["step"] == 4
+    assert _rel_diff(one, two) < 1e-5
