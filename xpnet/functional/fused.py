@@ -11,9 +11,8 @@ input-gradient steps.
   (it only shifts the batch mean, so it enters the running mean alone), and sums each output
   channel and its square while a GEMM chunk is still in cache; those sums are the batch
   statistics. Each chunk sums its deviations from its own mean ``a`` (sum z = sum d + r a,
-  sum z^2 = sum d^2 + 2a sum d + r a^2, combined in float64): raw float32 sums of z^2 would lose
-  the variance to cancellation where a channel's mean is large against its spread, as on
-  MNIST's flat background. Then normalise + ReLU + pool run in small chunks.
+  sum z^2 = sum d^2 + 2a sum d + r a^2, combined in float64): raw float32 sums of z^2 lose the
+  variance to cancellation where a channel's mean is large against its spread. Then normalise + ReLU + pool run in small chunks.
 * Backward: the ReLU/pool mask is rebuilt from the saved output ``y`` and pooled ``p`` (a window's
   gradient goes to the first position equal to its maximum, and only where that maximum is
   positive), so no index array is stored. BatchNorm's backward becomes ``dz = a*g + b*z + c``
@@ -52,8 +51,6 @@ CONV3X3_METHOD = "auto"
 
 # Elementwise passes work on chunks this size, small enough to stay in L2.
 ELEMENTWISE_CHUNK_BYTES = 256 << 10
-# Rows per float32 partial sum of the BatchNorm statistics (see _column_dots).
-DOT_BLOCK = 256
 
 
 def _check(x, w):
@@ -62,22 +59,6 @@ def _check(x, w):
         raise ValueError(f"fused conv block: expects a 3x3 kernel, got {kh}x{kw}")
     if x.shape[1] != c:
         raise ValueError(f"fused conv block: input has {x.shape[1]} channels, weight expects {c}")
-
-
-def _column_dots(a, b):
-    """sum over rows of a * b, per column: (r, O), (r, O) -> (O,) float64.
-
-    An einsum in blocks of DOT_BLOCK rows whose partial sums are added in float64: one float32
-    sum over thousands of rows of like terms (a flat image background) drifts by about r*eps.
-    """
-    xp = get_array_module(a, b)
-    r, o = a.shape
-    k = r - r % DOT_BLOCK
-    out = xp.einsum("ij,ij->j", a[k:], b[k:]).astype(numpy.float64)
-    if k:
-        ab, bb = a[:k].reshape(k // DOT_BLOCK, DOT_BLOCK, o), b[:k].reshape(k // DOT_BLOCK, DOT_BLOCK, o)
-        out += xp.einsum("kij,kij->kj", ab, bb).sum(axis=0, dtype=numpy.float64)
-    return out
 
 
 def _pool2_into(y, p):
@@ -153,14 +134,17 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
         plan.forward_into(xh, n0, n1, wk, z[n0:n1], t)
         r = (n1 - n0) * h * wd
         zc = z[n0:n1].reshape(r, o)
-        # GEMVs and an einsum reduce columns faster than sum(axis=0) and need no temporary.
+        # GEMVs reduce columns faster than sum(axis=0) or an einsum, and more accurately: BLAS
+        # keeps several partial sums, where one float32 sum over thousands of like terms (a flat
+        # image background) drifts by about r*eps.
         a = (ones[:r] @ zc) * (1.0 / r)
         d = y[n0:n1].reshape(r, o)
         xp.subtract(zc, a, out=d)
         sd = (ones[:r] @ d).astype(numpy.float64)
+        xp.multiply(d, d, out=d)
         a64 = a.astype(numpy.float64)
         s1[t] += r * a64 + sd
-        s2[t] += _column_dots(d, d) + a64 * (2.0 * sd + r * a64)
+        s2[t] += (ones[:r] @ d) + a64 * (2.0 * sd + r * a64)
 
     for_chunks(xp, n, plan.nb, body)
     (s1, s2), m = sums_over_ranks(reduce_sums, (s1.sum(axis=0), s2.sum(axis=0)), n * h * wd)
@@ -273,9 +257,10 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
         _relu_pool_grad_into(douth[n0:n1], y[n0:n1], pc, g[n0:n1], free[:k], hit[:k])
         gc = g[n0:n1].reshape(r, o)
         sg[t] += ones[:r] @ gc
-        zc = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)[:r]  # pass 2's scratch, free until then
-        xp.subtract(z[n0:n1].reshape(r, o), mean, out=zc)
-        sgz[t] += _column_dots(gc, zc)
+        gzc = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)[:r]  # pass 2's scratch, free until then
+        xp.subtract(z[n0:n1].reshape(r, o), mean, out=gzc)
+        xp.multiply(gzc, gc, out=gzc)
+        sgz[t] += ones[:r] @ gzc
 
     for_chunks(xp, n, nb, pass1)
     sg, sgz = sg.sum(axis=0), sgz.sum(axis=0)
