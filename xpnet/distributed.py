@@ -252,6 +252,7 @@ class MPIWorld(Communicator):
     def abort(self, code=1):
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(0.5)  # the launcher forwards our output asynchronously and stops at the abort
         self.comm.Abort(code)
         # MPICH's MPI_Abort can return once the process manager has been told, leaving this rank
         # running until it is killed: it must not go on to train or write anything.
