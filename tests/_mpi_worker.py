@@ -1,12 +1,16 @@
 """Scenarios that tests/test_distributed.py runs under ``mpiexec -n 2``: a rank that raises,
-ranks whose weights differ. Each prints what it saw; the test reads the output."""
+ranks whose weights differ, Ctrl-C seen by one rank only. Each prints what it saw; the test reads
+the output."""
 
+import os
+import signal
 import sys
 
 import numpy
 
 from xpnet import distributed
-from xpnet.train import TrainConfig, build_model
+from xpnet.data import MNIST
+from xpnet.train import TrainConfig, build_model, fit
 
 
 def rank_raises():
@@ -33,5 +37,27 @@ def weights_diverge():
         print(f"rank {comm.rank}: {e}", flush=True)
 
 
+def interrupt_one_rank():
+    """Rank 1 alone gets SIGINT during its third step: both ranks must stop after that step."""
+    comm = distributed.world()
+    rng = numpy.random.default_rng(0)
+    images = rng.integers(0, 255, (128, 28, 28)).astype(numpy.uint8)
+    labels = rng.integers(0, 10, 128)
+    data = MNIST(images[:96], labels[:96], images[96:], labels[96:])
+    sync, steps = comm.sync_grads, []
+
+    def sync_grads():
+        steps.append(1)
+        if comm.rank == 1 and len(steps) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        sync()
+
+    comm.sync_grads = sync_grads
+    try:
+        fit(TrainConfig(epochs=1, batch_size=16, width=0.125), data, sys.argv[2], comm=comm, plots=False)
+    except KeyboardInterrupt:
+        print(f"rank {comm.rank} stopped after {len(steps)} steps", flush=True)
+
+
 if __name__ == "__main__":
-    {"rank_raises": rank_raises, "weights_diverge": weights_diverge}[sys.argv[1]]()
+    {"rank_raises": rank_raises, "weights_diverge": weights_diverge, "interrupt_one_rank": interrupt_one_rank}[sys.argv[1]]()

@@ -321,3 +321,15 @@ def test_uneven_slices_with_sync_bn_equal_one_process(tmp_path, digits):
     two, meta = _weights(tmp_path / "two" / "last.safetensors")
     assert meta["step"] == 4
     assert _rel_diff(one, two) < 1e-5
+
+
+@needs_mpi
+def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    worker = str(Path(__file__).with_name("_mpi_worker.py"))
+    r = _mpirun(sys.executable, worker, "interrupt_one_rank", tmp_path / "run", timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = sorted(r.stdout.strip().splitlines())
+    assert lines[1:] == ["rank 0 stopped after 3 steps", "rank 1 stopped after 3 steps"]
+    assert lines[0].startswith("interrupted: saved") and lines[0].endswith("at epoch 1, batch 3/6")  # rank 0 alone
+    _, meta = checkpoint.load(tmp_path / "run" / "last.safetensors")
+    assert (meta["epoch"], meta["batch"], meta["step"], meta["ranks"]) == (0, 3, 3, 2)
