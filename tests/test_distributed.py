@@ -333,3 +333,21 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     assert lines[0].startswith("interrupted: saved") and lines[0].endswith("at epoch 1, batch 3/6")  # rank 0 alone
     _, meta = checkpoint.load(tmp_path / "run" / "last.safetensors")
     assert (meta["epoch"], meta["batch"], meta["step"], meta["ranks"]) == (0, 3, 3, 2)
+
+
+@needs_mpi
+def test_resume_under_mpiexec_is_exact(tmp_path, digits):
+    """Two ranks: one epoch, then a resume under mpiexec, ends bit for bit where two epochs in
+    one go end (per-rank BatchNorm, mid-schedule)."""
+    flags = ["--data-dir", digits, "--epochs", 2, *SMALL]
+    assert _train("--out", tmp_path / "once", *flags).returncode == 0
+    r = _train("--out", tmp_path / "twice", *flags, "--stop-after", 1)
+    assert r.returncode == 0, r.stderr
+    r = _train("--resume", tmp_path / "twice" / "last.safetensors", "--no-plots")
+    assert r.returncode == 0, r.stderr
+    once, meta_once = checkpoint.load(tmp_path / "once" / "last.safetensors")
+    twice, meta_twice = checkpoint.load(tmp_path / "twice" / "last.safetensors")
+    assert once.keys() == twice.keys() and any(k.startswith("optim.") for k in once)
+    for k in once:
+        numpy.testing.assert_array_equal(once[k], twice[k], err_msg=k)
+    assert meta_once["history"][1]["test_accuracy"] == meta_twice["history"][1]["test_accuracy"]
