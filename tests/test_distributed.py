@@ -351,3 +351,13 @@ def test_resume_under_mpiexec_is_exact(tmp_path, digits):
     for k in once:
         numpy.testing.assert_array_equal(once[k], twice[k], err_msg=k)
     assert meta_once["history"][1]["test_accuracy"] == meta_twice["history"][1]["test_accuracy"]
+
+
+@needs_mpi
+def test_the_scaling_command_runs(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "xpnet.scaling", "--width", "0.125", "--batch-size", "8", "--steps", "1",
+                        "--rounds", "1"], capture_output=True, text=True, timeout=120, env=_env(), stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[1].startswith("1 process x 2 threads: ") and lines[2].startswith("2 ranks x 1 threads: ")
+    assert float(lines[3].split(": ")[1]) > 0
