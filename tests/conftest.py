@@ -1,5 +1,10 @@
 """Shared fixtures: run each test body on every available backend; the real MNIST found as CI
-finds it."""
+finds it.
+
+Backends: "numpy" always; "fake-cupy", the strict counting stand-in for CuPy
+(``xpnet.testing.fakecupy``), selected through the real backend seam, always; "cupy" where CuPy
+and a GPU are present.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import numpy
 import pytest
 
 from xpnet import backend
+from xpnet.testing import fakecupy
 
 
 def _cupy_usable() -> bool:
@@ -24,6 +30,7 @@ def _cupy_usable() -> bool:
 
 BACKEND_PARAMS = [
     "numpy",
+    "fake-cupy",
     pytest.param("cupy", marks=pytest.mark.skipif(not _cupy_usable(), reason="no CuPy/GPU")),
 ]
 
@@ -31,9 +38,25 @@ BACKEND_PARAMS = [
 @pytest.fixture(params=BACKEND_PARAMS)
 def xp(request):
     """The array module of each available backend, selected for the duration of the test."""
+    if request.param == "fake-cupy":
+        with fakecupy.installed():
+            yield backend.use("cupy")
+            backend.use("numpy")
+        return
     mod = backend.use(request.param)
     yield mod
     backend.use("numpy")
+
+
+@pytest.fixture
+def fake_cupy():
+    """The fake device selected as the cupy backend; yields its counters."""
+    with fakecupy.installed() as dev:
+        backend.use("cupy")
+        try:
+            yield dev.counts
+        finally:
+            backend.use("numpy")
 
 
 @pytest.fixture

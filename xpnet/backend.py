@@ -13,11 +13,15 @@ silent copy.
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import numpy
 
 BACKENDS = ("numpy", "cupy")
 
 _current = numpy
+_uniform_kernel = None  # the fused sampling kernel of the current backend, made on first use
 
 
 class BackendError(RuntimeError):
@@ -43,7 +47,8 @@ def _import_cupy():
 
 def use(name: str):
     """Select the backend by name ("numpy" or "cupy") and return its array module."""
-    global _current
+    global _current, _uniform_kernel
+    _uniform_kernel = None
     if name == "numpy":
         _current = numpy
     elif name == "cupy":
@@ -108,6 +113,29 @@ def synchronize() -> None:
         _current.cuda.get_current_stream().synchronize()
 
 
+def memory_pool_bytes() -> int:
+    """Bytes the device memory pool holds (0 on NumPy): what a CuPy run takes from the GPU."""
+    if _current is numpy:
+        return 0
+    return int(_current.get_default_memory_pool().total_bytes())
+
+
+@contextlib.contextmanager
+def device_errors():
+    """Report the device running out of memory as a one-line BackendError, after handing the
+    pool's cached blocks back to the driver; other errors pass through unchanged."""
+    try:
+        yield
+    except MemoryError as e:
+        if _current is numpy or not isinstance(e, _current.cuda.memory.OutOfMemoryError):
+            raise
+        _current.get_default_memory_pool().free_all_blocks()
+        raise BackendError(
+            f"the GPU ran out of memory ({' '.join(str(e).split())}); use a smaller batch size "
+            f"(--batch-size, --eval-batch-size) or a narrower net (--width)"
+        ) from None
+
+
 def seed(n: int) -> None:
     """Seed the legacy global generators of both backends (for code outside xpnet's own RNGs)."""
     numpy.random.seed(n)
@@ -115,13 +143,35 @@ def seed(n: int) -> None:
         _current.random.seed(n)
 
 
+# SplitMix64's constants: the golden-ratio increment and the two multipliers of its finaliser.
+_SPLITMIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def _splitmix_uniform(i, seed):
+    """i: uint64 counters, seed: uint64 scalar -> float32 in [0, 1): the top 24 bits of
+    SplitMix64's output for state ``seed + (i + 1) * golden``. Elementwise only, so ``cupy.fuse``
+    makes it one kernel."""
+    z = seed + (i + numpy.uint64(1)) * numpy.uint64(_SPLITMIX[0])
+    z = (z ^ (z >> numpy.uint64(30))) * numpy.uint64(_SPLITMIX[1])
+    z = (z ^ (z >> numpy.uint64(27))) * numpy.uint64(_SPLITMIX[2])
+    z = z ^ (z >> numpy.uint64(31))
+    return (z >> numpy.uint64(40)).astype(numpy.float32) * numpy.float32(2.0**-24)
+
+
 def uniform(rng: numpy.random.Generator, shape, dtype=numpy.float32):
     """Uniform [0, 1) samples of ``shape`` on the current backend, drawn from the host ``rng``.
 
     The host generator is the only random state, so one seed and one ``rng.bit_generator.state``
-    reproduce a run on either backend. On CuPy only a 64-bit seed crosses the bus.
+    reproduce a run on either backend. On CuPy only a 64-bit seed crosses, as a kernel argument:
+    the samples are a counter-based hash of their index and that seed, two launches (an arange
+    and one fused kernel), where a ``cupy.random`` generator per call would also set up cuRAND
+    states with a kernel of their own.
     """
     if _current is numpy:
         return rng.random(shape, dtype=dtype)
-    sub = _current.random.default_rng(int(rng.integers(2**63)))
-    return sub.random(shape, dtype=dtype)
+    global _uniform_kernel
+    if _uniform_kernel is None:
+        _uniform_kernel = _current.fuse(_splitmix_uniform)
+    seed = numpy.uint64(int(rng.integers(2**63)))
+    n = math.prod(shape)
+    return _uniform_kernel(_current.arange(n, dtype=numpy.uint64), seed).reshape(shape).astype(dtype, copy=False)

@@ -298,10 +298,9 @@ def _probe(framework, width, batch, backend_name, steps=3):
             for _ in range(steps):
                 runner.train_step()
             return runner.torch.cuda.max_memory_allocated() / 2**20
-        pool = backend.xp().get_default_memory_pool()
         for _ in range(steps):
             runner.train_step()
-        return pool.total_bytes() / 2**20
+        return backend.memory_pool_bytes() / 2**20
     before = _rss_kib("VmRSS")
     try:  # Linux: reset the high-water mark so it covers the steps alone
         with open("/proc/self/clear_refs", "w") as f:
@@ -482,7 +481,8 @@ def main(argv=None) -> int:
         print("xpnet bench: error: batch sizes, width, rounds and steps must be positive", file=sys.stderr)
         return 2
     try:
-        result = run(args)
+        with backend.device_errors():
+            result = run(args)
     except backend.BackendError as e:
         print(f"xpnet bench: error: {e}", file=sys.stderr)
         return 1

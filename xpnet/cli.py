@@ -422,7 +422,8 @@ def main(argv=None) -> int:
         return 1
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
     try:
-        return commands[args.command](args)
+        with backend.device_errors():
+            return commands[args.command](args)
     except _one_line_errors() as e:
         if getattr(e, "rank", 0) == 0:  # a DistributedError comes on every rank: one line
             print(f"xpnet {args.command}: error: {e}", file=sys.stderr)

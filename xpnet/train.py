@@ -350,7 +350,8 @@ def fit(
                 opt.step()
                 done += 1
                 loss_sum += loss * len(y)
-                correct += int((logits.argmax(axis=1) == y).sum())
+                # Counted on the device: the loss is the step's one host synchronisation.
+                correct = correct + (logits.argmax(axis=1) == y).sum()
                 seen += len(y)
                 if bar is not None:
                     bar.update(1)
@@ -379,7 +380,7 @@ def fit(
         row = dict(
             epoch=epoch + 1,
             train_loss=loss_sum / max(seen, 1),
-            train_accuracy=correct / max(seen, 1),
+            train_accuracy=int(correct) / max(seen, 1),
             test_loss=test_loss,
             test_accuracy=test_acc,
             seconds=seconds,

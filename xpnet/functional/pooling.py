@@ -40,7 +40,9 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
             continue
         better = tap > y
         xp.copyto(y, tap, where=better)
-        arg[better] = t
+        # copyto, not arg[better] = t: a boolean-mask assignment makes CuPy count the mask on the
+        # host, a synchronisation per tap.
+        xp.copyto(arg, t, where=better)
     return nchw(y), (arg, x.shape, (kh, kw), stride, padding)
 
 

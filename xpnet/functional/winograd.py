@@ -41,18 +41,19 @@ def tiles(h, w):
     return (h + 1) // 2, (w + 1) // 2
 
 
-def _kernel_map(xp, dtype):
-    """(16, 9): row 4a+b maps a kernel (3x3, flattened) to its tap (a, b) of ``G g G^T``."""
+def kernel_map(dtype):
+    """(16, 9) host array: row 4a+b maps a kernel (3x3, flattened) to its tap (a, b) of ``G g G^T``."""
     g = numpy.asarray(G, dtype=dtype)
-    return xp.asarray(numpy.kron(g, g))
+    return numpy.kron(g, g)
 
 
-def weight_transform(w):
+def weight_transform(w, k=None):
     """w: (O, C, 3, 3) -> (16, O, C), tap-major: ``G w G^T`` of every channel pair, as a GEMM
-    with the kernels' 9 taps as its inner dimension."""
+    with the kernels' 9 taps as its inner dimension. ``k``: ``kernel_map`` on w's backend, if
+    the caller keeps one (else it is made and moved here)."""
     xp = get_array_module(w)
     o, c = w.shape[:2]
-    k = _kernel_map(xp, w.dtype)
+    k = xp.asarray(kernel_map(w.dtype)) if k is None else k
     out = xp.empty((16, o, c), dtype=w.dtype)
 
     # Split over output channels on the kernels' threads: a BLAS call of its own threads here
@@ -64,11 +65,11 @@ def weight_transform(w):
     return out
 
 
-def weight_transform_adjoint(du):
+def weight_transform_adjoint(du, k=None):
     """du: (16, O, C) -> (O, C, 3, 3): the gradient of ``weight_transform``'s input."""
     xp = get_array_module(du)
     _, o, c = du.shape
-    k = _kernel_map(xp, du.dtype)
+    k = xp.asarray(kernel_map(du.dtype)) if k is None else k
     out = xp.empty((o, c, 3, 3), dtype=du.dtype)
 
     def body(t, o0, o1):
@@ -209,9 +210,12 @@ class Winograd3x3:
         th, tw = tiles(h, w)
         return 16 * th * tw * (c + o) * itemsize
 
+    def _kernel_map(self, xp):
+        return self.ws.constant(xp, "wino.kernel_map", self.dtype, lambda: kernel_map(self.dtype))
+
     def weights(self, w):
         """w: (O, C, 3, 3) -> the (16, C, O) tap matrices, a view of (16, O, C) memory."""
-        return weight_transform(w).transpose(0, 2, 1)
+        return weight_transform(w, self._kernel_map(get_array_module(w))).transpose(0, 2, 1)
 
     def _buf(self, xp, name, t, shape, zero=False):
         """Scratch of thread ``t``. One name serves several steps that never overlap."""
@@ -262,4 +266,4 @@ class Winograd3x3:
 
     def dw_finish(self, dwt):
         """(16, O, C) summed over chunks -> (O, C, 3, 3)."""
-        return weight_transform_adjoint(dwt)
+        return weight_transform_adjoint(dwt, self._kernel_map(get_array_module(dwt)))

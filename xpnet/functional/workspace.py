@@ -43,6 +43,15 @@ class Workspace:
             flat = self._arrays[key] = xp.empty(size, dtype=dtype)
         return flat[:size].reshape(shape)
 
+    def constant(self, xp, name, dtype, make):
+        """The array ``make()`` returns (host data), moved to module ``xp`` once and kept under
+        ``name``: a constant table crosses to the device on the first call, not on every call."""
+        key = ("constant", name, numpy.dtype(dtype).str, xp.__name__)
+        a = self._arrays.get(key)
+        if a is None:
+            a = self._arrays[key] = xp.asarray(make(), dtype=dtype)
+        return a
+
     def clear(self):
         self._arrays.clear()
 

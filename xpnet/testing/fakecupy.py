@@ -1,0 +1,606 @@
+"""A strict stand-in for CuPy that runs on the CPU and counts what a GPU would pay for.
+
+No GPU is lent to this project's machines, so the CuPy path is checked against this device
+instead. It holds NumPy arrays inside a type of its own and behaves as CuPy does where a GPU run
+would break or slow down:
+
+* its ``ndarray`` is a distinct type; ``numpy.asarray`` on one raises TypeError, and so does any
+  operation that mixes one with a NumPy array (both ways round), as CuPy does;
+* data moves only explicitly: ``asarray`` from host (counted as a host-to-device copy), and
+  ``asnumpy`` / ``.get()`` / ``.item()`` / ``.tolist()`` / ``float()`` / ``int()`` / ``bool()``
+  back (each counted as a host synchronisation and a device-to-host copy); a boolean-mask index
+  counts a synchronisation too, since CuPy counts the mask's true entries on the host;
+* it offers only the names and keyword arguments that CuPy offers (``cupy_api``, generated from
+  the real package); anything else is an AttributeError or a TypeError;
+* every operation that would launch a kernel on a GPU counts one launch, under its name: ufuncs,
+  reductions, copies, fills, GEMMs, advanced indexing, assignments. Views (slices, reshapes
+  that need no copy, transposes) and ``empty`` count none. A function run by ``fuse`` counts one
+  launch in all and runs unfused here, with only what ``cupy.fuse`` can fuse allowed inside;
+* an array created in float64 is counted (the device path should not make any).
+
+Select it through the real seam: ``with fakecupy.installed() as dev: backend.use("cupy")``
+puts it in ``sys.modules["cupy"]`` for the duration; ``dev.counts`` holds the counters.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import sys
+import types
+
+import numpy
+
+from xpnet.testing import cupy_api
+
+# What cupy.fuse can take inside a fused function: elementwise ufuncs and operators, ``where``,
+# casts and whole-array reductions.
+_FUSABLE_FUNCTIONS = {"where", "sum", "prod", "amax", "amin", "max", "min"}
+# Calls that allocate without launching a kernel.
+_NO_LAUNCH = {"empty", "empty_like", "ndim", "shape", "size", "result_type", "can_cast", "get_array_module"}
+# Names every CuPy module has that are not functions (dtypes, constants, classes).
+_CONSTANTS = {
+    name: getattr(numpy, name)
+    for name in ("inf", "nan", "pi", "e", "newaxis", "float16", "float32", "float64", "int8", "int16",
+                 "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool_", "complex64",
+                 "complex128", "dtype", "intp", "integer", "floating", "number", "generic")
+}
+
+
+class Counts:
+    """What a stretch of code would cost on a GPU: ``ops`` (kernel launches), ``syncs`` (host
+    waits on the device), ``to_host`` and ``to_device`` (copies), ``float64`` (arrays made in
+    float64), and ``by_name`` (launches per operation name)."""
+
+    FIELDS = ("ops", "syncs", "to_host", "to_device", "float64")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.ops = self.syncs = self.to_host = self.to_device = self.float64 = 0
+        self.by_name = collections.Counter()
+        self.float64_names = collections.Counter()
+
+    def snapshot(self) -> dict:
+        return {k: getattr(self, k) for k in self.FIELDS}
+
+    def since(self, snapshot: dict) -> dict:
+        return {k: getattr(self, k) - snapshot[k] for k in self.FIELDS}
+
+
+counts = Counts()
+_fusing = 0
+_limit = [0]  # the memory pool's limit in bytes (0: none), set through the pool object
+
+
+class OutOfMemoryError(MemoryError):
+    """As ``cupy.cuda.memory.OutOfMemoryError``: an allocation the device could not serve."""
+
+    def __init__(self, size, total, limit=0):
+        self.size, self.total, self.limit = size, total, limit
+        super().__init__(
+            f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes, limit set to: {limit:,} bytes)."
+        )
+
+
+def _launch(name, n=1):
+    if not _fusing and n:
+        counts.ops += n
+        counts.by_name[name] += n
+
+
+def _sync(name):
+    if _fusing:
+        raise TypeError(f"cupy.fuse: {name} needs a value on the host, which a fused kernel cannot give")
+    counts.syncs += 1
+    counts.to_host += 1
+    counts.by_name[name] += 1
+
+
+def _dev(x, where):
+    """A device argument's NumPy payload; NumPy arrays are refused, as CuPy refuses them."""
+    t = type(x)
+    if t is ndarray:
+        return x._a
+    if isinstance(x, numpy.ndarray):
+        raise TypeError(
+            f"{where}: got a numpy.ndarray where CuPy needs a cupy.ndarray or a scalar; move host "
+            f"data to the device explicitly (cupy.asarray)"
+        )
+    if t is list or t is tuple:
+        return t(_dev(v, where) for v in x)
+    if isinstance(x, slice):
+        return slice(_dev(x.start, where), _dev(x.stop, where), _dev(x.step, where))
+    return x
+
+
+def _wrap(r, name):
+    if isinstance(r, numpy.ndarray):
+        if r.dtype == numpy.float64 and not _fusing:
+            counts.float64 += 1
+            counts.float64_names[name] += 1
+        if _limit[0] and r.base is None and r.nbytes > _limit[0]:
+            raise OutOfMemoryError(r.nbytes, 0, _limit[0])
+        out = object.__new__(ndarray)
+        out._a = r
+        return out
+    if isinstance(r, numpy.generic):  # CuPy returns 0-d arrays where NumPy returns scalars
+        return _wrap(numpy.asarray(r), name)
+    if isinstance(r, tuple):
+        return tuple(_wrap(v, name) for v in r)
+    return r
+
+
+def _check_keywords(qualname, allowed, kwargs):
+    for k in kwargs:
+        if k not in allowed:
+            raise TypeError(f"{qualname}() got an unexpected keyword argument {k!r} (CuPy {cupy_api.VERSION} has no such keyword)")
+
+
+def _ufunc(name):
+    npf = getattr(numpy, name)
+    allowed = cupy_api.UFUNCS[name]
+
+    def call(*args, **kwargs):
+        _check_keywords(f"cupy.{name}", allowed, kwargs)
+        where = f"cupy.{name}"
+        a = _dev(args, where)
+        out = kwargs.get("out")
+        kw = {k: _dev(v, where) for k, v in kwargs.items()}
+        _launch(name)
+        r = npf(*a, **kw)
+        if out is not None:
+            return out
+        return _wrap(r, name)
+
+    call.__name__ = name
+    call.nin, call.nout = npf.nin, npf.nout
+    return call
+
+
+def _function(name, impl=None):
+    """cupy.<name>: NumPy's function on device payloads, with CuPy's keywords only."""
+    npf = impl or getattr(numpy, name)
+    allowed = cupy_api.FUNCTIONS[name] or ()
+    launches = 0 if name in _NO_LAUNCH else 1
+
+    def call(*args, **kwargs):
+        if _fusing and name not in _FUSABLE_FUNCTIONS:
+            raise TypeError(f"cupy.fuse cannot fuse cupy.{name}")
+        _check_keywords(f"cupy.{name}", allowed, kwargs)
+        where = f"cupy.{name}"
+        a = _dev(args, where)
+        out = kwargs.get("out")
+        kw = {k: _dev(v, where) for k, v in kwargs.items()}
+        _launch(name, launches)
+        r = npf(*a, **kw)
+        if out is not None:
+            return out
+        return _wrap(r, name)
+
+    call.__name__ = name
+    return call
+
+
+# -- functions whose CuPy behaviour differs from applying NumPy's to the payloads ---------------
+
+
+def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
+    """Host data is copied to the device (counted); a device array is returned as it is, or
+    converted on the device."""
+    if _fusing:
+        raise TypeError("cupy.fuse cannot fuse cupy.asarray")
+    if isinstance(a, ndarray):
+        r = a._a if dtype is None else a._a.astype(dtype, copy=False)
+        if r is a._a and not copy:
+            return a
+        _launch("asarray")
+        return _wrap(numpy.array(r, order=order or "K"), "asarray")
+    counts.to_device += 1
+    counts.by_name["asarray(host)"] += 1
+    return _wrap(numpy.array(a, dtype=dtype, order=order or "K"), "asarray")
+
+
+def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
+    if isinstance(obj, ndarray):
+        _launch("array")
+        return _wrap(numpy.array(obj._a, dtype=dtype, order=order, ndmin=ndmin), "array")
+    counts.to_device += 1
+    counts.by_name["array(host)"] += 1
+    return _wrap(numpy.array(obj, dtype=dtype, order=order, ndmin=ndmin), "array")
+
+
+def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
+    if isinstance(a, ndarray):
+        return a.get()
+    return numpy.asarray(a, order=order)
+
+
+def get_array_module(*args):
+    return sys.modules["cupy"] if any(isinstance(a, ndarray) for a in args) else numpy
+
+
+def fuse(*args, **kwargs):
+    """As ``cupy.fuse``: the decorated function is one launch; here it runs unfused, with only
+    fusable operations allowed inside and nothing moved to the host."""
+
+    def decorate(fn):
+        def fused(*a):
+            for v in a:
+                if isinstance(v, numpy.ndarray):
+                    raise TypeError(f"cupy.fuse({fn.__name__}): got a numpy.ndarray argument")
+            global _fusing
+            _launch(f"fuse:{fn.__name__}")
+            _fusing += 1
+            try:
+                r = fn(*a)
+            finally:
+                _fusing -= 1
+            return r
+
+        fused.__name__ = fn.__name__
+        fused.__wrapped__ = fn
+        return fused
+
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return decorate(args[0])
+    return decorate
+
+
+_SPECIAL = {"asarray": asarray, "array": array, "asnumpy": asnumpy, "get_array_module": get_array_module, "fuse": fuse}
+
+
+# -- the array type ------------------------------------------------------------------------------
+
+
+def _binary(name, reflected=False):
+    def op(self, other):
+        if isinstance(other, numpy.ndarray):
+            raise TypeError(
+                f"cupy.ndarray {name}: the other operand is a numpy.ndarray; move it to the device "
+                f"explicitly (cupy.asarray)"
+            )
+        if not isinstance(other, (ndarray, int, float, bool, complex, numpy.generic)):
+            return NotImplemented
+        f = getattr(_ns(), name)
+        return f(other, self) if reflected else f(self, other)
+
+    return op
+
+
+def _inplace(name):
+    def op(self, other):
+        getattr(_ns(), name)(self, other, out=self)
+        return self
+
+    return op
+
+
+def _method(name, launches=1):
+    allowed = cupy_api.NDARRAY[name] or ()
+
+    def m(self, *args, **kwargs):
+        if _fusing and name not in ("sum", "max", "min", "prod", "astype"):
+            raise TypeError(f"cupy.fuse cannot fuse ndarray.{name}")
+        _check_keywords(f"cupy.ndarray.{name}", allowed, kwargs)
+        where = f"cupy.ndarray.{name}"
+        out = kwargs.get("out")
+        r = getattr(self._a, name)(*_dev(args, where), **{k: _dev(v, where) for k, v in kwargs.items()})
+        _launch(name, launches)
+        return out if out is not None else _wrap(r, name)
+
+    m.__name__ = name
+    return m
+
+
+def _has_bool_array(key):
+    keys = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, ndarray) and k.dtype == numpy.bool_ for k in keys)
+
+
+def _is_basic(key):
+    keys = key if isinstance(key, tuple) else (key,)
+    return all(k is None or k is Ellipsis or isinstance(k, (slice, int, numpy.integer)) for k in keys)
+
+
+class ndarray:
+    """A device array: a NumPy array that only this module's functions may read or write."""
+
+    __slots__ = ("_a", "__weakref__")
+    __array_ufunc__ = None  # NumPy ufuncs and operators with one of these raise TypeError
+    __hash__ = None
+
+    def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
+        self._a = numpy.empty(shape, dtype=dtype, order=order)
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(
+            "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a "
+            "NumPy array explicitly."
+        )
+
+    def __array_function__(self, func, types, args, kwargs):
+        return NotImplemented
+
+    # -- host side: metadata, no device work --
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: _wrap(self._a.T, "T"))
+    mT = property(lambda self: _wrap(self._a.mT, "mT"))
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    # -- views --
+    def transpose(self, *axes):
+        return _wrap(self._a.transpose(*axes), "transpose")
+
+    def swapaxes(self, a, b):
+        return _wrap(self._a.swapaxes(a, b), "swapaxes")
+
+    def squeeze(self, axis=None):
+        return _wrap(self._a.squeeze(axis), "squeeze")
+
+    def view(self, dtype=None, type=None):
+        return _wrap(self._a.view() if dtype is None else self._a.view(dtype), "view")
+
+    def reshape(self, *shape, order="C", copy=None):
+        if _fusing:
+            raise TypeError("cupy.fuse cannot fuse ndarray.reshape")
+        r = self._a.reshape(*shape, order=order)
+        if not numpy.may_share_memory(r, self._a):
+            _launch("reshape(copy)")
+        return _wrap(r, "reshape")
+
+    def ravel(self, order="C"):
+        r = self._a.ravel(order)
+        if not numpy.may_share_memory(r, self._a):
+            _launch("ravel(copy)")
+        return _wrap(r, "ravel")
+
+    # -- device work --
+    def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        if not copy and numpy.dtype(dtype) == self._a.dtype:
+            return self
+        _launch("astype")
+        return _wrap(self._a.astype(dtype, order=order), "astype")
+
+    def copy(self, order="C"):
+        if _fusing:
+            raise TypeError("cupy.fuse cannot fuse ndarray.copy")
+        _launch("copy")
+        return _wrap(self._a.copy(order), "copy")
+
+    def fill(self, value):
+        if isinstance(value, (numpy.ndarray, ndarray)):
+            raise TypeError("ndarray.fill takes a scalar")
+        _launch("fill")
+        self._a.fill(value)
+
+    def __getitem__(self, key):
+        if _fusing:
+            raise TypeError("cupy.fuse cannot fuse indexing")
+        if _has_bool_array(key):
+            _sync("getitem(bool mask)")
+        k = _dev(key, "cupy.ndarray indexing")
+        if not _is_basic(k):
+            _launch("getitem(gather)")
+        return _wrap(self._a[k], "getitem")
+
+    def __setitem__(self, key, value):
+        if _fusing:
+            raise TypeError("cupy.fuse cannot fuse indexing")
+        if isinstance(value, numpy.ndarray):
+            raise TypeError(
+                "cupy.ndarray assignment: the value is a numpy.ndarray; move it to the device "
+                "explicitly (cupy.asarray)"
+            )
+        if _has_bool_array(key):
+            _sync("setitem(bool mask)")
+        _launch("setitem")
+        self._a[_dev(key, "cupy.ndarray indexing")] = _dev(value, "cupy.ndarray assignment")
+
+    # -- to the host: every one a synchronisation --
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        _sync("get")
+        return numpy.array(self._a, order=order)
+
+    def item(self):
+        _sync("item")
+        return self._a.item()
+
+    def tolist(self):
+        _sync("tolist")
+        return self._a.tolist()
+
+    def __float__(self):
+        _sync("float()")
+        return float(self._a)
+
+    def __int__(self):
+        _sync("int()")
+        return int(self._a)
+
+    def __index__(self):
+        _sync("index()")
+        return self._a.__index__()
+
+    def __bool__(self):
+        _sync("bool()")
+        return bool(self._a)
+
+    def __repr__(self):
+        _sync("repr()")
+        return repr(self._a).replace("array(", "array(", 1)
+
+    __str__ = __repr__
+
+    def __neg__(self):
+        return _ns().negative(self)
+
+    def __pos__(self):
+        return self.copy()
+
+    def __abs__(self):
+        return _ns().absolute(self)
+
+    def __invert__(self):
+        return _ns().invert(self)
+
+    def __matmul__(self, other):
+        return _ns().matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return _ns().matmul(other, self)
+
+    def dot(self, other):
+        return _ns().dot(self, other)
+
+
+for _name, _uf in (
+    ("add", "add"), ("sub", "subtract"), ("mul", "multiply"), ("truediv", "true_divide"),
+    ("floordiv", "floor_divide"), ("mod", "remainder"), ("pow", "power"), ("and", "bitwise_and"),
+    ("or", "bitwise_or"), ("xor", "bitwise_xor"), ("lshift", "left_shift"), ("rshift", "right_shift"),
+):
+    setattr(ndarray, f"__{_name}__", _binary(_uf))
+    setattr(ndarray, f"__r{_name}__", _binary(_uf, reflected=True))
+    setattr(ndarray, f"__i{_name}__", _inplace(_uf))
+for _name, _uf in (("lt", "less"), ("le", "less_equal"), ("gt", "greater"), ("ge", "greater_equal"),
+                   ("eq", "equal"), ("ne", "not_equal")):
+    setattr(ndarray, f"__{_name}__", _binary(_uf))
+for _name in ("sum", "mean", "max", "min", "argmax", "argmin", "prod", "all", "any", "var", "std",
+              "clip", "cumsum", "take", "repeat", "flatten"):
+    setattr(ndarray, _name, _method(_name))
+ndarray.__module__ = "cupy"  # as the real type reports itself; xpnet's backend looks at it
+del _name, _uf
+
+
+# -- the namespace that stands in for the ``cupy`` module ----------------------------------------
+
+
+class _Stream:
+    def synchronize(self):
+        _sync("stream.synchronize")
+
+
+class _Device:
+    def __init__(self, device=None):
+        self.id = 0 if device is None else int(device)
+
+    def use(self):
+        return self
+
+    def synchronize(self):
+        _sync("device.synchronize")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _MemoryPool:
+    def set_limit(self, size=None, fraction=None):
+        _limit[0] = int(size or 0)
+
+    def get_limit(self):
+        return _limit[0]
+
+    def used_bytes(self):
+        return 0
+
+    def total_bytes(self):
+        return 0
+
+    def free_all_blocks(self, stream=None):
+        pass
+
+
+class _Generator:
+    """``cupy.random.Generator``: its creation launches the generator's init kernel."""
+
+    def __init__(self, seed):
+        _launch("random.default_rng")
+        self._g = numpy.random.default_rng(seed)
+
+    def random(self, size=None, dtype=numpy.float64, out=None):
+        _launch("random.random")
+        return _wrap(self._g.random(size, dtype=dtype), "random.random")
+
+
+class _Random(types.SimpleNamespace):
+    pass
+
+
+def _random_namespace():
+    return _Random(default_rng=_Generator, seed=lambda seed=None: None)
+
+
+def _cuda_namespace(pool):
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+    memory = types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError)
+    return types.SimpleNamespace(
+        runtime=runtime, memory=memory, Device=_Device, get_current_stream=lambda: _Stream()
+    )
+
+
+class FakeCuPy(types.ModuleType):
+    """The ``cupy`` namespace of the fake device: CuPy's names only, made on first use."""
+
+    def __init__(self):
+        super().__init__("cupy", "A strict, counting stand-in for CuPy (xpnet.testing.fakecupy).")
+        pool = _MemoryPool()
+        self.__dict__.update(_CONSTANTS)
+        self.ndarray = ndarray
+        self.cuda = _cuda_namespace(pool)
+        self.random = _random_namespace()
+        self.get_default_memory_pool = lambda: pool
+        self.__version__ = cupy_api.VERSION
+        self.counts = counts
+
+    def __getattr__(self, name):
+        if name in cupy_api.UFUNCS and hasattr(numpy, name):
+            f = _ufunc(name)
+        elif name in _SPECIAL:
+            f = _SPECIAL[name]
+        elif isinstance(cupy_api.FUNCTIONS.get(name), tuple) and callable(getattr(numpy, name, None)):
+            f = _function(name)
+        else:
+            raise AttributeError(f"module 'cupy' has no attribute {name!r} (or the fake device lacks it)")
+        self.__dict__[name] = f
+        return f
+
+
+def _ns():
+    return sys.modules["cupy"]
+
+
+@contextlib.contextmanager
+def installed():
+    """Put a fresh fake device in ``sys.modules["cupy"]`` for the duration (counters reset);
+    yields it. ``backend.use("cupy")`` then selects it."""
+    previous = sys.modules.get("cupy")
+    fake = FakeCuPy()
+    counts.reset()
+    _limit[0] = 0
+    sys.modules["cupy"] = fake
+    try:
+        yield fake
+    finally:
+        _limit[0] = 0
+        if previous is None:
+            sys.modules.pop("cupy", None)
+        else:
+            sys.modules["cupy"] = previous
