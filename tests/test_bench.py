@@ -54,3 +54,21 @@ def test_profile_times_every_stage_of_both_frameworks(tmp_path):
     step = rows[-1][2]
     assert step["xpnet"] > sum(ms["xpnet"] for _, _, ms in rows[:-2])
     assert "| res1 | backward |" in (tmp_path / "bench.md").read_text()
+
+
+def test_dry_run_counts_launches_and_syncs_without_a_gpu(tmp_path, capsys):
+    from xpnet import backend
+
+    assert main(["--backend", "cupy", "--dry-run", "--width", "0.0625", "--batch-sizes", "2", "4", "--out", str(tmp_path)]) == 0
+    assert backend.name() == "numpy"
+    result = json.loads((tmp_path / "launches.json").read_text())
+    small, large = result["rows"]
+    for row in (small, large):
+        train, torch_counts = row["xpnet"]["train"], row["torch"]
+        assert train["syncs"] == 1 and train["to_device"] == 0 and train["float64"] == 0
+        assert train["ops"] == sum(row["xpnet"]["train_by_name"].values()) - 1  # less the loss's float()
+        assert 0 < torch_counts["train"] < torch_counts["train_leaf_ops"]
+        assert torch_counts["train_by_name"]["aten::convolution_backward"] == 8  # one per 3x3 conv
+    assert small["xpnet"]["train"]["ops"] == large["xpnet"]["train"]["ops"]
+    assert "| 2 |" in capsys.readouterr().out
+    assert main(["--dry-run", "--out", str(tmp_path)]) == 2

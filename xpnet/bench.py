@@ -11,6 +11,7 @@ child process per framework, so neither sees the other's allocations).
     xpnet bench --backend cupy        # CuPy vs torch CUDA
     xpnet bench --profile             # where a train step's time goes, stage by stage, vs torch
     xpnet bench --smoke               # seconds: what CI runs
+    xpnet bench --backend cupy --dry-run   # kernel launches and host syncs per step, no GPU needed
 """
 
 from __future__ import annotations
@@ -465,6 +466,9 @@ def build_parser():
                    help="instead of throughput, time each stage's forward and backward in a train step")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for bench.json and bench.md")
     p.add_argument("--smoke", action="store_true", help="tiny and quick: batch 2, width 1/8, one round")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --backend cupy: count kernel launches and host syncs per step on a fake "
+                        "device, beside the PyTorch twin's, instead of timing (no GPU needed)")
     p.add_argument("--_probe", nargs=4, help=argparse.SUPPRESS)
     return p
 
@@ -480,6 +484,8 @@ def main(argv=None) -> int:
     if min(args.batch_sizes) < 1 or args.width <= 0 or args.rounds < 1 or args.steps < 1 or args.threads < 0:
         print("xpnet bench: error: batch sizes, width, rounds and steps must be positive", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return _dry_run(args)
     try:
         with backend.device_errors():
             result = run(args)
@@ -493,6 +499,22 @@ def main(argv=None) -> int:
     print()
     print(md)
     print(f"written: {args.out / 'bench.json'}, {args.out / 'bench.md'}")
+    return 0
+
+
+def _dry_run(args) -> int:
+    from xpnet import launches
+
+    if args.backend != "cupy":
+        print("xpnet bench: error: --dry-run counts the device path: pass --backend cupy", file=sys.stderr)
+        return 2
+    result = launches.run(args.width, args.batch_sizes, torch=not args.no_torch)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "launches.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = launches.markdown(result)
+    (args.out / "launches.md").write_text(md)
+    print(md)
+    print(f"written: {args.out / 'launches.json'}, {args.out / 'launches.md'}")
     return 0
 
 
