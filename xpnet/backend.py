@@ -21,7 +21,7 @@ import numpy
 BACKENDS = ("numpy", "cupy")
 
 _current = numpy
-_uniform_kernel = None  # the fused sampling kernel of the current backend, made on first use
+_fused = {}  # function -> its cupy.fuse form for the current backend, made on first use
 
 
 class BackendError(RuntimeError):
@@ -47,8 +47,8 @@ def _import_cupy():
 
 def use(name: str):
     """Select the backend by name ("numpy" or "cupy") and return its array module."""
-    global _current, _uniform_kernel
-    _uniform_kernel = None
+    global _current
+    _fused.clear()
     if name == "numpy":
         _current = numpy
     elif name == "cupy":
@@ -169,9 +169,24 @@ def uniform(rng: numpy.random.Generator, shape, dtype=numpy.float32):
     """
     if _current is numpy:
         return rng.random(shape, dtype=dtype)
-    global _uniform_kernel
-    if _uniform_kernel is None:
-        _uniform_kernel = _current.fuse(_splitmix_uniform)
     seed = numpy.uint64(int(rng.integers(2**63)))
     n = math.prod(shape)
-    return _uniform_kernel(_current.arange(n, dtype=numpy.uint64), seed).reshape(shape).astype(dtype, copy=False)
+    u = fuse(_splitmix_uniform)(_current.arange(n, dtype=numpy.uint64), seed)
+    return u.reshape(shape).astype(dtype, copy=False)
+
+
+def fuse(fn):
+    """``fn`` as one kernel on CuPy (``cupy.fuse``, compiled once per function), ``fn`` itself on
+    NumPy.
+
+    ``fn`` takes arrays of one shape (or broadcastable) and scalars, and uses only what
+    ``cupy.fuse`` can fuse: ufuncs and operators, ``where``, ``astype`` and whole-axis reductions.
+    It may return arrays, or write into its array arguments with in-place operators or a ufunc's
+    positional output. Pass scalars as NumPy float32 scalars, so both backends compute in float32.
+    """
+    if _current is numpy:
+        return fn
+    f = _fused.get(fn)
+    if f is None:
+        f = _fused[fn] = _current.fuse(fn)
+    return f

@@ -13,7 +13,45 @@ from __future__ import annotations
 
 import math
 
+import numpy
+
+from xpnet import backend
 from xpnet.backend import get_array_module
+
+_f32 = numpy.float32
+
+
+# The updates as elementwise functions of one parameter's arrays, written in place: on CuPy each
+# runs as one fused kernel per parameter (``backend.fuse``) instead of six to ten launches.
+
+
+def _sgd(p, g, lr, wd):
+    p -= lr * (g + wd * p)
+
+
+def _sgd_momentum(p, g, buf, lr, wd, momentum):
+    buf *= momentum
+    buf += g + wd * p
+    p -= lr * buf
+
+
+def _sgd_nesterov(p, g, buf, lr, wd, momentum):
+    d = g + wd * p
+    buf *= momentum
+    buf += d
+    p -= lr * (d + momentum * buf)
+
+
+def _adam(p, g, m, v, lr_bc1, beta1, beta2, c1, c2, inv_sqrt_bc2, eps, wd, decay):
+    """c1, c2: 1 - beta1, 1 - beta2; decay: the decoupled factor ``1 - lr * wd`` (1 for plain
+    Adam); wd: the L2 weight (0 for AdamW)."""
+    p *= decay
+    d = g + wd * p
+    m *= beta1
+    m += c1 * d
+    v *= beta2
+    v += c2 * (d * d)
+    p -= lr_bc1 * (m / (backend.xp().sqrt(v) * inv_sqrt_bc2 + eps))
 
 
 def _named(params):
@@ -84,15 +122,12 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.weight_decay = float(momentum), nesterov, float(weight_decay)
 
     def _update(self, p, state):
-        g = p.grad
-        if self.weight_decay:
-            g = g + self.weight_decay * p.data
-        if self.momentum:
-            buf = state["momentum_buffer"]
-            buf *= self.momentum
-            buf += g
-            g = g + self.momentum * buf if self.nesterov else buf
-        p.data -= self.lr * g
+        lr, wd = _f32(self.lr), _f32(self.weight_decay)
+        if not self.momentum:
+            backend.fuse(_sgd)(p.data, p.grad, lr, wd)
+            return
+        step = _sgd_nesterov if self.nesterov else _sgd_momentum
+        backend.fuse(step)(p.data, p.grad, state["momentum_buffer"], lr, wd, _f32(self.momentum))
 
 
 class Adam(Optimizer):
@@ -110,23 +145,15 @@ class Adam(Optimizer):
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
     def _update(self, p, state):
-        xp = get_array_module(p.data)
-        g = p.grad
-        if self.weight_decay and self.decoupled:
-            p.data *= 1.0 - self.lr * self.weight_decay
-        elif self.weight_decay:
-            g = g + self.weight_decay * p.data
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m *= self.beta1
-        m += (1.0 - self.beta1) * g
-        v *= self.beta2
-        v += (1.0 - self.beta2) * (g * g)
         bc1 = 1.0 - self.beta1**self.steps
         bc2 = 1.0 - self.beta2**self.steps
-        denom = xp.sqrt(v)
-        denom *= 1.0 / math.sqrt(bc2)
-        denom += self.eps
-        p.data -= (self.lr / bc1) * (m / denom)
+        decay = 1.0 - self.lr * self.weight_decay if self.decoupled else 1.0
+        wd = 0.0 if self.decoupled else self.weight_decay
+        backend.fuse(_adam)(
+            p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], _f32(self.lr / bc1), _f32(self.beta1),
+            _f32(self.beta2), _f32(1.0 - self.beta1), _f32(1.0 - self.beta2), _f32(1.0 / math.sqrt(bc2)),
+            _f32(self.eps), _f32(wd), _f32(decay),
+        )
 
 
 class AdamW(Adam):

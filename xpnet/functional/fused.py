@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import numpy
 
+from xpnet import backend
 from xpnet.backend import get_array_module
 from xpnet.functional.conv import Im2col3x3
 from xpnet.functional.layout import nchw, nhwc
@@ -58,6 +59,105 @@ def _sum_dtype(xp, dt):
     statistics of large batches exact; the data's own dtype on a GPU, where float64 runs at a
     fraction of the float32 rate and CuPy's tree reductions keep float32 sums accurate."""
     return numpy.float64 if xp is numpy else dt
+
+
+# -- the elementwise steps as functions that ``backend.fuse`` makes one kernel each on CuPy --------
+#
+# On the CPU the passes below run chunk by chunk with ``out=`` buffers, which keeps them in cache;
+# on a GPU the whole batch is one chunk and each pass would be a kernel launch, so the device
+# runs these fused forms instead. Per-channel vectors take them on both backends (they are tiny).
+
+
+def _totals(partial):
+    """(threads, O) per-thread partial sums -> (O,); a view when there is one thread (a GPU)."""
+    return partial[0] if partial.shape[0] == 1 else partial.sum(axis=0)
+
+
+def _column_dot(xp, a, b):
+    """a, b: (R, O) -> (O,) sums over rows of a*b: an einsum on the CPU (no temporary), one fused
+    reduction on a GPU (CuPy's einsum would transpose both into a batched GEMM)."""
+    if xp is numpy:
+        return xp.einsum("ij,ij->j", a, b)
+    return backend.fuse(_sum_of_products)(a, b)
+
+
+def _sum_of_products(a, b):
+    return (a * b).sum(axis=0)
+
+
+def _bn_stats(s1, s2, gamma, beta, m, eps):
+    """Per-channel sums of z and z^2 over m values -> mean, biased var, 1/std, and the scale and
+    shift (gamma's dtype) that normalise and apply gamma, beta."""
+    # Constants typed from the arguments: a bare Python number could widen a fused kernel.
+    zero, one = eps.dtype.type(0), eps.dtype.type(1)
+    mean = s1 / m
+    var = backend.xp().maximum(s2 / m - mean * mean, zero)
+    inv_std = one / backend.xp().sqrt(var + eps)
+    scale = (gamma * inv_std).astype(gamma.dtype)
+    shift = (beta - mean * scale).astype(gamma.dtype)
+    return mean, var, inv_std, scale, shift
+
+
+def _affine_relu(z, scale, shift):
+    return backend.xp().maximum(z * scale + shift, z.dtype.type(0))
+
+
+def _max4(a, b, c, d):
+    xp = backend.xp()
+    return xp.maximum(xp.maximum(a, b), xp.maximum(c, d))
+
+
+def _relu_grad(dout, y, g):
+    backend.xp().multiply(dout, y > 0, g)
+
+
+def _pool_relu_grad(dout, p, y00, y01, y10, y11, g00, g01, g10, g11):
+    """Each 2x2 window's gradient to its first position (row-major) equal to the pooled maximum,
+    where that maximum is positive: the four taps' gradients written into g's strided views."""
+    xp = backend.xp()
+    free = p > 0
+    hit = (y00 == p) & free
+    xp.multiply(dout, hit, g00)
+    free = free ^ hit
+    hit = (y01 == p) & free
+    xp.multiply(dout, hit, g01)
+    free = free ^ hit
+    hit = (y10 == p) & free
+    xp.multiply(dout, hit, g10)
+    free = free ^ hit
+    xp.multiply(dout, (y11 == p) & free, g11)
+
+
+def _bn_backward_coefficients(sg, sgc, sgc_own, mean, inv_std, gamma, m):
+    """sum(g), sum(g*(z - mean)) (O,) over all m values, and this rank's own sum(g*(z - mean))
+    -> dgamma (this rank's share) and the a, b, c of dz = a*g + b*z + c."""
+    inv = inv_std.astype(sg.dtype)
+    mean = mean.astype(sg.dtype)
+    dgamma = inv * sgc
+    k = gamma.astype(sg.dtype) * inv
+    ca = k.astype(gamma.dtype)
+    cb = (-k * inv * dgamma / m).astype(gamma.dtype)
+    cc = (k * (mean * inv * dgamma - sg) / m).astype(gamma.dtype)
+    return inv * sgc_own, ca, cb, cc
+
+
+def _centered_sum(z, a):
+    return (z - a).sum(axis=0)
+
+
+def _centered_square_sum(z, a):
+    d = z - a
+    return (d * d).sum(axis=0)
+
+
+def _centered_dot(g, z, mean):
+    return (g * (z - mean)).sum(axis=0)
+
+
+def _bn_input_grad(g, z, ca, cb, cc):
+    g *= ca
+    g += z * cb
+    g += cc
 
 
 def _check(x, w):
@@ -133,8 +233,9 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
     wk = plan.weights(w)
     ones = xp.ones(plan.nb * h * wd, dtype=dt)
     z = xp.empty((n, h, wd, o), dtype=dt)
-    y = xp.empty_like(z)  # the output, and until then each chunk's deviations
-    acc = _sum_dtype(xp, dt)
+    # On the CPU: the output, and until then each chunk's deviations (the device makes y fused).
+    y = xp.empty_like(z) if xp is numpy else None
+    acc = numpy.dtype(_sum_dtype(xp, dt)).type
     s1 = xp.zeros((workers(xp), o), dtype=acc)  # per-thread partial sums
     s2 = xp.zeros_like(s1)
 
@@ -142,27 +243,31 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
         plan.forward_into(xh, n0, n1, wk, z[n0:n1], t)
         r = (n1 - n0) * h * wd
         zc = z[n0:n1].reshape(r, o)
-        # GEMVs reduce columns faster than sum(axis=0) or an einsum, and more accurately: BLAS
-        # keeps several partial sums, where one float32 sum over thousands of like terms (a flat
-        # image background) drifts by about r*eps.
+        # Sums around the chunk's own mean a: sum z = r a + sum d and sum z^2 = sum d^2 +
+        # a (2 sum d + r a), with d = z - a. Raw float32 sums of z^2 lose the variance to
+        # cancellation. GEMVs reduce columns faster than sum(axis=0), and more accurately.
         a = (ones[:r] @ zc) * (1.0 / r)
-        d = y[n0:n1].reshape(r, o)
-        xp.subtract(zc, a, out=d)
-        sd = (ones[:r] @ d).astype(acc, copy=False)
-        xp.multiply(d, d, out=d)
-        a64 = a.astype(acc, copy=False)
-        s1[t] += r * a64 + sd
-        s2[t] += (ones[:r] @ d) + a64 * (2.0 * sd + r * a64)
+        if xp is numpy:
+            d = y[n0:n1].reshape(r, o)
+            xp.subtract(zc, a, out=d)
+            sd = (ones[:r] @ d).astype(acc, copy=False)
+            xp.multiply(d, d, out=d)
+            sdd = ones[:r] @ d
+        else:
+            sd, sdd = backend.fuse(_centered_sum)(zc, a), backend.fuse(_centered_square_sum)(zc, a)
+        a = a.astype(acc, copy=False)
+        xp.add(s1[t], r * a + sd, out=s1[t])
+        xp.add(s2[t], sdd + a * (2.0 * sd + r * a), out=s2[t])
 
     for_chunks(xp, n, plan.nb, body)
-    (s1, s2), m = sums_over_ranks(reduce_sums, (s1.sum(axis=0), s2.sum(axis=0)), n * h * wd)
-    mean = s1 / m
-    var = xp.maximum(s2 / m - mean * mean, 0.0)
-    inv_std = 1.0 / xp.sqrt(var + eps)
-    scale = (gamma * inv_std).astype(dt, copy=False)
-    shift = (beta - mean * scale).astype(dt, copy=False)
-    p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
-    _affine_relu_pool(z, scale, shift, y, p)
+    (s1, s2), m = sums_over_ranks(reduce_sums, (_totals(s1), _totals(s2)), n * h * wd)
+    mean, var, inv_std, scale, shift = backend.fuse(_bn_stats)(s1, s2, gamma, beta, acc(m), acc(eps))
+    if xp is numpy:
+        p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
+        _affine_relu_pool(z, scale, shift, y, p)
+    else:
+        y = backend.fuse(_affine_relu)(z, scale, shift)
+        p = backend.fuse(_max4)(*_windows(y)) if pool else None
     mean, var, inv_std = (a.astype(dt, copy=False) for a in (mean, var, inv_std))
     cache = (x, wk, gamma, z, y, p, mean, inv_std)
     return nchw(y if p is None else p), cache, mean, var
@@ -202,6 +307,12 @@ def conv_bn_relu_eval_forward(x, w, b, gamma, beta, running_mean, running_var, e
     return nchw(y if p is None else p)
 
 
+def _windows(y):
+    """y: (n, H, W, C) -> its four (n, H//2, W//2, C) strided views, one per 2x2 window position."""
+    ho, wo = y.shape[1] // 2, y.shape[2] // 2
+    return [y[:, a : 2 * ho : 2, b : 2 * wo : 2] for a in (0, 1) for b in (0, 1)]
+
+
 def _relu_pool_grad_into(dout, y, p, g, free, hit):
     """g <- gradient at the ReLU's input, given dout at the block's output (one chunk).
 
@@ -210,6 +321,9 @@ def _relu_pool_grad_into(dout, y, p, g, free, hit):
     ``free`` and ``hit`` are bool scratch of p's shape.
     """
     xp = get_array_module(g)
+    if p is None and xp is not numpy:
+        backend.fuse(_relu_grad)(dout, y, g)
+        return
     if p is None:
         xp.greater(y, 0.0, out=hit)
         xp.multiply(dout, hit, out=g)
@@ -219,6 +333,9 @@ def _relu_pool_grad_into(dout, y, p, g, free, hit):
         g[:, 2 * ho :] = 0.0
     if 2 * wo != g.shape[2]:
         g[:, :, 2 * wo :] = 0.0
+    if xp is not numpy:
+        backend.fuse(_pool_relu_grad)(dout, p, *_windows(y), *_windows(g))
+        return
     xp.greater(p, 0.0, out=free)
     for t, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
         xp.equal(y[:, a : 2 * ho : 2, b : 2 * wo : 2], p, out=hit)
@@ -260,30 +377,30 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
     def pass1(t, n0, n1):
         k = n1 - n0
         r = k * h * wd
-        free = ws.get(xp, f"free.{t}", mask_shape, bool)
-        hit = ws.get(xp, f"hit.{t}", mask_shape, bool)
+        on_cpu = xp is numpy
+        free = ws.get(xp, f"free.{t}", mask_shape, bool)[:k] if on_cpu else None
+        hit = ws.get(xp, f"hit.{t}", mask_shape, bool)[:k] if on_cpu else None
         pc = None if p is None else p[n0:n1]
-        _relu_pool_grad_into(douth[n0:n1], y[n0:n1], pc, g[n0:n1], free[:k], hit[:k])
+        _relu_pool_grad_into(douth[n0:n1], y[n0:n1], pc, g[n0:n1], free, hit)
         gc = g[n0:n1].reshape(r, o)
-        sg[t] += ones[:r] @ gc
-        gzc = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)[:r]  # pass 2's scratch, free until then
-        xp.subtract(z[n0:n1].reshape(r, o), mean, out=gzc)
-        xp.multiply(gzc, gc, out=gzc)
-        sgz[t] += ones[:r] @ gzc
+        gc = g[n0:n1].reshape(r, o)
+        xp.add(sg[t], ones[:r] @ gc, out=sg[t])
+        if xp is numpy:
+            gzc = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)[:r]  # pass 2's scratch, free until then
+            xp.subtract(z[n0:n1].reshape(r, o), mean, out=gzc)
+            xp.multiply(gzc, gc, out=gzc)
+            xp.add(sgz[t], ones[:r] @ gzc, out=sgz[t])
+        else:
+            xp.add(sgz[t], backend.fuse(_centered_dot)(gc, z[n0:n1].reshape(r, o), mean), out=sgz[t])
 
     for_chunks(xp, n, nb, pass1)
-    sg, sgz = sg.sum(axis=0), sgz.sum(axis=0)
+    sg, sgz = _totals(sg), _totals(sgz)
     (sg_all, sgz_all), m = sums_over_ranks(reduce_sums, (sg, sgz), m)
 
     # BatchNorm's backward, dz = gamma*inv_std*(g - mean(g) - xhat*mean(g*xhat)), as a*g + b*z + c.
-    inv64 = inv_std.astype(acc, copy=False)
-    mean64 = mean.astype(acc, copy=False)
-    dgamma = inv64 * sgz
-    dgamma_all = inv64 * sgz_all
-    kk = gamma.astype(acc, copy=False) * inv64
-    ca = kk.astype(dt, copy=False)
-    cb = (-kk * inv64 * dgamma_all / m).astype(dt, copy=False)
-    cc = (kk * (mean64 * inv64 * dgamma_all - sg_all) / m).astype(dt, copy=False)
+    dgamma, ca, cb, cc = backend.fuse(_bn_backward_coefficients)(
+        sg_all, sgz_all, sgz, mean, inv_std, gamma, sg.dtype.type(m)
+    )
 
     # Pass 2, per chunk of images: dz in place of g, then this chunk's share of dW and dx.
     nb = plan.nb
@@ -295,12 +412,15 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
     def pass2(t, n0, n1):
         r = (n1 - n0) * h * wd
         dz = g[n0:n1].reshape(r, o)
-        bz = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)
-        xp.multiply(z[n0:n1].reshape(r, o), cb, out=bz[:r])
-        xp.multiply(dz, ca, out=dz)
-        xp.add(dz, bz[:r], out=dz)
-        xp.add(dz, cc, out=dz)
-        db[t] += ones[:r] @ dz
+        if xp is numpy:
+            bz = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)
+            xp.multiply(z[n0:n1].reshape(r, o), cb, out=bz[:r])
+            xp.multiply(dz, ca, out=dz)
+            xp.add(dz, bz[:r], out=dz)
+            xp.add(dz, cc, out=dz)
+        else:
+            backend.fuse(_bn_input_grad)(dz, z[n0:n1].reshape(r, o), ca, cb, cc)
+        xp.add(db[t], ones[:r] @ dz, out=db[t])
         part = dws[t] if not started[t] else ws.get(xp, f"dw.{t}", plan.dw_shape, dt)
         plan.backward_into(xh, g[n0:n1], n0, n1, wk, part, None if dx is None else dx[n0:n1], t)
         if started[t]:
@@ -312,7 +432,7 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
     dwmat = dws[used[0]]
     for t in used[1:]:
         dwmat += dws[t]
-    db = db.sum(axis=0)
+    db = _totals(db)
     dw = plan.dw_finish(dwmat)
     dx = None if dx is None else nchw(dx)
     return dx, dw, db.astype(dt, copy=False), dgamma.astype(dt, copy=False), sg.astype(dt, copy=False)
