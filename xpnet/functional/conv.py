@@ -8,6 +8,8 @@ output comes straight out of the GEMM as channels-last rows.
 
 from __future__ import annotations
 
+import numpy
+
 from xpnet.backend import get_array_module
 from xpnet.functional.layout import from_rows, nchw, nhwc, to_rows
 
@@ -156,6 +158,21 @@ def col2im3x3_add(dcols, dx):
         dx[:, ri, ci] += dcols[:, ro, co, :, t]
 
 
+def _im2col3x3_index(h, w, c):
+    """(H*W*C*9,) host offsets: column entry (y, x, channel, tap (i, j)) of a 3x3, padding-1
+    window reads the zero-padded (H+2, W+2, C) image at (y+i, x+j, channel)."""
+    y, x, ch, t = numpy.meshgrid(numpy.arange(h), numpy.arange(w), numpy.arange(c), numpy.arange(9), indexing="ij")
+    return (((y + t // 3) * (w + 2) + x + t % 3) * c + ch).ravel()
+
+
+def _col2im3x3_index(h, w, c):
+    """(H*W*C*9,) host offsets: input pixel (y, x, channel) gets, for tap (i, j), the column
+    gradient of output pixel (y-i+1, x-j+1) at that tap, found in the column gradient zero-padded
+    to (H+2, W+2, C, 9) at (y-i+2, x-j+2, channel, tap)."""
+    y, x, ch, t = numpy.meshgrid(numpy.arange(h), numpy.arange(w), numpy.arange(c), numpy.arange(9), indexing="ij")
+    return ((((y - t // 3 + 2) * (w + 2) + x - t % 3 + 2) * c + ch) * 9 + t).ravel()
+
+
 class Im2col3x3:
     """The convolution steps of a fused 3x3 block by im2col + GEMM, on chunks of images.
 
@@ -180,6 +197,14 @@ class Im2col3x3:
     def _cols(self, xp, x, n0, n1, t):
         """Columns of images n0:n1 of x (N, H, W, C) as (k*H*W, 9*C)."""
         k = n1 - n0
+        h, w, c = self.h, self.w, self.c
+        if xp is not numpy:
+            # A GPU gathers all 9 taps in one kernel from a zero-bordered copy of the input,
+            # where the nine strided copies below would be nine launches.
+            xpad = self.ws.get(xp, f"pad3x3.{t}", (self.nb, h + 2, w + 2, c), self.dtype, zero=True)
+            xpad[:k, 1 : h + 1, 1 : w + 1] = x[n0:n1]
+            index = self.ws.constant(xp, f"im2col3x3.{h}.{w}.{c}", numpy.int64, lambda: _im2col3x3_index(h, w, c))
+            return xpad[:k].reshape(k, -1)[:, index].reshape(k * h * w, 9 * c)
         col = col3x3_buffer(self.ws, xp, self.nb, self.h, self.w, self.c, self.dtype, name=f"col3x3.{t}")
         im2col3x3_into(x, n0, n1, col)
         return col[:k].reshape(k * self.h * self.w, 9 * self.c)
@@ -201,7 +226,16 @@ class Im2col3x3:
         xp.matmul(dz.T, cols, out=dw_out)
         if dx_out is None:
             return
-        dcol = self.ws.get(xp, f"dcol.{t}", (self.nb, self.h, self.w, self.c, 9), self.dtype)
+        h, w, c = self.h, self.w, self.c
+        if xp is not numpy:
+            # The adjoint as a gather too: each input pixel sums its 9 taps' column gradients,
+            # read from a zero-bordered copy (one copy, one gather, one sum).
+            dpad = self.ws.get(xp, f"dcolpad.{t}", (self.nb, h + 2, w + 2, c, 9), self.dtype, zero=True)
+            dpad[:k, 1 : h + 1, 1 : w + 1] = (dz @ wmat.T).reshape(k, h, w, c, 9)
+            index = self.ws.constant(xp, f"col2im3x3.{h}.{w}.{c}", numpy.int64, lambda: _col2im3x3_index(h, w, c))
+            xp.sum(dpad[:k].reshape(k, -1)[:, index].reshape(k, h, w, c, 9), axis=-1, out=dx_out)
+            return
+        dcol = self.ws.get(xp, f"dcol.{t}", (self.nb, h, w, c, 9), self.dtype)
         xp.matmul(dz, wmat.T, out=dcol[:k].reshape(cols.shape))
         dx_out.fill(0.0)
         col2im3x3_add(dcol[:k], dx_out)

@@ -68,9 +68,41 @@ def _sum_dtype(xp, dt):
 # runs these fused forms instead. Per-channel vectors take them on both backends (they are tiny).
 
 
-def _totals(partial):
-    """(threads, O) per-thread partial sums -> (O,); a view when there is one thread (a GPU)."""
-    return partial[0] if partial.shape[0] == 1 else partial.sum(axis=0)
+class _ColumnSums:
+    """Sums over the rows of (R, O) chunks, each thread's kept apart in ``dtype`` and combined in
+    thread order (so a fixed thread count gives the same bits every run). On the CPU a GEMV with
+    the caller's ``ones`` vector, which is faster than sum(axis=0) and makes no temporary; on a
+    GPU one reduction kernel per chunk, and no zero-filled accumulators to add into."""
+
+    def __init__(self, xp, threads, dtype, ones=None):
+        self.xp, self.dtype, self.ones = xp, dtype, ones
+        self.parts = [None] * threads
+
+    def add(self, t, a, b=None):
+        """Add the column sums of a (or of a*b) from thread t."""
+        self.accumulate(t, _column_sum(self.xp, a, self.ones) if b is None else _column_dot(self.xp, a, b))
+
+    def accumulate(self, t, v):
+        """Add the (O,) vector v, already summed over thread t's rows."""
+        v = v.astype(self.dtype, copy=False)
+        if self.parts[t] is None:
+            self.parts[t] = v
+        else:
+            self.xp.add(self.parts[t], v, out=self.parts[t])
+
+    def total(self):
+        """(O,) in ``dtype``."""
+        parts = [p for p in self.parts if p is not None]
+        total = parts[0]
+        for p in parts[1:]:
+            total = total + p
+        return total
+
+
+def _column_sum(xp, a, ones):
+    """a: (R, O) -> (O,) sums over rows: a GEMV with the ``ones`` vector on the CPU, faster than
+    sum(axis=0) and more accurate (BLAS keeps several partial sums); one reduction on a GPU."""
+    return ones[: a.shape[0]] @ a if xp is numpy else a.sum(axis=0)
 
 
 def _column_dot(xp, a, b):
@@ -148,6 +180,12 @@ def _centered_sum(z, a):
 def _centered_square_sum(z, a):
     d = z - a
     return (d * d).sum(axis=0)
+
+
+def _uncentered(a, sd, sdd, r):
+    """A chunk's r rows summed around their column means a -> the plain sums of z and z^2:
+    sum z = r a + sum d, sum z^2 = sum d^2 + a (2 sum d + r a)."""
+    return r * a + sd, sdd + a * (sd + sd + r * a)
 
 
 def _centered_dot(g, z, mean):
@@ -231,36 +269,34 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
     dt = w.dtype
     plan = _plan(xp, n, h, wd, c, o, dt, ws)
     wk = plan.weights(w)
-    ones = xp.ones(plan.nb * h * wd, dtype=dt)
+    ones = xp.ones(plan.nb * h * wd, dtype=dt) if xp is numpy else None
     z = xp.empty((n, h, wd, o), dtype=dt)
     # On the CPU: the output, and until then each chunk's deviations (the device makes y fused).
     y = xp.empty_like(z) if xp is numpy else None
     acc = numpy.dtype(_sum_dtype(xp, dt)).type
-    s1 = xp.zeros((workers(xp), o), dtype=acc)  # per-thread partial sums
-    s2 = xp.zeros_like(s1)
+    s1, s2 = (_ColumnSums(xp, workers(xp), acc, ones) for _ in range(2))
 
     def body(t, n0, n1):
         plan.forward_into(xh, n0, n1, wk, z[n0:n1], t)
         r = (n1 - n0) * h * wd
         zc = z[n0:n1].reshape(r, o)
-        # Sums around the chunk's own mean a: sum z = r a + sum d and sum z^2 = sum d^2 +
-        # a (2 sum d + r a), with d = z - a. Raw float32 sums of z^2 lose the variance to
-        # cancellation. GEMVs reduce columns faster than sum(axis=0), and more accurately.
-        a = (ones[:r] @ zc) * (1.0 / r)
+        # Sums around the chunk's own mean a (d = z - a): raw float32 sums of z^2 lose the
+        # variance to cancellation, and to drift over a flat image background.
+        a = _column_sum(xp, zc, ones) * (1.0 / r)
         if xp is numpy:
             d = y[n0:n1].reshape(r, o)
             xp.subtract(zc, a, out=d)
-            sd = (ones[:r] @ d).astype(acc, copy=False)
+            sd = ones[:r] @ d
             xp.multiply(d, d, out=d)
             sdd = ones[:r] @ d
         else:
             sd, sdd = backend.fuse(_centered_sum)(zc, a), backend.fuse(_centered_square_sum)(zc, a)
-        a = a.astype(acc, copy=False)
-        xp.add(s1[t], r * a + sd, out=s1[t])
-        xp.add(s2[t], sdd + a * (2.0 * sd + r * a), out=s2[t])
+        part1, part2 = backend.fuse(_uncentered)(*(v.astype(acc, copy=False) for v in (a, sd, sdd)), acc(r))
+        s1.accumulate(t, part1)
+        s2.accumulate(t, part2)
 
     for_chunks(xp, n, plan.nb, body)
-    (s1, s2), m = sums_over_ranks(reduce_sums, (_totals(s1), _totals(s2)), n * h * wd)
+    (s1, s2), m = sums_over_ranks(reduce_sums, (s1.total(), s2.total()), n * h * wd)
     mean, var, inv_std, scale, shift = backend.fuse(_bn_stats)(s1, s2, gamma, beta, acc(m), acc(eps))
     if xp is numpy:
         p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
@@ -366,12 +402,11 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
     # Pass 1: g (the ReLU input's gradient) and its per-channel sums sum(g), sum(g * (z - mean)).
     nt = workers(xp)
     g = xp.empty_like(z)
-    acc = _sum_dtype(xp, dt)
-    sg = xp.zeros((nt, o), dtype=acc)  # per-thread partial sums
-    sgz = xp.zeros_like(sg)
+    acc = numpy.dtype(_sum_dtype(xp, dt)).type
     nb = chunk_size(xp, n, h * wd * o * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
     plan = _plan(xp, n, h, wd, c, o, dt, ws)
-    ones = xp.ones(max(nb, plan.nb) * h * wd, dtype=dt)
+    ones = xp.ones(max(nb, plan.nb) * h * wd, dtype=dt) if xp is numpy else None
+    sg, sgz, db = (_ColumnSums(xp, nt, acc, ones) for _ in range(3))
     mask_shape = (nb, h // 2, wd // 2, o) if p is not None else (nb, h, wd, o)
 
     def pass1(t, n0, n1):
@@ -383,30 +418,27 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
         pc = None if p is None else p[n0:n1]
         _relu_pool_grad_into(douth[n0:n1], y[n0:n1], pc, g[n0:n1], free, hit)
         gc = g[n0:n1].reshape(r, o)
-        gc = g[n0:n1].reshape(r, o)
-        xp.add(sg[t], ones[:r] @ gc, out=sg[t])
+        sg.add(t, gc)
         if xp is numpy:
             gzc = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)[:r]  # pass 2's scratch, free until then
             xp.subtract(z[n0:n1].reshape(r, o), mean, out=gzc)
-            xp.multiply(gzc, gc, out=gzc)
-            xp.add(sgz[t], ones[:r] @ gzc, out=sgz[t])
+            sgz.add(t, gzc, gc)
         else:
-            xp.add(sgz[t], backend.fuse(_centered_dot)(gc, z[n0:n1].reshape(r, o), mean), out=sgz[t])
+            sgz.accumulate(t, backend.fuse(_centered_dot)(gc, z[n0:n1].reshape(r, o), mean))
 
     for_chunks(xp, n, nb, pass1)
-    sg, sgz = _totals(sg), _totals(sgz)
+    sg, sgz = sg.total(), sgz.total()
     (sg_all, sgz_all), m = sums_over_ranks(reduce_sums, (sg, sgz), m)
 
     # BatchNorm's backward, dz = gamma*inv_std*(g - mean(g) - xhat*mean(g*xhat)), as a*g + b*z + c.
     dgamma, ca, cb, cc = backend.fuse(_bn_backward_coefficients)(
-        sg_all, sgz_all, sgz, mean, inv_std, gamma, sg.dtype.type(m)
+        sg_all, sgz_all, sgz, mean, inv_std, gamma, acc(m)
     )
 
     # Pass 2, per chunk of images: dz in place of g, then this chunk's share of dW and dx.
     nb = plan.nb
     dws = xp.empty((nt, *plan.dw_shape), dtype=dt)  # per-thread partial weight gradients
     started = [False] * nt
-    db = xp.zeros((nt, o), dtype=acc)
     dx = xp.empty((n, h, wd, c), dtype=dt) if need_dx else None
 
     def pass2(t, n0, n1):
@@ -420,7 +452,7 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
             xp.add(dz, cc, out=dz)
         else:
             backend.fuse(_bn_input_grad)(dz, z[n0:n1].reshape(r, o), ca, cb, cc)
-        xp.add(db[t], ones[:r] @ dz, out=db[t])
+        db.add(t, dz)
         part = dws[t] if not started[t] else ws.get(xp, f"dw.{t}", plan.dw_shape, dt)
         plan.backward_into(xh, g[n0:n1], n0, n1, wk, part, None if dx is None else dx[n0:n1], t)
         if started[t]:
@@ -432,7 +464,7 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
     dwmat = dws[used[0]]
     for t in used[1:]:
         dwmat += dws[t]
-    db = _totals(db)
+    db = db.total()
     dw = plan.dw_finish(dwmat)
     dx = None if dx is None else nchw(dx)
     return dx, dw, db.astype(dt, copy=False), dgamma.astype(dt, copy=False), sg.astype(dt, copy=False)

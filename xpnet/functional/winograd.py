@@ -24,8 +24,11 @@ provides (sized for ``nb >= n1 - n0`` images), so the fused kernels can run it c
 
 from __future__ import annotations
 
+import functools
+
 import numpy
 
+from xpnet import backend
 from xpnet.backend import get_array_module
 from xpnet.functional.parallel import for_chunks, workers
 
@@ -79,8 +82,48 @@ def weight_transform_adjoint(du, k=None):
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _combination(rows):
+    """An elementwise function ``(*srcs, *outs)`` that writes ``outs[i] <- sum_k rows[i][k] *
+    srcs[k]`` (coefficients in {-1, 0, 1}) by adds and subtracts, for ``backend.fuse``: several
+    outputs of one transform pass in one kernel on a GPU. Cached, so each pattern is compiled once."""
+    k = len(rows[0])
+
+    def combination(*args):
+        xp = backend.xp()
+        srcs, outs = args[:k], args[k:]
+        for row, out in zip(rows, outs):
+            terms = [(c, s) for c, s in zip(row, srcs) if c]
+            acc = None
+            for c, s in terms[:-1]:
+                if acc is None:
+                    acc = s if c > 0 else -s
+                else:
+                    acc = acc + s if c > 0 else acc - s
+            c, s = terms[-1]
+            if acc is None:
+                (xp.positive if c > 0 else xp.negative)(s, out)
+            else:
+                (xp.add if c > 0 else xp.subtract)(acc, s, out)
+
+    return combination
+
+
+def _combine_all(xp, rows, srcs, outs):
+    """outs[i] <- sum_k rows[i][k] * srcs[k]; the outputs share a shape and are not sources.
+    On the CPU a chain of in-place passes per output; on a GPU one fused kernel for them all."""
+    if xp is numpy:
+        for row, out in zip(rows, outs):
+            _combine(xp, row, srcs, out)
+        return
+    backend.fuse(_combination(tuple(tuple(r) for r in rows)))(*srcs, *outs)
+
+
 def _combine(xp, coefs, srcs, out):
     """out <- sum_k coefs[k] * srcs[k], for coefficients in {-1, 0, 1}; ``out`` is not a source."""
+    if xp is not numpy:
+        _combine_all(xp, (coefs,), srcs, (out,))
+        return
     terms = [(c, s) for c, s in zip(coefs, srcs) if c]
     (c0, s0), rest = terms[0], terms[1:]
     if not rest:
@@ -116,11 +159,9 @@ def input_transform_into(x, n0, n1, xpad, cols, u):
     # Columns first: its strided reads touch only C contiguous values at a time, so it goes on
     # the smaller array; the row pass then reads whole rows.
     src = [xpad[:k, :, j : j + 2 * tw : 2] for j in range(4)]
-    for s in range(4):
-        _combine(xp, BT[s], src, cols[s, :k])
+    _combine_all(xp, BT, src, [cols[s, :k] for s in range(4)])
     src = [cols[:, :k, i : i + 2 * th : 2] for i in range(4)]
-    for r in range(4):
-        _combine(xp, BT[r], src, u[r, :, :k])
+    _combine_all(xp, BT, src, [u[r, :, :k] for r in range(4)])
 
 
 def _windows_adjoint(xp, src, dst, axis):
@@ -135,6 +176,10 @@ def _windows_adjoint(xp, src, dst, axis):
         _combine(xp, coefs, src, dst[lead + (slice(parity, parity + 2 * t, 2),)])
         dst[lead + (slice(parity + 2 * t, parity + 2 * t + 1),)] = 0.0
         tail = dst[lead + (slice(parity + 2, parity + 2 * t + 2, 2),)]
+        if xp is not numpy:  # tail += sum_r BT[r][parity + 2] * src[r], in one kernel
+            row = (1,) + tuple(BT[r][parity + 2] for r in range(4))
+            backend.fuse(_combination((row,)))(tail, *src, tail)
+            continue
         for r in range(4):
             c = BT[r][parity + 2]
             if c:
@@ -162,8 +207,7 @@ def output_transform_into(m, out, scratch):
     xp = get_array_module(m)
     k = m.shape[2]
     s = scratch[:, :, :k]
-    for a in range(2):
-        _combine(xp, AT[a], [m[r] for r in range(4)], s[a])
+    _combine_all(xp, AT, [m[r] for r in range(4)], [s[a] for a in range(2)])
     for a in range(2):
         for b in range(2):
             dst = out[:, a::2, b::2]
@@ -184,11 +228,9 @@ def output_transform_adjoint_into(dy, dypad, cols, v):
         dypad[:k, :h, :w] = dy
         dy = dypad[:k]
     src = [dy[:, :, b::2] for b in range(2)]
-    for s in range(4):
-        _combine(xp, A[s], src, cols[s, :k])
+    _combine_all(xp, A, src, [cols[s, :k] for s in range(4)])
     src = [cols[:, :k, a::2] for a in range(2)]
-    for r in range(4):
-        _combine(xp, A[r], src, v[r, :, :k])
+    _combine_all(xp, A, src, [v[r, :, :k] for r in range(4)])
 
 
 class Winograd3x3:

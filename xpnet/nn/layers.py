@@ -91,6 +91,14 @@ class Conv2d(_Cached):
         )
 
 
+def _running_update(running_mean, running_var, mean, var, keep, mom, mom_unbiased):
+    """The running averages' update in place, one fused kernel on CuPy."""
+    running_mean *= keep
+    running_mean += mom * mean
+    running_var *= keep
+    running_var += mom_unbiased * var
+
+
 class BatchNorm2d(_Cached):
     """x: (N, C, H, W) -> same shape, normalised per channel.
 
@@ -135,10 +143,11 @@ class BatchNorm2d(_Cached):
         """Fold one batch's ``mean`` and biased ``var`` (C,), taken over ``count`` values per
         channel, into the running statistics (the variance unbiased, as PyTorch does)."""
         mom = self.momentum
-        self.running_mean *= 1.0 - mom
-        self.running_mean += mom * mean
-        self.running_var *= 1.0 - mom
-        self.running_var += (mom * count / max(count - 1, 1)) * var
+        f32 = numpy.float32
+        backend.fuse(_running_update)(
+            self.running_mean, self.running_var, mean, var, f32(1.0 - mom), f32(mom),
+            f32(mom * count / max(count - 1, 1)),
+        )
         self.num_batches_tracked += 1
 
     def backward(self, dy):
