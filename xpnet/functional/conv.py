@@ -204,7 +204,7 @@ class Im2col3x3:
             xpad = self.ws.get(xp, f"pad3x3.{t}", (self.nb, h + 2, w + 2, c), self.dtype, zero=True)
             xpad[:k, 1 : h + 1, 1 : w + 1] = x[n0:n1]
             index = self.ws.constant(xp, f"im2col3x3.{h}.{w}.{c}", numpy.int64, lambda: _im2col3x3_index(h, w, c))
-            return xpad[:k].reshape(k, -1)[:, index].reshape(k * h * w, 9 * c)
+            return xp.take(xpad[:k].reshape(k, -1), index, axis=1).reshape(k * h * w, 9 * c)
         col = col3x3_buffer(self.ws, xp, self.nb, self.h, self.w, self.c, self.dtype, name=f"col3x3.{t}")
         im2col3x3_into(x, n0, n1, col)
         return col[:k].reshape(k * self.h * self.w, 9 * self.c)
@@ -233,7 +233,7 @@ class Im2col3x3:
             dpad = self.ws.get(xp, f"dcolpad.{t}", (self.nb, h + 2, w + 2, c, 9), self.dtype, zero=True)
             dpad[:k, 1 : h + 1, 1 : w + 1] = (dz @ wmat.T).reshape(k, h, w, c, 9)
             index = self.ws.constant(xp, f"col2im3x3.{h}.{w}.{c}", numpy.int64, lambda: _col2im3x3_index(h, w, c))
-            xp.sum(dpad[:k].reshape(k, -1)[:, index].reshape(k, h, w, c, 9), axis=-1, out=dx_out)
+            xp.sum(xp.take(dpad[:k].reshape(k, -1), index, axis=1).reshape(k, h, w, c, 9), axis=-1, out=dx_out)
             return
         dcol = self.ws.get(xp, f"dcol.{t}", (self.nb, h, w, c, 9), self.dtype)
         xp.matmul(dz, wmat.T, out=dcol[:k].reshape(cols.shape))
