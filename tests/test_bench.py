@@ -72,3 +72,10 @@ def test_dry_run_counts_launches_and_syncs_without_a_gpu(tmp_path, capsys):
     assert small["xpnet"]["train"]["ops"] == large["xpnet"]["train"]["ops"]
     assert "| 2 |" in capsys.readouterr().out
     assert main(["--dry-run", "--out", str(tmp_path)]) == 2
+
+
+def test_timed_bench_runs_on_the_fake_device(tmp_path, fake_cupy):
+    assert main(["--backend", "cupy", "--smoke", "--no-torch", "--no-memory", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["backend"] == "cupy" and result["rows"][0]["xpnet_train_ips"] > 0
+    assert fake_cupy.syncs > 0  # the clock is read after synchronising the device

@@ -182,7 +182,8 @@ def fuse(fn):
     ``fn`` takes arrays of one shape (or broadcastable) and scalars, and uses only what
     ``cupy.fuse`` can fuse: ufuncs and operators, ``where``, ``astype`` and whole-axis reductions.
     It may return arrays, or write into its array arguments with in-place operators or a ufunc's
-    positional output. Pass scalars as NumPy float32 scalars, so both backends compute in float32.
+    positional output. Pass scalars as NumPy scalars of the arrays' dtype, so that no bare Python
+    number decides a fused kernel's types.
     """
     if _current is numpy:
         return fn

@@ -337,7 +337,7 @@ def run(args) -> dict:
     if torch is None and not args.no_torch:
         raise SystemExit("xpnet bench: error: PyTorch is needed for the comparison (pip install 'xpnet[test]'), or pass --no-torch")
     device = "cuda" if args.backend == "cupy" else "cpu"
-    if torch is not None and device == "cuda" and not torch.cuda.is_available():
+    if torch is not None and not args.no_torch and device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("xpnet bench: error: torch has no CUDA here; pass --no-torch to time CuPy alone")
 
     from threadpoolctl import threadpool_info, threadpool_limits

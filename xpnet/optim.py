@@ -13,13 +13,8 @@ from __future__ import annotations
 
 import math
 
-import numpy
-
 from xpnet import backend
 from xpnet.backend import get_array_module
-
-_f32 = numpy.float32
-
 
 # The updates as elementwise functions of one parameter's arrays, written in place: on CuPy each
 # runs as one fused kernel per parameter (``backend.fuse``) instead of six to ten launches.
@@ -122,12 +117,13 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.weight_decay = float(momentum), nesterov, float(weight_decay)
 
     def _update(self, p, state):
-        lr, wd = _f32(self.lr), _f32(self.weight_decay)
+        s = p.data.dtype.type  # scalars in the parameter's dtype: float32 math for float32 weights
+        lr, wd = s(self.lr), s(self.weight_decay)
         if not self.momentum:
             backend.fuse(_sgd)(p.data, p.grad, lr, wd)
             return
         step = _sgd_nesterov if self.nesterov else _sgd_momentum
-        backend.fuse(step)(p.data, p.grad, state["momentum_buffer"], lr, wd, _f32(self.momentum))
+        backend.fuse(step)(p.data, p.grad, state["momentum_buffer"], lr, wd, s(self.momentum))
 
 
 class Adam(Optimizer):
@@ -149,10 +145,11 @@ class Adam(Optimizer):
         bc2 = 1.0 - self.beta2**self.steps
         decay = 1.0 - self.lr * self.weight_decay if self.decoupled else 1.0
         wd = 0.0 if self.decoupled else self.weight_decay
+        s = p.data.dtype.type
         backend.fuse(_adam)(
-            p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], _f32(self.lr / bc1), _f32(self.beta1),
-            _f32(self.beta2), _f32(1.0 - self.beta1), _f32(1.0 - self.beta2), _f32(1.0 / math.sqrt(bc2)),
-            _f32(self.eps), _f32(wd), _f32(decay),
+            p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], s(self.lr / bc1), s(self.beta1),
+            s(self.beta2), s(1.0 - self.beta1), s(1.0 - self.beta2), s(1.0 / math.sqrt(bc2)),
+            s(self.eps), s(wd), s(decay),
         )
 
 

@@ -143,10 +143,9 @@ class BatchNorm2d(_Cached):
         """Fold one batch's ``mean`` and biased ``var`` (C,), taken over ``count`` values per
         channel, into the running statistics (the variance unbiased, as PyTorch does)."""
         mom = self.momentum
-        f32 = numpy.float32
+        s = self.running_mean.dtype.type
         backend.fuse(_running_update)(
-            self.running_mean, self.running_var, mean, var, f32(1.0 - mom), f32(mom),
-            f32(mom * count / max(count - 1, 1)),
+            self.running_mean, self.running_var, mean, var, s(1.0 - mom), s(mom), s(mom * count / max(count - 1, 1))
         )
         self.num_batches_tracked += 1
 
