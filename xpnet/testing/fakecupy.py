@@ -442,7 +442,7 @@ class ndarray:
 
     def __repr__(self):
         _sync("repr()")
-        return repr(self._a).replace("array(", "array(", 1)
+        return repr(self._a)
 
     __str__ = __repr__
 
@@ -540,15 +540,11 @@ class _Generator:
         return _wrap(self._g.random(size, dtype=dtype), "random.random")
 
 
-class _Random(types.SimpleNamespace):
-    pass
-
-
 def _random_namespace():
-    return _Random(default_rng=_Generator, seed=lambda seed=None: None)
+    return types.SimpleNamespace(default_rng=_Generator, seed=lambda seed=None: None)
 
 
-def _cuda_namespace(pool):
+def _cuda_namespace():
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
     memory = types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError)
     return types.SimpleNamespace(
@@ -564,7 +560,7 @@ class FakeCuPy(types.ModuleType):
         pool = _MemoryPool()
         self.__dict__.update(_CONSTANTS)
         self.ndarray = ndarray
-        self.cuda = _cuda_namespace(pool)
+        self.cuda = _cuda_namespace()
         self.random = _random_namespace()
         self.get_default_memory_pool = lambda: pool
         self.__version__ = cupy_api.VERSION
