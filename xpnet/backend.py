@@ -8,7 +8,8 @@ itself. The choice is process-wide and made once, before a model is built::
     x = backend.to_device(batch) # host array -> current backend
 
 Mixing a NumPy and a CuPy array in one operation is an error (``get_array_module``), never a
-silent copy.
+silent copy. What only a GPU needs lives here too: ``fuse`` (an elementwise function as one
+kernel), the memory pool, and the out-of-memory error (``device_errors``).
 """
 
 from __future__ import annotations
