@@ -215,3 +215,16 @@ def test_device_dropout_samples_are_uniform_and_cost_two_launches(fake_cupy):
     counts, _ = numpy.histogram(h, bins=10, range=(0, 1))
     assert numpy.all(numpy.abs(counts - 10_000) < 500), counts  # about 5 standard deviations
     assert abs(numpy.corrcoef(h.ravel()[:-1], h.ravel()[1:])[0, 1]) < 0.01
+
+
+def test_every_stage_returns_channels_last_memory_on_the_device(fake_cupy):
+    """The fake device allocates ufunc results in C order, as CuPy does, so a stage that builds
+    its output with a bare ufunc (a residual sum) would hand NCHW memory to the next one."""
+    model, _, _, x, _ = _model(batch=3, shortcut="conv")
+    for mode in (model.train, model.eval):
+        mode()
+        h = x
+        for name, stage in model._modules.items():
+            h = stage(h)
+            if h.ndim == 4:
+                assert h.transpose(0, 2, 3, 1).flags.c_contiguous, (name, mode.__name__)

@@ -8,7 +8,8 @@ from xpnet.backend import get_array_module
 def relu_forward(x):
     """x: any shape -> (y, cache) with y = max(x, 0), same shape and memory order."""
     xp = get_array_module(x)
-    y = xp.maximum(x, 0)
+    # Into x's layout: CuPy allocates a bare ufunc result in C order.
+    y = xp.maximum(x, 0, out=xp.empty_like(x))
     return y, y
 
 

@@ -209,7 +209,11 @@ class Residual(Sequential):
 
     def forward(self, x):
         skip = x if self.shortcut is None else self.shortcut.forward(x)
-        return super().forward(x) + skip
+        body = super().forward(x)
+        # Into an array laid out like the body's output (channels-last): CuPy would allocate a
+        # bare ``body + skip`` in C order, and every later stage would read NCHW memory.
+        out = backend.get_array_module(body, skip).empty_like(body)
+        return backend.get_array_module(body).add(body, skip, out=out)
 
     def backward(self, dy):
         dx = super().backward(dy)

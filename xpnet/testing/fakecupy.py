@@ -16,7 +16,9 @@ would break or slow down:
   reductions, copies, fills, GEMMs, advanced indexing, assignments. Views (slices, reshapes
   that need no copy, transposes) and ``empty`` count none. A function run by ``fuse`` counts one
   launch in all and runs unfused here, with only what ``cupy.fuse`` can fuse allowed inside;
-* an array created in float64 is counted (the device path should not make any).
+* an array created in float64 is counted (the device path should not make any);
+* a ufunc's result is allocated in C order, as CuPy allocates it, so a layout lost on a GPU is
+  lost here too (and the copies it causes are counted).
 
 Select it through the real seam: ``with fakecupy.installed() as dev: backend.use("cupy")``
 puts it in ``sys.modules["cupy"]`` for the duration; ``dev.counts`` holds the counters.
@@ -149,6 +151,10 @@ def _ufunc(name):
         out = kwargs.get("out")
         kw = {k: _dev(v, where) for k, v in kwargs.items()}
         _launch(name)
+        if out is None and len(a) <= npf.nin:
+            # CuPy allocates a ufunc's result in C order, whatever the inputs' layout (NumPy
+            # keeps theirs): a channels-last input gives a result that is not.
+            kw["order"] = "C"
         r = npf(*a, **kw)
         if out is not None:
             return out
