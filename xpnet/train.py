@@ -371,7 +371,7 @@ def fit(
             raise KeyboardInterrupt
         if bar is not None:
             bar.close()
-        loss_sum, correct, seen = comm.sums(loss_sum, correct, seen)
+        loss_sum, correct, seen = comm.sums(loss_sum, int(correct), seen)  # one sync an epoch
         comm.settle(model)
         test_loss, test_acc, preds, probs = comm.evaluate(evaluate, model, test_images, test_labels, cfg.eval_batch_size)
         seconds = time.perf_counter() - t0
@@ -380,7 +380,7 @@ def fit(
         row = dict(
             epoch=epoch + 1,
             train_loss=loss_sum / max(seen, 1),
-            train_accuracy=int(correct) / max(seen, 1),
+            train_accuracy=correct / max(seen, 1),
             test_loss=test_loss,
             test_accuracy=test_acc,
             seconds=seconds,

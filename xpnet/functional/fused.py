@@ -422,7 +422,8 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
         if xp is numpy:
             gzc = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)[:r]  # pass 2's scratch, free until then
             xp.subtract(z[n0:n1].reshape(r, o), mean, out=gzc)
-            sgz.add(t, gzc, gc)
+            xp.multiply(gzc, gc, out=gzc)
+            sgz.add(t, gzc)
         else:
             sgz.accumulate(t, backend.fuse(_centered_dot)(gc, z[n0:n1].reshape(r, o), mean))
 
