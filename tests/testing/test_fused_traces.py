@@ -68,7 +68,8 @@ def test_batchnorm_and_pooling_steps_trace(cp):
     n, h, w, o = 2, 6, 6, 4
     vec = [_arr(cp, o) for _ in range(6)]
     assert _traces(cp, fused._bn_stats, vec[0], vec[1], vec[2], vec[3], f(72), f(1e-5))
-    assert _traces(cp, fused._bn_backward_coefficients, *vec[:5], f(72))
+    assert _traces(cp, fused._bn_backward_coefficients, *vec[:6], f(72))
+    assert _traces(cp, fused._uncentered, *vec[:3], f(72))
     assert _traces(cp, layers._running_update, *vec[:4], f(0.9), f(0.1), f(0.11))
     z, y, g, dout = (_arr(cp, n, h, w, o) for _ in range(4))
     assert _traces(cp, fused._affine_relu, z, vec[0], vec[1])
@@ -78,6 +79,9 @@ def test_batchnorm_and_pooling_steps_trace(cp):
     assert _traces(cp, fused._pool_relu_grad, p, p, *fused._windows(y), *fused._windows(g))
     rows = z.reshape(n * h * w, o)
     assert _traces(cp, fused._sum_of_products, rows, rows)
+    assert _traces(cp, fused._centered_sum, rows, vec[0])
+    assert _traces(cp, fused._centered_square_sum, rows, vec[0])
+    assert _traces(cp, fused._centered_dot, rows, rows, vec[0])
     assert _traces(cp, fused._bn_input_grad, rows, rows, vec[0], vec[1], vec[2])
 
 
