@@ -85,7 +85,7 @@ def _add_data_dir(p, extra=""):
 def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     """The ``xpnet`` parser; ``train``'s defaults are those of the recipe ``preset``."""
     from xpnet import __version__
-    from xpnet.train import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+    from xpnet.train import FRAMEWORKS, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 
     d = dataclasses.replace(TrainConfig(), **PRESETS.get(preset, {}))
     fmt = _HelpFormatter
@@ -105,6 +105,8 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=sorted(PRESETS), default=preset,
                    help=f"a named recipe to start from ({recipes}); explicit flags override it")
     _add_backend(t)
+    t.add_argument("--framework", choices=FRAMEWORKS, default=d.framework,
+                   help="xpnet, or its PyTorch twin under the same loop (needs the reference extra)")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epochs")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="training batch size")
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate")
@@ -248,6 +250,14 @@ def _read_checkpoint(path):
     return checkpoint.load(path)
 
 
+def _need_framework(framework):
+    if framework == "torch":
+        try:
+            import xpnet.reference  # noqa: F401
+        except ImportError as e:
+            raise UserError(str(e)) from e
+
+
 def cmd_train(args) -> int:
     from xpnet import distributed
 
@@ -268,6 +278,7 @@ def _train(args, comm) -> int:
     meta = None
     if args.resume is None:
         cfg = TrainConfig(**{k: getattr(args, k) for k in fields})
+        _need_framework(cfg.framework)
         out = args.out or runs.fresh_folder()
         runs.check_out(out, overwrite=args.overwrite)
         folder, may_create, origin = _data_dir(args.data_dir)

@@ -29,6 +29,7 @@ from xpnet import backend, checkpoint, distributed, nn, optim
 from xpnet.data import batches
 from xpnet.models import ResNet9
 
+FRAMEWORKS = ("xpnet", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 CHECKPOINT_EXT = ".safetensors"
@@ -64,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 200
     sync_bn: bool = False
+    framework: str = "xpnet"
 
     def model_config(self) -> dict:
         return dict(
@@ -151,14 +153,91 @@ def evaluate(model, images, labels, batch_size=500):
     return total / len(preds_np), accuracy, preds_np, numpy.concatenate(probs)
 
 
+class XpnetRunner:
+    """One model with its optimizer and loss, as ``fit`` drives them: here xpnet's own.
+
+    ``xpnet.reference.runner.TorchRunner`` keeps the same contract for the PyTorch twin:
+    ``forward(x (B, C, H, W), y (B,)) -> (loss float, logits (B, K) current-backend array)`` in
+    training mode, ``start(comm)`` joins the data-parallel communicator before the first step,
+    ``backward()`` fills the gradients (summed over ranks), ``step(lr)`` applies one update,
+    ``steps`` counts updates, ``settle()`` makes the ranks agree before evaluation and checkpoints,
+    ``evaluate(images, labels, batch_size)`` returns what ``evaluate`` does,
+    ``state() -> (arrays, scalars)`` is the checkpoint layout ("model.<name>",
+    "optim.<name>.<slot>") and ``load_state(arrays, scalars)`` its inverse.
+    """
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, rng):
+        self.cfg = cfg
+        self.model = build_model(cfg.model_config(), num_classes, rng).train()
+        self.opt = build_optimizer(cfg, self.model)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.parameters = sum(int(p.data.size) for p in self.model.parameters())
+        self.comm = distributed.Solo()
+
+    def start(self, comm) -> None:
+        """Before the first step (and after ``load_state``): hand the model to the data-parallel
+        communicator, which agrees on weights, hooks sync-BN and sums gradients from then on."""
+        self.comm = comm
+        comm.start(self.model, self.cfg)
+        self.loss_fn = comm.loss(self.loss_fn)
+
+    @property
+    def steps(self) -> int:
+        return self.opt.steps
+
+    def forward(self, x, y):
+        self.opt.zero_grad()
+        logits = self.model(x)
+        return self.loss_fn(logits, y), logits
+
+    def backward(self) -> None:
+        self.model.backward(self.loss_fn.backward())
+        self.comm.sync_grads()
+
+    def step(self, lr: float) -> None:
+        self.opt.lr = lr
+        self.opt.step()
+
+    def evaluate(self, images, labels, batch_size):
+        return self.comm.evaluate(evaluate, self.model, images, labels, batch_size)
+
+    def settle(self) -> None:
+        self.comm.settle(self.model)
+
+    def state(self):
+        arrays = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt_arrays, scalars = self.opt.state_dict()
+        arrays.update({f"optim.{k}": v for k, v in opt_arrays.items()})
+        return arrays, scalars
+
+    def load_state(self, arrays: dict, scalars: dict) -> None:
+        try:
+            self.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+        except (KeyError, ValueError) as e:
+            raise checkpoint.CheckpointError(f"weights do not fit the model config ({e})") from e
+        self.opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}, scalars)
+
+
+def build_runner(cfg: TrainConfig, num_classes: int, rng):
+    """The runner of ``cfg.framework``; the torch twin draws its initial weights from ``rng``
+    exactly as xpnet's model does, so both leave the generator in the same state."""
+    if cfg.framework == "xpnet":
+        return XpnetRunner(cfg, num_classes, rng)
+    if cfg.framework == "torch":
+        try:
+            from xpnet.reference.runner import TorchRunner
+        except ImportError as e:
+            raise TrainingError(str(e)) from e
+        return TorchRunner(cfg, num_classes, rng)
+    raise ValueError(f"unknown framework {cfg.framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+
+
 # -- checkpoints -------------------------------------------------------------------------------
 
 
-def save_state(path, model, opt, meta: dict) -> None:
-    """Model weights, optimizer state and ``meta`` (config, position, RNG state...) in one file."""
-    arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt_arrays, opt_scalars = opt.state_dict() if opt is not None else ({}, {})
-    arrays.update({f"optim.{k}": v for k, v in opt_arrays.items()})
+def save_state(path, runner, meta: dict) -> None:
+    """A runner's weights and optimizer state and ``meta`` (config, position, RNG state...) in one file."""
+    arrays, opt_scalars = runner.state()
     checkpoint.save(path, arrays, {**meta, "optimizer_state": opt_scalars})
 
 
@@ -223,6 +302,23 @@ def _write_metrics(out_dir: Path, history: list[dict]) -> None:
     os.replace(tmp, out_dir / "metrics.csv")
 
 
+def _write_losses(out_dir: Path, first_step: int, losses: list) -> None:
+    """losses.csv: the training loss of every step; rows from ``first_step`` on are replaced, so a
+    resumed run rewrites what its checkpoint had not kept."""
+    path = out_dir / "losses.csv"
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) < first_step]
+    rows += [dict(step=first_step + i, loss=float(v)) for i, v in enumerate(losses)]
+    tmp = out_dir / "losses.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=("step", "loss"))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -268,22 +364,25 @@ def fit(
     rng = numpy.random.default_rng(None if cfg is None else cfg.seed)
     start_epoch, start_batch, history, best, rng_state = 0, 0, [], -1.0, None
     if resume is not None:
-        model, arrays, meta = load_model(resume, rng, read=lambda p: comm.from_root(checkpoint.load, p))
+        arrays, meta = comm.from_root(checkpoint.load, resume)  # rank 0 reads, the others are told
+        if "config" not in meta or "num_classes" not in meta:
+            raise checkpoint.CheckpointError(f"{resume}: not an xpnet training checkpoint (no config)")
         cfg = TrainConfig.from_dict(meta["config"])
         if epochs is not None:
             cfg.epochs = int(epochs)
         start_epoch, start_batch = int(meta["epoch"]), int(meta["batch"])
         history, best = list(meta["history"]), float(meta["best_accuracy"])
         rng_state = meta["rng_state"]
-        # Dropout layers hold the generator the model was built with: re-point them at ours.
-        for m in model.modules():
-            if isinstance(m, nn.Dropout):
-                object.__setattr__(m, "rng", rng)
-        model.train()
+        # Built from our generator, so dropout draws from it; its state is restored below.
+        runner = build_runner(cfg, int(meta["num_classes"]), rng)
+        try:
+            runner.load_state(arrays, meta["optimizer_state"])
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"{resume}: {e}") from e
     else:
         if epochs is not None:
             cfg = dataclasses.replace(cfg, epochs=int(epochs))
-        model = build_model(cfg.model_config(), num_classes, rng).train()
+        runner = build_runner(cfg, num_classes, rng)
 
     train_images, train_labels = data.train_images, data.train_labels
     if cfg.train_subset:
@@ -292,13 +391,8 @@ def fit(
     test_images, test_labels = backend.to_device(data.test_images), backend.to_device(data.test_labels)
 
     steps_per_epoch = math.ceil(len(train_labels) / cfg.batch_size)
-    opt = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, steps_per_epoch)
-    if resume is not None:
-        opt_arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}
-        opt.load_state_dict(opt_arrays, meta["optimizer_state"])
-    comm.start(model, cfg)
-    loss_fn = comm.loss(nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
+    runner.start(comm)
 
     def meta_for(epoch, batch, state):
         return dict(
@@ -308,7 +402,7 @@ def fit(
             backend=backend.name(),
             epoch=epoch,
             batch=batch,
-            step=opt.steps,
+            step=runner.steps,
             rng_state=state,
             history=history,
             best_accuracy=best,
@@ -333,21 +427,20 @@ def fit(
         if bar is not None:
             bar.update(skip)
         loss_sum, correct, seen, done = 0.0, 0, 0, skip
-        lr = opt.lr
+        first_step, step_losses = runner.steps, []
+        lr = schedule(max(runner.steps - 1, 0))
         with _StopAtBatchEnd() as stop:
             for x, y in it:
-                lr = opt.lr = schedule(opt.steps)
-                opt.zero_grad()
-                logits = model(x)
-                loss = loss_fn(logits, y)
+                lr = schedule(runner.steps)
+                loss, logits = runner.forward(x, y)
                 if not math.isfinite(loss):
                     raise TrainingError(
-                        f"loss became {loss} at epoch {epoch + 1}, step {opt.steps + 1}; stopped, and "
+                        f"loss became {loss} at epoch {epoch + 1}, step {runner.steps + 1}; stopped, and "
                         f"the last good checkpoint ({last_path}) is kept"
                     )
-                model.backward(loss_fn.backward())
-                comm.sync_grads()
-                opt.step()
+                runner.backward()
+                runner.step(lr)
+                step_losses.append(loss)
                 done += 1
                 loss_sum += loss * len(y)
                 # Counted on the device: the loss is the step's one host synchronisation.
@@ -364,19 +457,20 @@ def fit(
                 bar.close()
             # Saved with the epoch's starting RNG state and the batches done: resume replays
             # the same shuffle and skips what was already trained.
-            comm.settle(model)
+            runner.settle()
             if comm.is_root:
-                save_state(last_path, model, opt, meta_for(epoch, done, epoch_state))
+                save_state(last_path, runner, meta_for(epoch, done, epoch_state))
+                _write_losses(out_dir, first_step, step_losses)
             log(f"interrupted: saved {last_path} at epoch {epoch + 1}, batch {done}/{steps_per_epoch}")
             raise KeyboardInterrupt
         if bar is not None:
             bar.close()
         loss_sum, correct, seen = comm.sums(loss_sum, int(correct), seen)  # one sync an epoch
-        comm.settle(model)
-        test_loss, test_acc, preds, probs = comm.evaluate(evaluate, model, test_images, test_labels, cfg.eval_batch_size)
+        runner.settle()
+        test_loss, test_acc, preds, probs = runner.evaluate(test_images, test_labels, cfg.eval_batch_size)
         seconds = time.perf_counter() - t0
         # The schedule is a function of the step, so the rates this epoch used are recomputed exactly.
-        lrs = [schedule(s) for s in range(opt.steps - done, opt.steps)] or [lr]
+        lrs = [schedule(s) for s in range(runner.steps - done, runner.steps)] or [lr]
         row = dict(
             epoch=epoch + 1,
             train_loss=loss_sum / max(seen, 1),
@@ -397,10 +491,11 @@ def fit(
         best = max(best, test_acc)
         state = rng.bit_generator.state
         if comm.is_root:  # the one writer; every rank holds the same state
-            save_state(last_path, model, opt, meta_for(epoch + 1, 0, state))
+            save_state(last_path, runner, meta_for(epoch + 1, 0, state))
             if is_best:
-                save_state(best_path, model, opt, meta_for(epoch + 1, 0, state))
+                save_state(best_path, runner, meta_for(epoch + 1, 0, state))
             _write_metrics(out_dir, history)
+            _write_losses(out_dir, first_step, step_losses)
         summary = dict(
             test_accuracy=test_acc,
             best_test_accuracy=best,
@@ -409,7 +504,7 @@ def fit(
             backend=backend.name(),
             config=dataclasses.asdict(cfg),
             model_config=cfg.model_config(),
-            parameters=sum(int(p.data.size) for p in model.parameters()),
+            parameters=runner.parameters,
         )
         if comm.is_root:
             _write_json(out_dir / "summary.json", summary)

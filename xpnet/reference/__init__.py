@@ -1,13 +1,14 @@
-"""The PyTorch twin of xpnet's ResNet-9: a reference for tests and benchmarks only.
+"""The PyTorch twin of xpnet's ResNet-9: the reference for tests, benchmarks and twin runs.
 
-Importing this package needs torch (``pip install 'xpnet[test]'``); ``import xpnet`` never does.
+Importing this package needs torch (``pip install 'xpnet[reference]'``); ``import xpnet`` never does.
+``TorchRunner`` (in ``runner``) trains the twin under ``xpnet.train.fit``.
 """
 
 try:
     import torch  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError(
-        "xpnet.reference needs PyTorch: pip install 'xpnet[test]' (torch==2.13.0)"
+        "the PyTorch twin needs torch: pip install 'xpnet[reference]' (torch==2.13.0)"
     ) from e
 
 from xpnet.reference.resnet9 import TorchResNet9, to_torch_state

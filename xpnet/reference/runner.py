@@ -1,0 +1,154 @@
+"""``TorchRunner``: the PyTorch twin under ``xpnet.train.fit``, for ``xpnet train --framework torch``.
+
+It keeps ``XpnetRunner``'s contract, so the twin trains under the same loop: the same initial
+weights (those of the xpnet model built from the run's generator, which also leaves the generator
+where an xpnet run leaves it), the same batches and augmentation (``fit`` draws them from that
+generator), the same schedule, optimizer settings, loss and evaluation, and checkpoints in xpnet's
+layout, so ``xpnet evaluate`` reads them. Dropout masks come from the same host generator too, so
+with dropout the data order of later epochs stays the same.
+"""
+
+from __future__ import annotations
+
+import numpy
+import torch
+
+from xpnet import backend, checkpoint
+from xpnet.data import batches
+from xpnet.reference.resnet9 import TorchResNet9, to_torch_state
+
+
+class HostDropout(torch.nn.Module):
+    """Inverted dropout whose mask is xpnet's: ``u >= p`` with u drawn from the host generator."""
+
+    def __init__(self, p, rng):
+        super().__init__()
+        self.p, self.rng = float(p), rng
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        u = torch.as_tensor(backend.asnumpy(backend.uniform(self.rng, tuple(x.shape), numpy.float32)), device=x.device)
+        scale = 0.0 if self.p >= 1.0 else 1.0 / (1.0 - self.p)
+        return x * ((u >= self.p).to(x.dtype) * scale)
+
+
+def _slots(cfg) -> tuple[str, ...]:
+    # The names xpnet's optimizers give their state, which torch.optim happens to share.
+    if cfg.optimizer == "sgd":
+        return ("momentum_buffer",) if cfg.momentum else ()
+    return ("exp_avg", "exp_avg_sq")
+
+
+def build_optimizer(cfg, model) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+class TorchRunner:
+    """``TorchResNet9`` with a ``torch.optim`` optimizer, on CPU (NumPy backend) or CUDA (CuPy)."""
+
+    def __init__(self, cfg, num_classes: int, rng):
+        from xpnet.train import build_model
+
+        source = build_model(cfg.model_config(), num_classes, rng)
+        if backend.name() == "cupy" and not torch.cuda.is_available():
+            raise backend.BackendError("the torch twin on the cupy backend needs a CUDA build of torch")
+        self.device = torch.device("cuda" if backend.name() == "cupy" else "cpu")
+        model = TorchResNet9(num_classes=num_classes, **cfg.model_config())
+        model.load_state_dict(to_torch_state(source.state_dict()))
+        for name, m in list(model.classifier.named_children()):
+            if isinstance(m, torch.nn.Dropout):
+                setattr(model.classifier, name, HostDropout(m.p, rng))
+        self.model = model.to(self.device).train()
+        self.opt = build_optimizer(cfg, self.model)
+        self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.slots = _slots(cfg)
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.steps = 0
+        self._loss = None
+
+    def start(self, comm) -> None:
+        if comm.size > 1:
+            from xpnet.distributed import DistributedError
+
+            raise DistributedError("the PyTorch twin trains in one process: run --framework torch without mpiexec",
+                                   comm.rank)
+
+    def settle(self) -> None:
+        pass
+
+    def _tensor(self, a):
+        return torch.as_tensor(backend.asnumpy(a), device=self.device)
+
+    def forward(self, x, y):
+        """x: (B, C, H, W), y: (B,) current-backend arrays -> (loss, logits (B, K) current-backend)."""
+        self.opt.zero_grad(set_to_none=True)
+        logits = self.model(self._tensor(x))
+        self._loss = self.loss_fn(logits, self._tensor(y))
+        return float(self._loss.detach()), backend.to_device(logits.detach().cpu().numpy())
+
+    def backward(self) -> None:
+        loss, self._loss = self._loss, None
+        loss.backward()
+
+    def step(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        self.steps += 1
+
+    def evaluate(self, images, labels, batch_size):
+        """As ``xpnet.train.evaluate``: -> (mean loss, accuracy, predictions (N,), probabilities (N, K))."""
+        self.model.eval()
+        total, preds, probs = 0.0, [], []
+        try:
+            with torch.inference_mode():
+                for x, y in batches(images, labels, batch_size, shuffle=False):
+                    logits = self.model(self._tensor(x))
+                    total += float(torch.nn.functional.cross_entropy(logits, self._tensor(y), reduction="sum"))
+                    probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+                    preds.append(logits.argmax(dim=1).cpu().numpy())
+        finally:
+            self.model.train()
+        preds_np = numpy.concatenate(preds).astype(numpy.int64)
+        accuracy = float((preds_np == backend.asnumpy(labels)).mean())
+        return total / len(preds_np), accuracy, preds_np, numpy.concatenate(probs)
+
+    def state(self):
+        """-> (arrays in xpnet's checkpoint layout, optimizer scalars)."""
+        arrays = {f"model.{k}": v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+        for name, p in self.model.named_parameters():
+            st = self.opt.state.get(p, {})
+            for slot in self.slots:
+                value = st.get(slot)
+                arrays[f"optim.{name}.{slot}"] = (
+                    numpy.zeros(tuple(p.shape), numpy.float32) if value is None else value.detach().cpu().numpy().copy()
+                )
+        return arrays, {"steps": self.steps, "lr": float(self.opt.param_groups[0]["lr"])}
+
+    def load_state(self, arrays: dict, scalars: dict) -> None:
+        state = {k[6:]: v for k, v in arrays.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(to_torch_state(state))
+        except (KeyError, RuntimeError) as e:
+            raise checkpoint.CheckpointError(f"weights do not fit the model config ({e})") from e
+        self.steps = int(scalars["steps"])
+        for group in self.opt.param_groups:
+            group["lr"] = float(scalars["lr"])
+        if self.steps == 0 or not self.slots:
+            return
+        for name, p in self.model.named_parameters():
+            st = {slot: self._tensor(arrays[f"optim.{name}.{slot}"]).clone() for slot in self.slots}
+            if "exp_avg" in st:
+                st["step"] = torch.tensor(float(self.steps))
+            self.opt.state[p] = st
