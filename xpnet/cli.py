@@ -148,6 +148,8 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="throughput against the PyTorch twin", formatter_class=fmt, add_help=False)
     b.add_argument("args", nargs=argparse.REMAINDER)
+    r = sub.add_parser("report", help="reproduce the report's tables beside PyTorch", add_help=False)
+    r.add_argument("args", nargs=argparse.REMAINDER)
     parser._xpnet_train = t
     return parser
 
@@ -422,6 +424,10 @@ def main(argv=None) -> int:
         from xpnet import bench
 
         return bench.main(argv[1:])
+    if argv and argv[0] == "report":
+        from xpnet import report
+
+        return report.main(argv[1:])
     preset = _preset_of(argv) if argv and argv[0] == "train" else "default"
     parser = build_parser(preset)
     args = parser.parse_args(argv)

@@ -158,12 +158,13 @@ class XpnetRunner:
 
     ``xpnet.reference.runner.TorchRunner`` keeps the same contract for the PyTorch twin:
     ``forward(x (B, C, H, W), y (B,)) -> (loss float, logits (B, K) current-backend array)`` in
-    training mode, ``start(comm)`` joins the data-parallel communicator before the first step,
-    ``backward()`` fills the gradients (summed over ranks), ``step(lr)`` applies one update,
-    ``steps`` counts updates, ``settle()`` makes the ranks agree before evaluation and checkpoints,
-    ``evaluate(images, labels, batch_size)`` returns what ``evaluate`` does,
-    ``state() -> (arrays, scalars)`` is the checkpoint layout ("model.<name>",
-    "optim.<name>.<slot>") and ``load_state(arrays, scalars)`` its inverse.
+    training mode; ``start(comm)`` joins the data-parallel communicator before the first step;
+    ``backward()`` fills the gradients (summed over ranks); ``step(lr)`` applies one update;
+    ``steps`` counts updates; ``settle()`` makes the ranks agree before evaluation and checkpoints;
+    ``evaluate(images, labels, batch_size)`` returns what ``evaluate`` does; ``synchronize()``
+    waits for queued device work (for timing); ``state() -> (arrays, scalars)`` gives the
+    checkpoint layout ("model.<name>", "optim.<name>.<slot>") and ``load_state(arrays, scalars)``
+    takes it back; ``parameters`` counts the weights.
     """
 
     def __init__(self, cfg: TrainConfig, num_classes: int, rng):
@@ -203,6 +204,9 @@ class XpnetRunner:
 
     def settle(self) -> None:
         self.comm.settle(self.model)
+
+    def synchronize(self) -> None:
+        backend.synchronize()
 
     def state(self):
         arrays = {f"model.{k}": v for k, v in self.model.state_dict().items()}

@@ -18,6 +18,10 @@ from xpnet.data import batches
 from xpnet.reference.resnet9 import TorchResNet9, to_torch_state
 
 
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
 class HostDropout(torch.nn.Module):
     """Inverted dropout whose mask is xpnet's: ``u >= p`` with u drawn from the host generator."""
 
@@ -123,6 +127,11 @@ class TorchRunner:
         preds_np = numpy.concatenate(preds).astype(numpy.int64)
         accuracy = float((preds_np == backend.asnumpy(labels)).mean())
         return total / len(preds_np), accuracy, preds_np, numpy.concatenate(probs)
+
+    def synchronize(self) -> None:
+        backend.synchronize()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def state(self):
         """-> (arrays in xpnet's checkpoint layout, optimizer scalars)."""

@@ -1,0 +1,171 @@
+"""``xpnet report``: the grid end to end at --quick scale, its tables against the run folders,
+skipping and exact resume on a second call, and bad input as one line.
+
+Runs on the real MNIST when XPNET_DATA points at it (CI does), else on a synthetic IDX set.
+"""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy
+import pytest
+
+from xpnet import checkpoint, report
+from xpnet.report import ABLATION_ROWS, PUBLISHED, RUNS, main
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    real = os.environ.get("XPNET_DATA")
+    if real and Path(real, "t10k-labels-idx1-ubyte.gz").exists():
+        return Path(real)
+    from test_cli import _write_idx
+
+    folder = tmp_path_factory.mktemp("idx")
+    rng = numpy.random.default_rng(0)
+    for prefix, n in (("train", 320), ("t10k", 500)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 30, (n, 28, 28))
+        for i, k in enumerate(labels):
+            images[i, 2 * k + 4, 4:24] = 255
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("report")
+    assert main(["--quick", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_report_writes_tables_json_and_figures(quick):
+    md = (quick / "report.md").read_text()
+    for heading in ("4.1.1 Comparison", "4.1.2 Ablation", "4.2 Efficiency"):
+        assert heading in md
+    for figure in ("99.67", "99.38", "99.46", "99.21", "99.65", "99.43", "99.19", "99.20", "48,994.08 s", "1,508.85 s", "203.93 s"):
+        assert figure in md, figure
+    for label, arch, _, key in ABLATION_ROWS:
+        assert f"| {label} | {arch} | {PUBLISHED['ablation'][key]:.2f} | " in md
+    assert "projected" in md and "not measured" in md  # no GPU here or in CI
+    for name in ("losses.png", "ablation.png"):
+        assert (quick / name).read_bytes()[:8] == PNG, name
+    rep = json.loads((quick / "report.json").read_text())
+    assert rep["settings"]["seeds"] == 2 and rep["settings"]["quick"]
+    assert set(rep["runs"]) == set(RUNS)
+    # Every table cell is the mean and spread of the run folders' own results.
+    for row in rep["tables"]["ablation"] + rep["tables"]["accuracy"]:
+        accs = [json.loads((quick / f"{row['run']}-seed{s}" / "summary.json").read_text())["test_accuracy"] for s in (0, 1)]
+        assert row["test"]["values"] == accs
+        assert row["test"]["mean"] == pytest.approx(numpy.mean(accs))
+        assert row["test"]["sd"] == pytest.approx(numpy.std(accs, ddof=1))
+        assert f"{100 * numpy.mean(accs):.2f} ± {100 * numpy.std(accs, ddof=1):.2f}" in md
+    for name in RUNS:
+        folder = quick / f"{name}-seed1"
+        for f in ("metrics.csv", "summary.json", "losses.csv", "last.safetensors", "run.json"):
+            assert (folder / f).exists(), folder / f
+        _, meta = checkpoint.load(folder / "last.safetensors")
+        assert meta["config"]["framework"] == RUNS[name]["framework"]
+        assert meta["config"]["seed"] == 1 and meta["config"]["batch_size"] == 8 and meta["config"]["lr"] == 1e-3
+    for w in rep["tables"]["twins"]:
+        a = [rep["runs"][w["xpnet"]][s]["test_accuracy"] - rep["runs"][w["torch"]][s]["test_accuracy"] for s in ("0", "1")]
+        assert w["gap"]["values"] == pytest.approx(a)
+    rows = rep["efficiency"]["rows"]
+    assert rows["xpnet-cpu"]["measured"] and rows["torch-cpu"]["measured"]
+    assert rows["xpnet-cpu"]["projected_seconds"] == pytest.approx(
+        8 * (rows["xpnet-cpu"]["step_seconds"] * rep["efficiency"]["train_steps_per_epoch"]
+             + rows["xpnet-cpu"]["eval_batch_seconds"] * rep["efficiency"]["eval_batches_per_epoch"]))
+
+
+def test_a_second_call_skips_finished_runs(capsys, quick, data_dir):
+    before = {p: p.stat().st_mtime_ns for p in quick.glob("*/last.safetensors")}
+    code, out, _ = _run(capsys, "--quick", "--data-dir", data_dir, "--out", quick, "--efficiency-steps", 0, "--no-plots")
+    assert code == 0
+    assert out.count("finished before: skipped") == 2 * len(RUNS)
+    assert {p: p.stat().st_mtime_ns for p in quick.glob("*/last.safetensors")} == before
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_call_resumes_exactly(capsys, monkeypatch, quick, data_dir, tmp_path):
+    import xpnet.train as train_mod
+
+    real_step = train_mod.XpnetRunner.step
+    calls = {"n": 0}
+
+    def interrupted_step(self, lr):
+        calls["n"] += 1
+        if calls["n"] == 5:  # Ctrl-C in the middle of the first run
+            os.kill(os.getpid(), signal.SIGINT)
+        real_step(self, lr)
+
+    monkeypatch.setattr(train_mod.XpnetRunner, "step", interrupted_step)
+    flags = ["--quick", "--seeds", 1, "--data-dir", data_dir, "--out", tmp_path, "--efficiency-steps", 0, "--no-plots"]
+    code, _, err = _run(capsys, *flags)
+    assert code == 130 and err.strip().splitlines() == ["xpnet report: interrupted; run the same command again to resume"]
+    _, meta = checkpoint.load(tmp_path / "xpnet-sgd-seed0" / "last.safetensors")
+    assert (meta["epoch"], meta["batch"]) == (0, 5)
+    monkeypatch.setattr(train_mod.XpnetRunner, "step", real_step)
+    code, out, _ = _run(capsys, *flags)
+    assert code == 0 and "resuming" in out
+    # The resumed run ends where the uninterrupted one of the quick report ended.
+    a, _ = checkpoint.load(quick / "xpnet-sgd-seed0" / "last.safetensors")
+    b, _ = checkpoint.load(tmp_path / "xpnet-sgd-seed0" / "last.safetensors")
+    for k in a:
+        numpy.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert (tmp_path / "report.md").exists()
+
+
+def test_a_folder_with_other_settings_is_refused_and_kept(capsys, quick, data_dir):
+    before = (quick / "xpnet-sgd-seed0" / "last.safetensors").read_bytes()
+    code, _, err = _run(capsys, "--quick", "--lr", "0.5", "--data-dir", data_dir, "--out", quick)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "other settings" in err
+    assert (quick / "xpnet-sgd-seed0" / "last.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("flags", [["--seeds", "0"], ["--recipe", "nope"], ["--width", "-1"], ["--test-subset", "x"]])
+def test_bad_flags_are_usage_errors(flags, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main([*flags, "--out", str(tmp_path / "r")])
+    assert e.value.code == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_too_large_subset_is_one_line(capsys, data_dir, tmp_path):
+    code, _, err = _run(capsys, "--quick", "--test-subset", 10**6, "--data-dir", data_dir, "--out", tmp_path)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "--test-subset" in err
+
+
+def test_recipes_and_pass_through_flags():
+    grid = report.run_configs("paper", {"width": 0.5}, seeds=2)
+    assert len(grid) == 2 * len(RUNS)
+    by = {(n, s): c for n, s, c in grid}
+    sgd, adam = by["xpnet-sgd", 1], by["torch-adam", 0]
+    assert (sgd.epochs, sgd.batch_size, sgd.lr, sgd.momentum, sgd.schedule, sgd.augment, sgd.label_smoothing) == (
+        8, 8, 1e-3, 0.0, "constant", 0, 0.0)
+    assert sgd.width == adam.width == 0.5 and sgd.seed == 1
+    assert (adam.framework, adam.optimizer) == ("torch", "adam")
+    v3 = by["conv-shortcut-3-blocks", 0]
+    assert (v3.shortcut, v3.res_blocks, v3.head, v3.optimizer) == ("conv", 3, "max", "sgd")
+    x = {n: c for n, s, c in report.run_configs("xpnet", {}, seeds=1)}
+    assert x["xpnet-sgd"].lr == 0.1 and x["xpnet-adam"].lr == 1e-3 and x["xpnet-sgd"].schedule == "onecycle"
+
+
+def test_mean_sd_and_the_unmeasured_rows():
+    s = report.mean_sd([0.99, 0.98, 0.97])
+    assert s["mean"] == pytest.approx(0.98) and s["sd"] == pytest.approx(0.01)
+    assert report.mean_sd([0.5])["sd"] is None
+    assert report._pct(report.mean_sd([0.9912])) == "99.12"
+    assert report._pct(report.mean_sd([0.99, 0.98, 0.97])) == "98.00 ± 1.00"
