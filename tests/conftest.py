@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy
-import pytest
+# PyTorch's OpenMP threads spin while they wait; on a machine shared with other work that makes
+# the torch-backed tests many times slower, so they sleep instead (read when torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from xpnet import backend
-from xpnet.testing import fakecupy
+import numpy  # noqa: E402
+import pytest  # noqa: E402
+
+from xpnet import backend  # noqa: E402
+from xpnet.testing import fakecupy  # noqa: E402
 
 
 def _cupy_usable() -> bool:
