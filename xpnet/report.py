@@ -495,6 +495,15 @@ def _probability(text):
     return v
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default where it has one (None means "the recipe's" or "see the help")."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from xpnet.train import SCHEDULES
 
@@ -502,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="xpnet report",
         description="Train the report's grid (xpnet, its PyTorch twin, the ablation) over several seeds and "
         "write report.md, report.json and figures. Run it again to resume.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
                    help="paper: the report's settings; xpnet: the project's default recipe")
