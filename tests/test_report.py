@@ -169,3 +169,15 @@ def test_mean_sd_and_the_unmeasured_rows():
     assert report.mean_sd([0.5])["sd"] is None
     assert report._pct(report.mean_sd([0.9912])) == "99.12"
     assert report._pct(report.mean_sd([0.99, 0.98, 0.97])) == "98.00 ± 1.00"
+
+
+def test_the_xpnet_command_hands_report_on(capsys):
+    from xpnet.cli import main as xpnet_main
+
+    with pytest.raises(SystemExit) as e:
+        xpnet_main(["report", "--help"])
+    assert e.value.code == 0
+    assert "--recipe" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        xpnet_main(["report", "--seeds", "0"])
+    assert e.value.code == 2 and "--seeds" in capsys.readouterr().err
