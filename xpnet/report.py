@@ -338,7 +338,7 @@ def markdown(report: dict) -> str:
         sd = "" if g["sd"] is None else f" ± {100 * g['sd']:.2f}"
         spread = w["spread"]["sd"]
         lines.append(
-            f"- {w['xpnet']} minus its twin {w['torch']}, same seed: {100 * g['mean']:+.2f}{sd} points "
+            f"- Test accuracy of {w['xpnet']} minus its twin {w['torch']}, same seed: {100 * g['mean']:+.2f}{sd} points "
             f"(per seed: {', '.join(f'{100 * v:+.2f}' for v in g['values'])}); seed-to-seed spread of "
             f"{w['xpnet']}: {'n/a' if spread is None else f'{100 * spread:.2f}'} points."
         )
@@ -558,7 +558,11 @@ def _machine() -> str:
                     break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} CPU threads, {platform.system()}"
+    from xpnet.functional import parallel
+
+    wait = os.environ.get("OMP_WAIT_POLICY")
+    return (f"{model}, {os.cpu_count()} CPU threads, {platform.system()}; xpnet kernel threads "
+            f"{parallel.threads()}{f', OMP_WAIT_POLICY={wait}' if wait else ''}")
 
 
 def _scale(recipe, cfg, seeds, test_subset, train_images, quick) -> str:
