@@ -7,6 +7,7 @@ Runs on the real MNIST when XPNET_DATA points at it (CI does), else on a synthet
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import numpy
@@ -181,3 +182,23 @@ def test_the_xpnet_command_hands_report_on(capsys):
     with pytest.raises(SystemExit) as e:
         xpnet_main(["report", "--seeds", "0"])
     assert e.value.code == 2 and "--seeds" in capsys.readouterr().err
+
+
+def test_mpiexec_deals_the_runs_out_to_the_ranks(tmp_path, data_dir):
+    from test_distributed import MPIEXEC, _mpirun
+
+    if MPIEXEC is None:
+        pytest.skip("needs mpi4py and mpiexec: pip install 'xpnet[mpi]'")
+    out = tmp_path / "r"
+    args = ["--quick", "--seeds", "1", "--efficiency-steps", "0", "--no-plots", "--data-dir", data_dir, "--out", out]
+    done = _mpirun(sys.executable, "-m", "xpnet", "report", *map(str, args), n=2, timeout=300)
+    assert done.returncode == 0, done.stderr
+    # Seven runs: four on rank 0 and three on rank 1, each trained once, by one rank.
+    assert "[rank 0] [4/4]" in done.stdout and "[rank 1] [3/3]" in done.stdout
+    assert "[rank 0] [5/" not in done.stdout and "[rank 1] [4/" not in done.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["runs"]) == set(RUNS)
+    for name in RUNS:
+        summary = json.loads((out / f"{name}-seed0" / "summary.json").read_text())
+        assert rep["runs"][name]["0"]["test_accuracy"] == summary["test_accuracy"]
+    assert (out / "report.md").read_text().count("## 4.1.2 Ablation study") == 1

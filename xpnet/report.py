@@ -12,7 +12,8 @@ behind them, ``--seeds`` times each, and writes into ``--out``:
     <run>-seed<k>/  each run's own ``xpnet train`` outputs, and run.json, the settings it ran with
 
 Runs are independent folders: the same command again skips finished runs and resumes
-interrupted ones exactly (``fit``'s resume). The efficiency table times a sample of training and
+interrupted ones exactly (``fit``'s resume); ``mpiexec -n K xpnet report`` deals them out to K
+processes (on one host or several sharing the folder). The efficiency table times a sample of training and
 evaluation steps of the report's job on each framework and projects it to 8 epochs; it also
 lists the measured wall time of the grid's own runs.
 """
@@ -573,9 +574,15 @@ def _scale(recipe, cfg, seeds, test_subset, train_images, quick) -> str:
             f"{subset}, {test}), {seeds} seed(s) per run.")
 
 
-def run(args, log=print) -> dict:
+def run(args, log=print, comm=None) -> dict | None:
+    """The grid, then the report. Under ``mpiexec -n K`` (``comm``: an ``xpnet.distributed``
+    communicator) each rank trains every K-th run of the grid, each run in one process; rank 0
+    then times the efficiency rows and writes the report (and returns it; the others None)."""
+    from xpnet import distributed
     from xpnet.data import MNIST, default_data_dir, load_mnist
     from xpnet.train import TrainingError
+
+    comm = distributed.Solo() if comm is None else comm
 
     quick = QUICK if args.quick else {}
     seeds = args.seeds or quick.get("seeds", 3)
@@ -592,7 +599,7 @@ def run(args, log=print) -> dict:
             raise ReportError(str(e)) from e
 
     backend.use(args.backend)
-    data = full = load_mnist(args.data_dir or default_data_dir(), download=True, progress=sys.stderr.isatty())
+    data = full = comm.root_first(load_mnist, args.data_dir or default_data_dir(), True, sys.stderr.isatty())
     if test_subset:
         if test_subset > len(data.test_labels):
             raise ReportError(f"--test-subset {test_subset} exceeds the {len(data.test_labels)} test images")
@@ -602,14 +609,19 @@ def run(args, log=print) -> dict:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     command = "xpnet report " + " ".join(args.argv)
-    log(f"report: {len(grid)} runs ({len(RUNS)} per seed, {seeds} seed(s)) into {out}")
+    mine = grid[comm.rank :: comm.size]
+    if comm.size > 1:
+        # Runs are independent: each rank takes every size-th one, trained in one process.
+        log = (lambda line, say=log: say(f"[rank {comm.rank}] {line}"))
+    log(f"report: {len(grid)} runs ({len(RUNS)} per seed, {seeds} seed(s)) into {out}"
+        + (f"; {len(mine)} of them on this rank" if comm.size > 1 else ""))
 
-    results, spent, trained = {}, 0.0, 0
-    for i, (name, seed, cfg) in enumerate(grid):
+    spent, trained = 0.0, 0
+    for i, (name, seed, cfg) in enumerate(mine):
         folder = out / f"{name}-seed{seed}"
-        left = len(grid) - i
+        left = len(mine) - i
         eta = f", about {_seconds(spent / trained * left)} left" if trained else ""
-        log(f"[{i + 1}/{len(grid)}] {name}, seed {seed}{eta}")
+        log(f"[{i + 1}/{len(mine)}] {name}, seed {seed}{eta}")
         t0 = time.perf_counter()
         already = _finished(folder, cfg) is not None and (folder / "run.json").exists()
         try:
@@ -621,7 +633,12 @@ def run(args, log=print) -> dict:
         else:
             spent += time.perf_counter() - t0
             trained += 1
-        results.setdefault(name, {})[seed] = _history(folder)
+    comm.barrier()
+    if not comm.is_root:
+        return None
+    results = {}
+    for name, seed, _ in grid:
+        results.setdefault(name, {})[seed] = _history(out / f"{name}-seed{seed}")
 
     eff = None
     if eff_steps:
@@ -674,12 +691,17 @@ def main(argv=None) -> int:
     from xpnet.checkpoint import CheckpointError
     from xpnet.data import DataError
 
+    from xpnet import distributed
+
     try:
-        run(args, log=lambda s: print(s, flush=True))
+        comm = distributed.world()  # one process, or one rank of `mpiexec -n K xpnet report`
+        expected = (ReportError, DataError, CheckpointError, backend.BackendError)
+        with comm.guard("xpnet report", expected):
+            run(args, log=lambda s: print(s, flush=True), comm=comm)
     except KeyboardInterrupt:
         print("xpnet report: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (ReportError, DataError, CheckpointError, backend.BackendError) as e:
+    except (ReportError, DataError, CheckpointError, backend.BackendError, distributed.DistributedError) as e:
         print(f"xpnet report: error: {e}", file=sys.stderr)
         return 1
     return 0
