@@ -132,10 +132,15 @@ def train_run(folder: Path, cfg, data, test_subset, plots, log) -> dict:
     """One run of the grid in ``folder``: skipped when finished, resumed when interrupted."""
     from xpnet.train import CHECKPOINT_EXT, fit
 
+    from xpnet.train import TrainConfig
+
     spec = _spec(cfg, test_subset)
     spec_path = folder / "run.json"
     if spec_path.exists():
-        if json.loads(spec_path.read_text()) != spec:
+        stored = json.loads(spec_path.read_text())
+        # A field TrainConfig gained since takes its default, as on resume.
+        stored["config"] = dataclasses.asdict(TrainConfig.from_dict(stored.get("config", {})))
+        if stored != spec:
             raise ReportError(
                 f"{folder} holds a run with other settings; choose another --out or move that folder away"
             )
