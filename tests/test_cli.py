@@ -254,6 +254,7 @@ def test_readme_commands_parse(monkeypatch):
 
     import xpnet.bench
     import xpnet.cli as cli
+    import xpnet.report
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
     text = readme.read_text().replace("\\\n", " ")
@@ -263,6 +264,7 @@ def test_readme_commands_parse(monkeypatch):
     for name in ("cmd_train", "cmd_evaluate", "cmd_predict"):
         monkeypatch.setattr(cli, name, lambda args: seen.append(args.command) or 0)
     monkeypatch.setattr(xpnet.bench, "main", lambda argv: xpnet.bench.build_parser().parse_args(argv) and 0)
+    monkeypatch.setattr(xpnet.report, "main", lambda argv: xpnet.report.build_parser().parse_args(argv) and 0)
     for line in lines:
         argv = shlex.split(line.replace("[", "").replace("]", ""))[1:]
         try:
