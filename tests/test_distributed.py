@@ -259,7 +259,7 @@ def test_two_ranks_with_sync_bn_equal_one_process(tmp_path, digits, reference):
     assert r.returncode == 0, r.stderr
     local, _ = _weights(tmp_path / "local" / "last.safetensors")
     assert _rel_diff(reference[0], local) > 1e-3
-    assert sorted(os.listdir(tmp_path / "local")) == ["best.safetensors", "last.safetensors", "metrics.csv", "summary.json"]
+    assert sorted(os.listdir(tmp_path / "local")) == ["best.safetensors", "last.safetensors", "losses.csv", "metrics.csv", "summary.json"]
 
 
 @needs_mpi

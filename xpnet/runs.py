@@ -1,6 +1,6 @@
 """Run folders and resuming: where a run writes, what may overwrite what, what a resume may change.
 
-A run folder holds one run: ``last``/``best`` checkpoints, ``metrics.csv``, ``summary.json`` and
+A run folder holds one run: ``last``/``best`` checkpoints, ``metrics.csv``, ``losses.csv``, ``summary.json`` and
 the figures. The rules ``xpnet train`` follows:
 
 - A new run without ``--out`` gets the first free ``runs/run-N``. A new run's ``--out`` may not
@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 # What a run writes; a folder holding any of the first four holds a run.
-RUN_FILES = ("last.safetensors", "best.safetensors", "metrics.csv", "summary.json")
+RUN_FILES = ("last.safetensors", "best.safetensors", "metrics.csv", "summary.json", "losses.csv")
 FIGURES = ("curves.png", "failures.png", "confusion.png")
 
 # Flags a resume may set to any value (the rest set the stored config and must agree with it).
