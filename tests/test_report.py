@@ -202,3 +202,18 @@ def test_mpiexec_deals_the_runs_out_to_the_ranks(tmp_path, data_dir):
         summary = json.loads((out / f"{name}-seed0" / "summary.json").read_text())
         assert rep["runs"][name]["0"]["test_accuracy"] == summary["test_accuracy"]
     assert (out / "report.md").read_text().count("## 4.1.2 Ablation study") == 1
+
+
+def test_without_torch_the_report_is_one_line_naming_the_extra(tmp_path, data_dir):
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from xpnet.cli import main\n"
+        f"sys.exit(main(['report', '--quick', '--data-dir', {str(data_dir)!r}, '--out', {str(tmp_path / 'r')!r}]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "xpnet[reference]" in lines[0], out.stderr
+    assert not (tmp_path / "r").exists()
