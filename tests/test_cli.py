@@ -4,12 +4,10 @@ give: one line on stderr and a non-zero exit, nothing already saved lost.
 Runs on the real MNIST when XPNET_DATA points at it (CI does), else on a synthetic IDX set.
 """
 
-import gzip
 import json
 import os
 import pickle
 import re
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +15,12 @@ from pathlib import Path
 import numpy
 import pytest
 
+from _digits import digit_folder
+
 from xpnet import checkpoint
 from xpnet.cli import main
 
 SMALL = ["--width", "0.125", "--train-subset", "256", "--batch-size", "64", "--eval-batch-size", "250", "--no-plots"]
-
-
-def _write_idx(path, array):
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(numpy.uint8).tobytes())
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +35,7 @@ def data_dir(tmp_path_factory, synthetic_dir):
 def synthetic_dir(tmp_path_factory):
     """A small IDX set (512 training, 300 test images) whose digits are bars at class-given rows:
     for the tests that train several times and check behaviour, not accuracy."""
-    folder = tmp_path_factory.mktemp("idx")
-    rng = numpy.random.default_rng(0)
-    for prefix, n in (("train", 512), ("t10k", 300)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 30, (n, 28, 28))
-        for i, k in enumerate(labels):
-            images[i, 2 * k + 4, 4:24] = 255
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return folder
+    return digit_folder(tmp_path_factory.mktemp("idx"), 512, 300)
 
 
 def run(capsys, *argv):

@@ -7,10 +7,11 @@ import json
 import numpy
 import pytest
 
+from _digits import digit_set, write_idx_set
+
 from xpnet import backend, nn, optim
 from xpnet import functional as F
 from xpnet.cli import main
-from xpnet.data import MNIST
 from xpnet.functional import parallel
 from xpnet.models import ResNet9
 from xpnet.testing import fakecupy
@@ -114,16 +115,7 @@ def test_host_arrays_leaking_into_device_code_fail_loudly(fake_cupy):
 
 
 def _digits(n_train, n_test=40, seed=0):
-    rng = numpy.random.default_rng(seed)
-
-    def make(n):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 40, (n, 28, 28)).astype(numpy.uint8)
-        for i, k in enumerate(labels):
-            images[i, 2 * k + 4, 4:24] = 255
-        return images, labels.astype(numpy.int64)
-
-    return MNIST(*make(n_train), *make(n_test))
+    return digit_set(n_train, n_test, seed=seed)
 
 
 def test_fit_syncs_once_per_training_step(tmp_path, fake_cupy):
@@ -143,10 +135,8 @@ def test_fit_syncs_once_per_training_step(tmp_path, fake_cupy):
 def test_train_resume_evaluate_on_the_device(tmp_path, capsys, fake_cupy):
     """``xpnet train --backend cupy``, interrupted after an epoch and resumed, ends where an
     uninterrupted run does; ``xpnet evaluate`` on the device reads its checkpoint back."""
-    from xpnet.data.mnist import FILES  # noqa: F401  (the IDX names the writer below uses)
-
     data_dir = tmp_path / "idx"
-    _write_idx_set(data_dir, _digits(96, 40))
+    write_idx_set(data_dir, _digits(96, 40))
     common = ["--backend", "cupy", "--data-dir", str(data_dir), "--width", "0.0625", "--batch-size", "32",
               "--eval-batch-size", "20", "--epochs", "2", "--no-plots", "--dropout", "0.2"]
     assert main(["train", "--out", str(tmp_path / "a"), *common]) == 0
@@ -168,21 +158,9 @@ def test_train_resume_evaluate_on_the_device(tmp_path, capsys, fake_cupy):
     assert result["test_accuracy"] == pytest.approx(summary["test_accuracy"])
 
 
-def _write_idx_set(folder, data):
-    import gzip
-    import struct
-
-    folder.mkdir(parents=True)
-    for prefix, images, labels in (("train", data.train_images, data.train_labels), ("t10k", data.test_images, data.test_labels)):
-        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
-            header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
-                f.write(header + array.astype(numpy.uint8).tobytes())
-
-
 def test_out_of_device_memory_is_one_line(tmp_path, capsys, fake_cupy):
     data_dir = tmp_path / "idx"
-    _write_idx_set(data_dir, _digits(64, 20))
+    write_idx_set(data_dir, _digits(64, 20))
     backend.xp().get_default_memory_pool().set_limit(size=64 << 10)
     code = main(["train", "--backend", "cupy", "--data-dir", str(data_dir), "--out", str(tmp_path / "o"),
                  "--width", "0.0625", "--batch-size", "32", "--no-plots"])

@@ -8,10 +8,8 @@ steps, not bit for bit; we ask for a relative L2 difference of the weights below
 run without sync-BN misses by three orders of magnitude.
 """
 
-import gzip
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import threading
@@ -19,6 +17,8 @@ from pathlib import Path
 
 import numpy
 import pytest
+
+from _digits import digit_folder
 
 from xpnet import checkpoint, distributed, nn
 from xpnet.cli import main
@@ -205,25 +205,10 @@ def _train(*argv, n=2):
     return _mpirun(sys.executable, "-m", "xpnet", "train", *map(str, argv), n=n)
 
 
-def _write_idx(path, array):
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(numpy.uint8).tobytes())
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """A tiny learnable IDX set: class k has a bright bar at row 2k+4 over noise."""
-    folder = tmp_path_factory.mktemp("digits")
-    rng = numpy.random.default_rng(0)
-    for prefix, n in (("train", 96), ("t10k", 60)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 60, (n, 28, 28))
-        for i, k in enumerate(labels):
-            images[i, 2 * k + 4, 4:24] = 255
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return folder
+    return digit_folder(tmp_path_factory.mktemp("digits"), 96, 60, noise=60)
 
 
 def _weights(path):

@@ -9,17 +9,16 @@ the cores threadpoolctl reports. Needs the package registry (CI has it), so it i
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy
 import pytest
+
+from _digits import digit_folder
 
 pytestmark = pytest.mark.venv
 
@@ -83,23 +82,10 @@ def test_the_core_imports_with_numpy_alone_and_the_command_says_what_it_lacks(en
     assert "\n" not in line and "pip install xpnet" in line and "threadpoolctl" in line and "matplotlib" in line
 
 
-def _write_idx(path, array):
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(numpy.uint8).tobytes())
-
-
 def test_a_plain_install_runs_every_command(env):
     python, bin_dir, work, wheel = env
     _ok([python, *PIP_QUIET, wheel], env=_clean_env())  # no extras: the dependencies alone
-    data = work / "data"
-    data.mkdir()
-    rng = numpy.random.default_rng(0)
-    for prefix, n in (("train", 96), ("t10k", 50)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 30, (n, 28, 28))
-        _write_idx(data / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    data = digit_folder(work / "data", 96, 50, bars=False)
     xpnet = bin_dir / "xpnet"
     env_vars = _clean_env()
     assert _ok([xpnet, "--version"], env=env_vars).stdout.startswith("xpnet ")

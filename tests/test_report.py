@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy
 import pytest
 
+from _digits import digit_folder
+
 from xpnet import checkpoint, report
 from xpnet.report import ABLATION_ROWS, PUBLISHED, RUNS, main
 
@@ -27,18 +29,7 @@ def data_dir(tmp_path_factory):
     real = os.environ.get("XPNET_DATA")
     if real and Path(real, "t10k-labels-idx1-ubyte.gz").exists():
         return Path(real)
-    from test_cli import _write_idx
-
-    folder = tmp_path_factory.mktemp("idx")
-    rng = numpy.random.default_rng(0)
-    for prefix, n in (("train", 320), ("t10k", 500)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 30, (n, 28, 28))
-        for i, k in enumerate(labels):
-            images[i, 2 * k + 4, 4:24] = 255
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return folder
+    return digit_folder(tmp_path_factory.mktemp("idx"), 320, 500)
 
 
 def _run(capsys, *argv):

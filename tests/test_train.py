@@ -7,23 +7,14 @@ import signal
 import numpy
 import pytest
 
+from _digits import digit_set
+
 from xpnet import backend, checkpoint
-from xpnet.data import MNIST
 from xpnet.train import TrainConfig, TrainingError, fit, load_model
 
 
 def _digits(n_train=96, n_test=40, seed=0):
-    """A learnable toy set: class k has a bright bar at row 2k+4."""
-    rng = numpy.random.default_rng(seed)
-
-    def make(n):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 40, (n, 28, 28)).astype(numpy.uint8)
-        for i, k in enumerate(labels):
-            images[i, 2 * k + 4, 4:24] = 255
-        return images, labels.astype(numpy.int64)
-
-    return MNIST(*make(n_train), *make(n_test))
+    return digit_set(n_train, n_test, seed=seed)
 
 
 TINY = dict(width=1 / 16, batch_size=32, lr=0.05, augment=1, eval_batch_size=50)

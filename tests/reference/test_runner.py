@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from _digits import digit_folder  # noqa: E402
 from test_train import TINY, _digits  # noqa: E402
 
 from xpnet import checkpoint  # noqa: E402
@@ -102,16 +103,7 @@ def test_torch_checkpoint_is_read_by_xpnet_and_resumes_exactly(tmp_path):
 
 
 def test_cli_trains_the_twin_and_evaluate_reads_it(capsys, tmp_path):
-    from test_cli import _write_idx
-
-    rng = numpy.random.default_rng(0)
-    for prefix, n in (("train", 128), ("t10k", 60)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 30, (n, 28, 28))
-        for i, k in enumerate(labels):
-            images[i, 2 * k + 4, 4:24] = 255
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    digit_folder(tmp_path, 128, 60)
     out = tmp_path / "run"
     flags = ["--width", "0.125", "--batch-size", "32", "--eval-batch-size", "30", "--epochs", "1", "--no-plots"]
     assert main(["train", "--framework", "torch", "--data-dir", str(tmp_path), "--out", str(out), *flags]) == 0
