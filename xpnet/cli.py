@@ -16,44 +16,11 @@ import sys
 from pathlib import Path
 
 from xpnet import backend
+from xpnet.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
+
 
 class UserError(Exception):
     """An error to report as one line, without a traceback."""
-
-
-def _positive_int(text):
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
-def _nonneg_int(text):
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return v
-
-
-def _nonneg_float(text):
-    v = float(text)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return v
-
-
-def _positive_float(text):
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
-def _probability(text):
-    v = float(text)
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return v
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -107,27 +74,27 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     _add_backend(t)
     t.add_argument("--framework", choices=FRAMEWORKS, default=d.framework,
                    help="xpnet, or its PyTorch twin under the same loop (needs the reference extra)")
-    t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epochs")
-    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="training batch size")
-    t.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate")
+    t.add_argument("--epochs", type=positive_int, default=d.epochs, help="epochs")
+    t.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="training batch size")
+    t.add_argument("--lr", type=positive_float, default=d.lr, help="peak learning rate")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="optimizer")
-    t.add_argument("--momentum", type=_nonneg_float, default=d.momentum, help="SGD momentum (Nesterov)")
-    t.add_argument("--weight-decay", type=_nonneg_float, default=d.weight_decay, help="L2 (sgd, adam) or decoupled (adamw) weight decay")
+    t.add_argument("--momentum", type=nonneg_float, default=d.momentum, help="SGD momentum (Nesterov)")
+    t.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay, help="L2 (sgd, adam) or decoupled (adamw) weight decay")
     t.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule")
-    t.add_argument("--label-smoothing", type=_probability, default=d.label_smoothing, help="label smoothing of the loss")
-    t.add_argument("--augment", type=_nonneg_int, default=d.augment, help="random shifts of up to N pixels")
-    t.add_argument("--width", type=_positive_float, default=d.width, help="channel multiplier")
+    t.add_argument("--label-smoothing", type=probability, default=d.label_smoothing, help="label smoothing of the loss")
+    t.add_argument("--augment", type=nonneg_int, default=d.augment, help="random shifts of up to N pixels")
+    t.add_argument("--width", type=positive_float, default=d.width, help="channel multiplier")
     t.add_argument("--shortcut", choices=("identity", "conv"), default=d.shortcut, help="residual skip path")
     t.add_argument("--res-blocks", type=int, choices=(2, 3), default=d.res_blocks, help="residual blocks")
     t.add_argument("--head", choices=("max", "avg"), default=d.head, help="pooling before the classifier")
-    t.add_argument("--dropout", type=_probability, default=d.dropout, help="dropout before the linear layer")
-    t.add_argument("--train-subset", type=_nonneg_int, default=d.train_subset, help="use the first N training images (0: all)")
-    t.add_argument("--eval-batch-size", type=_positive_int, default=d.eval_batch_size, help="test-set batch size")
+    t.add_argument("--dropout", type=probability, default=d.dropout, help="dropout before the linear layer")
+    t.add_argument("--train-subset", type=nonneg_int, default=d.train_subset, help="use the first N training images (0: all)")
+    t.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size, help="test-set batch size")
     t.add_argument("--seed", type=int, default=d.seed, help="seed of the one random generator")
     t.add_argument("--resume", type=Path, default=None, metavar="CHECKPOINT",
                    help="continue that run exactly, in its folder and on its data; flags that would change "
                    "its recipe are refused, and --epochs may change only a constant schedule's length")
-    t.add_argument("--stop-after", type=_positive_int, default=None, metavar="N",
+    t.add_argument("--stop-after", type=positive_int, default=None, metavar="N",
                    help="stop after N epochs of this invocation (default: none; the schedule still spans --epochs)")
     t.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     t.add_argument("--sync-bn", action="store_true",
@@ -137,7 +104,7 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors file written by xpnet train")
     _add_data_dir(e, "; only the two t10k files are needed")
     _add_backend(e)
-    e.add_argument("--batch-size", type=_positive_int, default=d.eval_batch_size, help="batch size")
+    e.add_argument("--batch-size", type=positive_int, default=d.eval_batch_size, help="batch size")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("predict", help="classify PNG or JPEG digits", formatter_class=fmt)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy
 
 from xpnet import backend
+from xpnet.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
 
 # The report's published figures (percent; seconds for 8 epochs).
 PUBLISHED = {
@@ -466,41 +467,6 @@ def figures(out: Path, results: dict, tables_: dict) -> list[Path]:
 # -- the command -------------------------------------------------------------------------------
 
 
-def _positive_int(text):
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
-def _nonneg_int(text):
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return v
-
-
-def _positive_float(text):
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
-def _nonneg_float(text):
-    v = float(text)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return v
-
-
-def _probability(text):
-    v = float(text)
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return v
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default where it has one (None means "the recipe's" or "see the help")."""
 
@@ -523,31 +489,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper: the report's settings; xpnet: the project's default recipe")
     p.add_argument("--quick", action="store_true",
                    help="tiny width, a subset, one epoch, two seeds: the whole pipeline in seconds")
-    p.add_argument("--seeds", type=_positive_int, default=None, help="seeds 0..N-1 per run (default 3)")
+    p.add_argument("--seeds", type=positive_int, default=None, help="seeds 0..N-1 per run (default 3)")
     p.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
     p.add_argument("--data-dir", type=Path, default=None, help="MNIST folder (default: $XPNET_DATA or ./data/mnist)")
     p.add_argument("--backend", choices=backend.BACKENDS, default="numpy", help="array backend of the grid's runs")
-    p.add_argument("--test-subset", type=_nonneg_int, default=None, help="evaluate on the first N test images (0: all)")
-    p.add_argument("--efficiency-steps", type=_nonneg_int, default=None,
+    p.add_argument("--test-subset", type=nonneg_int, default=None, help="evaluate on the first N test images (0: all)")
+    p.add_argument("--efficiency-steps", type=nonneg_int, default=None,
                    help="training steps timed per framework for the efficiency table (0: skip it; default 50)")
-    p.add_argument("--efficiency-eval-batches", type=_positive_int, default=None,
+    p.add_argument("--efficiency-eval-batches", type=positive_int, default=None,
                    help="evaluation batches timed per framework (default 5)")
-    p.add_argument("--efficiency-width", type=_positive_float, default=None,
+    p.add_argument("--efficiency-width", type=positive_float, default=None,
                    help="width of the timed job (default: the runs' width)")
     p.add_argument("--no-plots", action="store_true", help="skip every PNG figure")
     g = p.add_argument_group("flags of xpnet train passed to every run (default: the recipe's)")
-    g.add_argument("--epochs", type=_positive_int)
-    g.add_argument("--batch-size", type=_positive_int)
-    g.add_argument("--lr", type=_positive_float)
-    g.add_argument("--momentum", type=_nonneg_float)
-    g.add_argument("--weight-decay", type=_nonneg_float)
+    g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--batch-size", type=positive_int)
+    g.add_argument("--lr", type=positive_float)
+    g.add_argument("--momentum", type=nonneg_float)
+    g.add_argument("--weight-decay", type=nonneg_float)
     g.add_argument("--schedule", choices=SCHEDULES)
-    g.add_argument("--label-smoothing", type=_probability)
-    g.add_argument("--augment", type=_nonneg_int)
-    g.add_argument("--width", type=_positive_float)
-    g.add_argument("--dropout", type=_probability)
-    g.add_argument("--train-subset", type=_nonneg_int)
-    g.add_argument("--eval-batch-size", type=_positive_int)
+    g.add_argument("--label-smoothing", type=probability)
+    g.add_argument("--augment", type=nonneg_int)
+    g.add_argument("--width", type=positive_float)
+    g.add_argument("--dropout", type=probability)
+    g.add_argument("--train-subset", type=nonneg_int)
+    g.add_argument("--eval-batch-size", type=positive_int)
     return p
 
 
