@@ -346,3 +346,12 @@ def test_the_scaling_command_runs(tmp_path):
     lines = r.stdout.strip().splitlines()
     assert lines[1].startswith("1 process x 2 threads: ") and lines[2].startswith("2 ranks x 1 threads: ")
     assert float(lines[3].split(": ")[1]) > 0
+
+
+def test_the_scaling_command_refuses_a_count_below_one(capsys):
+    from xpnet import scaling
+
+    with pytest.raises(SystemExit) as e:
+        scaling.main(["--ranks", "0"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.splitlines()[-1].endswith("--ranks: must be a positive integer, got 0")

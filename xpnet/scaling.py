@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from xpnet.argtypes import positive_float, positive_int
+
 
 def worker(args) -> None:
     import numpy
@@ -68,12 +70,12 @@ def _run(cmd, threads):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m xpnet.scaling", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ranks", type=int, default=2, help="MPI ranks (N)")
-    p.add_argument("--threads", type=int, default=1, help="kernel threads per rank (T)")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
-    p.add_argument("--rounds", type=int, default=3, help="measurements of each configuration")
+    p.add_argument("--ranks", type=positive_int, default=2, help="MPI ranks (N)")
+    p.add_argument("--threads", type=positive_int, default=1, help="kernel threads per rank (T)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="global batch")
+    p.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier")
+    p.add_argument("--steps", type=positive_int, default=5, help="timed steps per measurement")
+    p.add_argument("--rounds", type=positive_int, default=3, help="measurements of each configuration")
     p.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
