@@ -47,3 +47,18 @@ def spread(xp, rng, *shape, gap=0.05, dtype=numpy.float64):
     v = (rng.permutation(n) - n / 2 + 0.5) * gap
     return xp.asarray(v.reshape(shape).astype(dtype))
 
+
+
+def run_without_torch(argv):
+    """``xpnet.cli.main(argv)`` in a fresh interpreter where torch cannot be imported -> the
+    CompletedProcess (text output)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import xpnet, xpnet.train, xpnet.report, xpnet.cli, xpnet.bench\n"
+        "from xpnet.cli import main\n"
+        f"sys.exit(main({[str(a) for a in argv]!r}))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

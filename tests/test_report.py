@@ -14,6 +14,7 @@ import numpy
 import pytest
 
 from _digits import digit_folder
+from _support import run_without_torch
 
 from xpnet import checkpoint, report
 from xpnet.report import ABLATION_ROWS, PUBLISHED, RUNS, main
@@ -196,14 +197,7 @@ def test_mpiexec_deals_the_runs_out_to_the_ranks(tmp_path, data_dir):
 
 
 def test_without_torch_the_report_is_one_line_naming_the_extra(tmp_path, data_dir):
-    import subprocess
-
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from xpnet.cli import main\n"
-        f"sys.exit(main(['report', '--quick', '--data-dir', {str(data_dir)!r}, '--out', {str(tmp_path / 'r')!r}]))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = run_without_torch(["report", "--quick", "--data-dir", data_dir, "--out", tmp_path / "r"])
     assert out.returncode == 1, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "xpnet[reference]" in lines[0], out.stderr

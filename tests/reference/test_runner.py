@@ -7,8 +7,6 @@ is one line.
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy
 import pytest
@@ -16,6 +14,7 @@ import pytest
 pytest.importorskip("torch")
 
 from _digits import digit_folder  # noqa: E402
+from _support import run_without_torch  # noqa: E402
 from test_train import TINY, _digits  # noqa: E402
 
 from xpnet import checkpoint  # noqa: E402
@@ -117,13 +116,7 @@ def test_cli_trains_the_twin_and_evaluate_reads_it(capsys, tmp_path):
 def test_missing_torch_is_one_line_naming_the_extra(tmp_path):
     # A fresh interpreter where torch cannot be imported: the core still imports, and asking for
     # the twin gives one line that names the extra.
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "import xpnet, xpnet.train, xpnet.report, xpnet.cli, xpnet.bench\n"
-        "from xpnet.cli import main\n"
-        f"sys.exit(main(['train', '--framework', 'torch', '--out', {str(tmp_path / 'r')!r}]))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = run_without_torch(["train", "--framework", "torch", "--out", tmp_path / "r"])
     assert out.returncode == 1, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "xpnet[reference]" in lines[0], out.stderr
