@@ -78,9 +78,9 @@ class _ColumnSums:
         self.xp, self.dtype, self.ones = xp, dtype, ones
         self.parts = [None] * threads
 
-    def add(self, t, a, b=None):
-        """Add the column sums of a (or of a*b) from thread t."""
-        self.accumulate(t, _column_sum(self.xp, a, self.ones) if b is None else _column_dot(self.xp, a, b))
+    def add(self, t, a):
+        """Add the column sums of a (R, O) from thread t."""
+        self.accumulate(t, _column_sum(self.xp, a, self.ones))
 
     def accumulate(self, t, v):
         """Add the (O,) vector v, already summed over thread t's rows."""
@@ -103,18 +103,6 @@ def _column_sum(xp, a, ones):
     """a: (R, O) -> (O,) sums over rows: a GEMV with the ``ones`` vector on the CPU, faster than
     sum(axis=0) and more accurate (BLAS keeps several partial sums); one reduction on a GPU."""
     return ones[: a.shape[0]] @ a if xp is numpy else a.sum(axis=0)
-
-
-def _column_dot(xp, a, b):
-    """a, b: (R, O) -> (O,) sums over rows of a*b: an einsum on the CPU (no temporary), one fused
-    reduction on a GPU (CuPy's einsum would transpose both into a batched GEMM)."""
-    if xp is numpy:
-        return xp.einsum("ij,ij->j", a, b)
-    return backend.fuse(_sum_of_products)(a, b)
-
-
-def _sum_of_products(a, b):
-    return (a * b).sum(axis=0)
 
 
 def _bn_stats(s1, s2, gamma, beta, m, eps):
