@@ -100,7 +100,9 @@ def test_plan_matches_im2col(xp, rng, shape, nb):
     wt = randn(xp, rng, o, c, 3, 3, dtype=numpy.float64)
     dz = randn(xp, rng, n, h, w, o, dtype=numpy.float64)
     results = []
-    for plan in (_plan(xp, n, h, w, c, o, nb), Im2col3x3(h, w, c, o, nb, F.Workspace(), numpy.float64)):
+    plans = [_plan(xp, n, h, w, c, o, nb)]
+    plans += [Im2col3x3(h, w, c, o, nb, F.Workspace(), numpy.float64, tap_major=tm) for tm in (True, False)]
+    for plan in plans:
         wk = plan.weights(wt)
         y = xp.empty((n, h, w, o))
         dx = xp.empty((n, h, w, c))
@@ -113,6 +115,7 @@ def test_plan_matches_im2col(xp, rng, shape, nb):
             dw += part
         results.append((y, plan.dw_finish(dw), dx))
     assert_close(results[0][0], _direct(x, wt), rtol=1e-10, atol=1e-12, what="y vs the general conv")
-    for got, ref, what in zip(results[0], results[1], ("y", "dw", "dx")):
-        assert got.shape == ref.shape, what
-        assert_close(got, ref, rtol=1e-10, atol=1e-12, what=what)
+    for other in results[1:]:  # Winograd against im2col's two column orders
+        for got, ref, what in zip(results[0], other, ("y", "dw", "dx")):
+            assert got.shape == ref.shape, what
+            assert_close(got, ref, rtol=1e-10, atol=1e-12, what=what)

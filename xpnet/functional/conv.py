@@ -118,16 +118,32 @@ def conv2d_backward(dy, cache):
 # The general path above builds the whole column matrix (9x the input) and pads a copy of the
 # input. The kernels below build the columns a few images at a time into a workspace buffer that
 # stays in cache while its GEMM reads it, and the buffer's padding border is zeroed once when the
-# workspace makes it and never written again, so no padded copy is needed either. Their columns
-# are ordered (channel, tap_i, tap_j), the order of a PyTorch-layout weight (O, C, 3, 3) seen as
-# (O, 9C): the weight matrices and the weight gradient are then views of that memory, with no
-# transposing copies. (xpnet uses this plan where images are small or have one channel, so the
-# strided column writes cost little; large layers go through Winograd.)
+# workspace makes it and never written again, so no padded copy is needed either.
+#
+# A pixel's column holds its 9 taps of C channels in one of two orders:
+# * tap-major, (tap_i, tap_j, channel): each tap's copy moves runs of C contiguous values; the
+#   weights (O, C, 3, 3) and their gradient need a transposed copy per call;
+# * channel-major, (channel, tap_i, tap_j), the order of a PyTorch-layout weight seen as
+#   (O, 9C): the weight matrix and its gradient are views, but each tap's copy moves single
+#   values 9 apart, the slowest copy NumPy makes.
+# The copies scale with the activations and the transposes with the weights, so ``Im2col3x3``
+# takes tap-major where a batch has more pixels than the layer has output channels (narrow and
+# large-image layers), and channel-major for small images with many channels.
 
 
-def col3x3_buffer(ws, xp, nb, h, w, c, dtype, name="col3x3"):
-    """A (nb, H, W, C, 9) column buffer from workspace ``ws`` whose padding border is zero."""
-    return ws.get(xp, name, (nb, h, w, c, 9), dtype, zero=True)
+def _tap_view(a, t, tap_major):
+    """The tap-t view of an array whose last two axes are a column's (9, C) or (C, 9)."""
+    return a[..., t, :] if tap_major else a[..., :, t]
+
+
+def _col_shape(c, tap_major):
+    return (9, c) if tap_major else (c, 9)
+
+
+def col3x3_buffer(ws, xp, nb, h, w, c, dtype, name="col3x3", tap_major=True):
+    """A (nb, H, W, 9, C) (or (nb, H, W, C, 9)) column buffer from workspace ``ws`` whose
+    padding border is zero."""
+    return ws.get(xp, name, (nb, h, w, *_col_shape(c, tap_major)), dtype, zero=True)
 
 
 def _taps3x3(h, w):
@@ -140,37 +156,43 @@ def _taps3x3(h, w):
         yield t, (slice(h0, h1), slice(w0, w1)), (slice(h0 + i - 1, h1 + i - 1), slice(w0 + j - 1, w1 + j - 1))
 
 
-def im2col3x3_into(x, n0, n1, col):
-    """x: (N, H, W, C) channels-last view; col: (nb, H, W, C, 9) with a zero border.
+def im2col3x3_into(x, n0, n1, col, tap_major=True):
+    """x: (N, H, W, C) channels-last view; col: (nb, H, W, 9, C), or (nb, H, W, C, 9) when not
+    ``tap_major``, with a zero border.
 
-    Fills ``col[:n1 - n0]`` with the 3x3, padding-1 receptive fields of images ``n0:n1``, each
-    pixel's row ordered (channel, tap_i, tap_j). Only in-bounds entries are written.
+    Fills ``col[:n1 - n0]`` with the 3x3, padding-1 receptive fields of images ``n0:n1``. Only
+    in-bounds entries are written.
     """
     n = n1 - n0
     for t, (ro, co), (ri, ci) in _taps3x3(x.shape[1], x.shape[2]):
-        col[:n, ro, co, :, t] = x[n0:n1, ri, ci]
+        _tap_view(col[:n, ro, co], t, tap_major)[...] = x[n0:n1, ri, ci]
 
 
-def col2im3x3_add(dcols, dx):
-    """The adjoint of ``im2col3x3_into`` for one chunk: dcols (n, H, W, C, 9) summed into
-    dx (n, H, W, C), which the caller has zeroed."""
+def col2im3x3_add(dcols, dx, tap_major=True):
+    """The adjoint of ``im2col3x3_into`` for one chunk: dcols (n, H, W, 9, C) (or
+    (n, H, W, C, 9)) summed into dx (n, H, W, C), which the caller has zeroed."""
     for t, (ro, co), (ri, ci) in _taps3x3(dx.shape[1], dx.shape[2]):
-        dx[:, ri, ci] += dcols[:, ro, co, :, t]
+        dx[:, ri, ci] += _tap_view(dcols[:, ro, co], t, tap_major)
 
 
-def _im2col3x3_index(h, w, c):
-    """(H*W*C*9,) host offsets: column entry (y, x, channel, tap (i, j)) of a 3x3, padding-1
-    window reads the zero-padded (H+2, W+2, C) image at (y+i, x+j, channel)."""
-    y, x, ch, t = numpy.meshgrid(numpy.arange(h), numpy.arange(w), numpy.arange(c), numpy.arange(9), indexing="ij")
+def _im2col3x3_index(h, w, c, tap_major):
+    """(H*W*9*C,) host offsets: column entry (y, x, tap (i, j), channel) (in the column order)
+    of a 3x3, padding-1 window reads the zero-padded (H+2, W+2, C) image at (y+i, x+j, channel)."""
+    if tap_major:
+        y, x, t, ch = numpy.meshgrid(*(numpy.arange(k) for k in (h, w, 9, c)), indexing="ij")
+    else:
+        y, x, ch, t = numpy.meshgrid(*(numpy.arange(k) for k in (h, w, c, 9)), indexing="ij")
     return (((y + t // 3) * (w + 2) + x + t % 3) * c + ch).ravel()
 
 
-def _col2im3x3_index(h, w, c):
+def _col2im3x3_index(h, w, c, tap_major):
     """(H*W*C*9,) host offsets: input pixel (y, x, channel) gets, for tap (i, j), the column
     gradient of output pixel (y-i+1, x-j+1) at that tap, found in the column gradient zero-padded
-    to (H+2, W+2, C, 9) at (y-i+2, x-j+2, channel, tap)."""
-    y, x, ch, t = numpy.meshgrid(numpy.arange(h), numpy.arange(w), numpy.arange(c), numpy.arange(9), indexing="ij")
-    return ((((y - t // 3 + 2) * (w + 2) + x - t % 3 + 2) * c + ch) * 9 + t).ravel()
+    to (H+2, W+2) pixels at (y-i+2, x-j+2, tap, channel); the 9 taps of a pixel's channel are
+    adjacent in the result."""
+    y, x, ch, t = numpy.meshgrid(*(numpy.arange(k) for k in (h, w, c, 9)), indexing="ij")
+    pixel = (y - t // 3 + 2) * (w + 2) + x - t % 3 + 2
+    return (pixel * 9 * c + (t * c + ch if tap_major else ch * 9 + t)).ravel()
 
 
 class Im2col3x3:
@@ -181,9 +203,13 @@ class Im2col3x3:
     The input gradient is ``dz @ W`` (the columns' gradient) folded back by ``col2im3x3_add``.
     """
 
-    def __init__(self, h, w, c, o, nb, ws, dtype):
+    def __init__(self, h, w, c, o, nb, ws, dtype, n=None, tap_major=None):
+        """The column order is ``tap_major`` if given, else chosen from the batch's image count
+        ``n`` (tap-major where the batch has at least as many pixels as there are output
+        channels, or when ``n`` is not given either)."""
         self.h, self.w, self.c, self.o, self.nb, self.ws, self.dtype = h, w, c, o, nb, ws, dtype
         self.dw_shape = (o, 9 * c)
+        self.tap_major = tap_major if tap_major is not None else n is None or n * h * w >= o
 
     @staticmethod
     def image_bytes(h, w, c, o, itemsize):
@@ -191,8 +217,11 @@ class Im2col3x3:
         return h * w * 9 * c * itemsize
 
     def weights(self, w):
-        """w: (O, C, 3, 3) -> (9*C, O), a view."""
-        return w.reshape(self.o, 9 * self.c).T
+        """w: (O, C, 3, 3) -> (9*C, O), rows in the columns' order (a view if channel-major)."""
+        if not self.tap_major:
+            return w.reshape(self.o, 9 * self.c).T
+        xp = get_array_module(w)
+        return xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(9 * self.c, self.o)
 
     def _cols(self, xp, x, n0, n1, t):
         """Columns of images n0:n1 of x (N, H, W, C) as (k*H*W, 9*C)."""
@@ -203,10 +232,13 @@ class Im2col3x3:
             # where the nine strided copies below would be nine launches.
             xpad = self.ws.get(xp, f"pad3x3.{t}", (self.nb, h + 2, w + 2, c), self.dtype, zero=True)
             xpad[:k, 1 : h + 1, 1 : w + 1] = x[n0:n1]
-            index = self.ws.constant(xp, f"im2col3x3.{h}.{w}.{c}", numpy.int64, lambda: _im2col3x3_index(h, w, c))
+            tm = self.tap_major
+            index = self.ws.constant(
+                xp, f"im2col3x3.{h}.{w}.{c}.{tm}", numpy.int64, lambda: _im2col3x3_index(h, w, c, tm)
+            )
             return xp.take(xpad[:k].reshape(k, -1), index, axis=1).reshape(k * h * w, 9 * c)
-        col = col3x3_buffer(self.ws, xp, self.nb, self.h, self.w, self.c, self.dtype, name=f"col3x3.{t}")
-        im2col3x3_into(x, n0, n1, col)
+        col = col3x3_buffer(self.ws, xp, self.nb, h, w, c, self.dtype, f"col3x3.{t}", self.tap_major)
+        im2col3x3_into(x, n0, n1, col, self.tap_major)
         return col[:k].reshape(k * self.h * self.w, 9 * self.c)
 
     def forward_into(self, x, n0, n1, wmat, out, t):
@@ -230,16 +262,22 @@ class Im2col3x3:
         if xp is not numpy:
             # The adjoint as a gather too: each input pixel sums its 9 taps' column gradients,
             # read from a zero-bordered copy (one copy, one gather, one sum).
-            dpad = self.ws.get(xp, f"dcolpad.{t}", (self.nb, h + 2, w + 2, c, 9), self.dtype, zero=True)
-            dpad[:k, 1 : h + 1, 1 : w + 1] = (dz @ wmat.T).reshape(k, h, w, c, 9)
-            index = self.ws.constant(xp, f"col2im3x3.{h}.{w}.{c}", numpy.int64, lambda: _col2im3x3_index(h, w, c))
+            tm, pixel = self.tap_major, _col_shape(c, self.tap_major)
+            dpad = self.ws.get(xp, f"dcolpad.{t}", (self.nb, h + 2, w + 2, *pixel), self.dtype, zero=True)
+            dpad[:k, 1 : h + 1, 1 : w + 1] = (dz @ wmat.T).reshape(k, h, w, *pixel)
+            index = self.ws.constant(
+                xp, f"col2im3x3.{h}.{w}.{c}.{tm}", numpy.int64, lambda: _col2im3x3_index(h, w, c, tm)
+            )
             xp.sum(xp.take(dpad[:k].reshape(k, -1), index, axis=1).reshape(k, h, w, c, 9), axis=-1, out=dx_out)
             return
-        dcol = self.ws.get(xp, f"dcol.{t}", (self.nb, h, w, c, 9), self.dtype)
+        dcol = self.ws.get(xp, f"dcol.{t}", (self.nb, h, w, *_col_shape(c, self.tap_major)), self.dtype)
         xp.matmul(dz, wmat.T, out=dcol[:k].reshape(cols.shape))
         dx_out.fill(0.0)
-        col2im3x3_add(dcol[:k], dx_out)
+        col2im3x3_add(dcol[:k], dx_out, self.tap_major)
 
     def dw_finish(self, dwmat):
-        """(O, 9*C) summed over chunks -> (O, C, 3, 3), a view."""
-        return dwmat.reshape(self.o, self.c, 3, 3)
+        """(O, 9*C) summed over chunks -> (O, C, 3, 3) (a view if channel-major)."""
+        if not self.tap_major:
+            return dwmat.reshape(self.o, self.c, 3, 3)
+        xp = get_array_module(dwmat)
+        return xp.ascontiguousarray(dwmat.reshape(self.o, 3, 3, self.c).transpose(0, 3, 1, 2))
