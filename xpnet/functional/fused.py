@@ -204,20 +204,22 @@ def _pool2_into(y, p):
     xp.maximum(p, a[:, 1::2, 1::2], out=p)
 
 
-def _affine_relu_pool(z, scale, shift, y, p):
-    """y <- relu(z * scale + shift) (z and y may be the same array); p <- maxpool2(y) if p."""
+def _affine_relu_pool(z, scale, shift, y, p, ws):
+    """y <- relu(z * scale + shift) (z and y may be the same array); p <- maxpool2(y) if p.
+    With y None, each chunk's y is scratch from workspace ``ws``, and only p is kept."""
     xp = get_array_module(z)
     n, h, w, c = z.shape
+    nb = chunk_size(xp, n, h * w * c * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
 
     def body(t, n0, n1):
-        yc = y[n0:n1]
+        yc = y[n0:n1] if y is not None else ws.get(xp, f"bz.{t}", (nb, h, w, c), z.dtype)[: n1 - n0]
         xp.multiply(z[n0:n1], scale, out=yc)
         xp.add(yc, shift, out=yc)
         xp.maximum(yc, 0.0, out=yc)
         if p is not None:
             _pool2_into(yc, p[n0:n1])
 
-    for_chunks(xp, n, chunk_size(xp, n, h * w * c * z.itemsize, ELEMENTWISE_CHUNK_BYTES), body)
+    for_chunks(xp, n, nb, body)
 
 
 def conv3x3_method(h, w, c, o):
@@ -237,6 +239,8 @@ def conv3x3_method(h, w, c, o):
 def _plan(xp, n, h, w, c, o, dtype, ws):
     method = conv3x3_method(h, w, c, o)
     nb = chunk_size(xp, n, method.image_bytes(h, w, c, o, numpy.dtype(dtype).itemsize), COL_CHUNK_BYTES)
+    if method is Im2col3x3:
+        return method(h, w, c, o, nb, ws, dtype, n=n)
     return method(h, w, c, o, nb, ws, dtype)
 
 
@@ -246,7 +250,8 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
     x: (N, C, H, W); w: (O, C, 3, 3); gamma, beta: (O,).
     Returns (out, cache, mean, var): out (N, O, H, W), or (N, O, H//2, W//2) with ``pool``;
     ``mean`` and the biased ``var`` (O,) are the statistics of the bias-free convolution, so the
-    caller adds the conv bias to ``mean`` for its running average.
+    caller adds the conv bias to ``mean`` for its running average. ``cache`` refers to ``x`` and
+    ``w`` themselves: change neither in place before the backward pass.
     """
     xp = get_array_module(x, w, gamma, beta)
     _check(x, w)
@@ -259,8 +264,10 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
     wk = plan.weights(w)
     ones = xp.ones(plan.nb * h * wd, dtype=dt) if xp is numpy else None
     z = xp.empty((n, h, wd, o), dtype=dt)
-    # On the CPU: the output, and until then each chunk's deviations (the device makes y fused).
-    y = xp.empty_like(z) if xp is numpy else None
+    # On the CPU, y is the output (without pooling) and until then holds each chunk's
+    # deviations. A pooled block keeps only its pooled output: its y lives a chunk at a time in
+    # scratch, and the backward pass remakes it from z. (The device makes y fused.)
+    y = xp.empty_like(z) if xp is numpy and not pool else None
     acc = numpy.dtype(_sum_dtype(xp, dt)).type
     s1, s2 = (_ColumnSums(xp, workers(xp), acc, ones) for _ in range(2))
 
@@ -272,7 +279,7 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
         # variance to cancellation, and to drift over a flat image background.
         a = _column_sum(xp, zc, ones) * (1.0 / r)
         if xp is numpy:
-            d = y[n0:n1].reshape(r, o)
+            d = y[n0:n1].reshape(r, o) if y is not None else ws.get(xp, f"bz.{t}", (plan.nb * h * wd, o), dt)[:r]
             xp.subtract(zc, a, out=d)
             sd = ones[:r] @ d
             xp.multiply(d, d, out=d)
@@ -288,12 +295,14 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
     mean, var, inv_std, scale, shift = backend.fuse(_bn_stats)(s1, s2, gamma, beta, acc(m), acc(eps))
     if xp is numpy:
         p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
-        _affine_relu_pool(z, scale, shift, y, p)
+        _affine_relu_pool(z, scale, shift, y, p, ws)
     else:
         y = backend.fuse(_affine_relu)(z, scale, shift)
         p = backend.fuse(_max4)(*_windows(y)) if pool else None
     mean, var, inv_std = (a.astype(dt, copy=False) for a in (mean, var, inv_std))
-    cache = (x, wk, gamma, z, y, p, mean, inv_std)
+    # The weights, not their plan form: the backward remakes that only if it needs the input
+    # gradient, so the tap matrices of every layer are not held at once between the passes.
+    cache = (x, w, gamma, z, y, p, mean, inv_std, scale, shift)
     return nchw(y if p is None else p), cache, mean, var
 
 
@@ -377,7 +386,7 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
     ``reduce_sums`` (as in the forward) dz and dx use the sums over every rank, and the parameter
     gradients are this rank's share.
     """
-    x, wk, gamma, z, y, p, mean, inv_std = cache
+    x, w, gamma, z, y, p, mean, inv_std, scale, shift = cache
     xp = get_array_module(dout, z)
     ws = Workspace() if ws is None else ws
     xh = nhwc(x)
@@ -404,7 +413,16 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
         free = ws.get(xp, f"free.{t}", mask_shape, bool)[:k] if on_cpu else None
         hit = ws.get(xp, f"hit.{t}", mask_shape, bool)[:k] if on_cpu else None
         pc = None if p is None else p[n0:n1]
-        _relu_pool_grad_into(douth[n0:n1], y[n0:n1], pc, g[n0:n1], free, hit)
+        if y is None:
+            # The forward kept no y: remake it in g, without the ReLU, which changes nothing
+            # where the pooled maximum is positive, the only place the mask looks. The mask then
+            # reads each window position of g before it writes that position's gradient.
+            yc = g[n0:n1]
+            xp.multiply(z[n0:n1], scale, out=yc)
+            xp.add(yc, shift, out=yc)
+        else:
+            yc = y[n0:n1]
+        _relu_pool_grad_into(douth[n0:n1], yc, pc, g[n0:n1], free, hit)
         gc = g[n0:n1].reshape(r, o)
         sg.add(t, gc)
         if xp is numpy:
@@ -429,6 +447,7 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
     dws = xp.empty((nt, *plan.dw_shape), dtype=dt)  # per-thread partial weight gradients
     started = [False] * nt
     dx = xp.empty((n, h, wd, c), dtype=dt) if need_dx else None
+    wk = plan.weights(w) if need_dx else None
 
     def pass2(t, n0, n1):
         r = (n1 - n0) * h * wd
