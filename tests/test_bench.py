@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from xpnet.bench import conv_flops, main, markdown
+from xpnet.bench import conv_flops, cpu_info, describe_cpu, main, markdown
 from xpnet.models import ResNet9
 
 pytest.importorskip("torch")
@@ -30,6 +30,19 @@ def test_smoke_run_writes_json_and_markdown(tmp_path, capsys):
     md = (tmp_path / "bench.md").read_text()
     assert md == markdown(result) and "| 2 |" in md
     assert "ratio" in capsys.readouterr().out
+    # Every table names the CPU it was measured on, first.
+    assert result["cpu"]["model"] and result["cpu"]["cores"] >= 1
+    assert md.startswith(f"CPU: {describe_cpu(result['cpu'])}\n")
+
+
+def test_cpu_line_names_model_cores_flags_and_openblas_settings(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    cpu = cpu_info()
+    assert cpu["openblas_env"]["OPENBLAS_CORETYPE"] == "Haswell"
+    assert describe_cpu(dict(model="AMD EPYC", cores=2, flags=["avx2", "avx512f"], openblas_env={"OPENBLAS_CORETYPE": "Haswell"})) == (
+        "AMD EPYC, 2 cores, avx2 avx512f; OPENBLAS_CORETYPE=Haswell"
+    )
+    assert describe_cpu(dict(model="Intel Xeon", cores=4, flags=[], openblas_env={})) == "Intel Xeon, 4 cores"
 
 
 def test_memory_probe_reports_a_number(tmp_path):

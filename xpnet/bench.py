@@ -274,6 +274,49 @@ def profile_markdown(batch, rows) -> str:
 # -- peak memory, one child process per framework ---------------------------------------------
 
 
+# CPU features that decide which kernels BLAS libraries and PyTorch's oneDNN pick.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_info() -> dict:
+    """The machine's CPU as the tables report it: model name, the cores this process may use, the
+    flags of ``CPU_FLAGS`` it has, and any ``OPENBLAS_*`` settings in the environment (they can
+    pin OpenBLAS to another core type's kernels)."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return dict(
+        model=model or platform.processor() or platform.machine(),
+        cores=cores,
+        flags=[f for f in CPU_FLAGS if f in flags],
+        openblas_env={k: v for k, v in sorted(os.environ.items()) if k.startswith("OPENBLAS_")},
+    )
+
+
+def describe_cpu(cpu) -> str:
+    """One line: 'AMD EPYC, 2 cores, avx2 fma avx512f; OPENBLAS_CORETYPE=Haswell'."""
+    text = f"{cpu['model']}, {cpu['cores']} cores"
+    if cpu.get("flags"):
+        text += ", " + " ".join(cpu["flags"])
+    env = cpu.get("openblas_env") or {}
+    if env:
+        text += "; " + " ".join(f"{k}={v}" for k, v in env.items())
+    return text
+
+
 def _rss_kib(field):
     try:
         with open("/proc/self/status") as f:
@@ -384,7 +427,8 @@ def run(args) -> dict:
         width=args.width,
         threads=threads,
         kernel_threads=kernel_threads,
-        blas=[{k: i.get(k) for k in ("internal_api", "version", "num_threads")} for i in threadpool_info()],
+        blas=[{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")} for i in threadpool_info()],
+        cpu=cpu_info(),
         torch=None if torch is None else torch.__version__,
         numpy=numpy.__version__,
         machine=platform.processor() or platform.machine(),
@@ -422,8 +466,13 @@ def markdown(result) -> str:
         head += ["torch of peak"]
     if has_mem:
         head += ["xpnet peak MiB"] + (["torch peak MiB"] if has_torch else [])
+    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']} kernels)"
+                     for b in result.get("blas", []) if b.get("architecture"))
     lines = [
-        f"backend {result['backend']} ({result['machine']}), width {result['width']}, {result['threads']} threads, "
+        f"CPU: {describe_cpu(result['cpu'])}" if "cpu" in result else f"CPU: {result['machine']}",
+        "",
+        f"backend {result['backend']} ({result['machine']}{', ' + blas if blas else ''}), width {result['width']}, "
+        f"{result['threads']} threads, "
         f"sgemm peak {result['sgemm_peak_gflops']:.0f} GFLOP/s, {result['train_gflop_per_image']:.2f} GFLOP per "
         f"training image, torch {result['torch']}, numpy {result['numpy']}",
         "",
