@@ -218,7 +218,8 @@ def output_transform_into(m, out, scratch):
 def output_transform_adjoint_into(dy, dypad, cols, v):
     """The adjoint of ``output_transform_into``: dy (n, H, W, O) -> v[:, :, :n] (4, 4, nb, th, tw, O).
 
-    dypad: (nb, 2th, 2tw, O) scratch with a zero margin past H, W (used only when H or W is odd);
+    dypad: (nb, 2th, 2tw, O) scratch with a zero margin past H, W (used, and needed, only when H
+    or W is odd);
     cols: (4, nb, 2th, tw, O) scratch.
     """
     xp = get_array_module(dy)
@@ -292,7 +293,8 @@ class Winograd3x3:
         k, nb, th, tw, c, o = n1 - n0, self.nb, self.th, self.tw, self.c, self.o
         r = k * th * tw
         u = self._taps(xp, x, n0, n1, t)
-        dypad = self._buf(xp, "dypad", t, (nb, 2 * th, 2 * tw, o), zero=True)
+        odd = (self.h, self.w) != (2 * th, 2 * tw)
+        dypad = self._buf(xp, "dypad", t, (nb, 2 * th, 2 * tw, o), zero=True) if odd else None
         cols = self._buf(xp, "cols", t, (4, nb, 2 * th, tw, o))  # the taps' scratch is free again
         v = self._buf(xp, "m", t, (4, 4, nb, th, tw, o))  # the forward's products are not needed here
         output_transform_adjoint_into(dz, dypad, cols, v)
