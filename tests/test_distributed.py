@@ -2,10 +2,14 @@
 ``mpiexec -n 2 xpnet train`` against one process at the same global batch.
 
 The MPI tests need mpi4py and an ``mpiexec`` (``pip install 'xpnet[mpi]'``) and skip without.
-Tolerance for "equal": the ranks add their partial sums (gradients, BatchNorm statistics) in a
-different order than one process does, so results agree to float32 rounding amplified over a few
-steps, not bit for bit; we ask for a relative L2 difference of the weights below 1e-5, which a
-run without sync-BN misses by three orders of magnitude.
+Tolerance for "equal" (``EQUAL``): the ranks add their partial sums (gradients, BatchNorm
+statistics) in a different order than one process does, so results agree to float32 rounding
+amplified over a few steps, not bit for bit: a relative L2 difference of the weights near 1e-7.
+Rounding can also break a max-pool tie the other way (a window whose positions all see only
+zeros gets Winograd outputs equal in exact arithmetic, and one ulp apart or not depending on how
+the GEMMs were blocked), which sends that window's gradient elsewhere and moves the weights by
+about 1e-4; the thread count alone does that here. So we ask for 2e-4, which a run without
+sync-BN misses by more than five times.
 """
 
 import os
@@ -217,6 +221,9 @@ def _weights(path):
     return {k: v.astype(numpy.float64) for k, v in arrays.items() if k.startswith("model.")}, meta
 
 
+EQUAL = 2e-4  # see the module docstring
+
+
 def _rel_diff(a, b):
     num = sum(float(((a[k] - b[k]) ** 2).sum()) for k in a)
     den = sum(float((a[k] ** 2).sum()) for k in a)
@@ -238,13 +245,13 @@ def test_two_ranks_with_sync_bn_equal_one_process(tmp_path, digits, reference):
     assert "2 ranks" in r.stdout and r.stdout.count("epoch 2/2") == 1  # rank 0 alone reports
     weights, meta = _weights(tmp_path / "sync" / "last.safetensors")
     assert meta["ranks"] == 2 and meta["step"] == 6
-    assert _rel_diff(reference[0], weights) < 1e-5
+    assert _rel_diff(reference[0], weights) < EQUAL
     # Without sync-BN each rank normalises its own 16 images: a different model, yet one model
     # (fit checks at every checkpoint that the ranks' weights agree, or it fails).
     r = _train("--data-dir", digits, "--out", tmp_path / "local", "--epochs", 2, *SMALL)
     assert r.returncode == 0, r.stderr
     local, _ = _weights(tmp_path / "local" / "last.safetensors")
-    assert _rel_diff(reference[0], local) > 1e-3
+    assert _rel_diff(reference[0], local) > 5 * EQUAL
     assert sorted(os.listdir(tmp_path / "local")) == ["best.safetensors", "last.safetensors", "losses.csv", "metrics.csv", "summary.json"]
 
 
@@ -263,7 +270,7 @@ def test_checkpoints_resume_across_world_sizes(tmp_path, digits, reference):
     for run, ranks in (("a", 1), ("b", 2)):
         weights, meta = _weights(tmp_path / run / "last.safetensors")
         assert meta["epoch"] == 2 and meta["ranks"] == ranks
-        assert _rel_diff(reference[0], weights) < 1e-5, run
+        assert _rel_diff(reference[0], weights) < EQUAL, run
 
 
 @needs_mpi
@@ -306,7 +313,7 @@ def test_uneven_slices_with_sync_bn_equal_one_process(tmp_path, digits):
     one, _ = _weights(tmp_path / "one" / "last.safetensors")
     two, meta = _weights(tmp_path / "two" / "last.safetensors")
     assert meta["step"] == 4
-    assert _rel_diff(one, two) < 1e-5
+    assert _rel_diff(one, two) < EQUAL
 
 
 @needs_mpi
