@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from xpnet.bench import conv_flops, cpu_info, describe_cpu, main, markdown
+from xpnet.bench import blas_note, conv_flops, cpu_info, describe_cpu, main, markdown
 from xpnet.models import ResNet9
 
 pytest.importorskip("torch")
@@ -92,3 +92,13 @@ def test_timed_bench_runs_on_the_fake_device(tmp_path, fake_cupy):
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["backend"] == "cupy" and result["rows"][0]["xpnet_train_ips"] > 0
     assert fake_cupy.syncs > 0  # the clock is read after synchronising the device
+
+
+def test_a_note_when_openblas_is_pinned_below_the_cpu():
+    avx512 = dict(model="AMD EPYC", cores=2, flags=["avx2", "avx512f"], openblas_env={"OPENBLAS_CORETYPE": "Haswell"})
+    haswell = [dict(internal_api="openblas", architecture="Haswell")]
+    note = blas_note(avx512, haswell)
+    assert note and "Haswell kernels" in note and "unset OPENBLAS_CORETYPE" in note
+    assert blas_note(avx512, [dict(internal_api="openblas", architecture="SkylakeX")]) is None
+    assert blas_note(dict(avx512, openblas_env={}), haswell) is None  # OpenBLAS chose them itself
+    assert blas_note(dict(avx512, flags=["avx2"]), haswell) is None  # nothing newer to run

@@ -317,6 +317,32 @@ def describe_cpu(cpu) -> str:
     return text
 
 
+# OpenBLAS kernel sets that use AVX-512 (the names threadpoolctl reports as "architecture").
+_AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
+
+
+def blas_note(cpu=None, blas=None):
+    """A one-line note when OpenBLAS has been pinned, by ``OPENBLAS_CORETYPE``, to kernels older
+    than the CPU (AVX2 ones on an AVX-512 CPU): every GEMM of xpnet's NumPy path then runs at up
+    to half the speed the machine has. None otherwise (PyTorch brings its own kernels)."""
+    cpu = cpu_info() if cpu is None else cpu
+    if blas is None:
+        try:
+            from threadpoolctl import threadpool_info
+        except ImportError:
+            return None
+        blas = threadpool_info()
+    pinned = cpu.get("openblas_env", {}).get("OPENBLAS_CORETYPE")
+    if not pinned or "avx512f" not in cpu.get("flags", ()):
+        return None
+    for lib in blas:
+        arch = str(lib.get("architecture") or "")
+        if lib.get("internal_api") == "openblas" and arch and arch.lower() not in _AVX512_KERNELS:
+            return (f"note: OpenBLAS runs its {arch} kernels (OPENBLAS_CORETYPE={pinned}) on a CPU with "
+                    "AVX-512; unset OPENBLAS_CORETYPE for faster GEMMs")
+    return None
+
+
 def _rss_kib(field):
     try:
         with open("/proc/self/status") as f:
@@ -545,6 +571,9 @@ def main(argv=None) -> int:
     (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
     (args.out / "bench.md").write_text(md)
+    note = blas_note(result["cpu"], result["blas"]) if args.backend == "numpy" else None
+    if note:
+        print(note)
     print()
     print(md)
     print(f"written: {args.out / 'bench.json'}, {args.out / 'bench.md'}")

@@ -278,6 +278,12 @@ def _train(args, comm) -> int:
     if comm.is_root:
         print(f"data: {used} training and {len(data.test_labels)} test images ({h}x{w}) from {folder}; "
               f"backend: {backend.name()}{ranks}; out: {out}", flush=True)
+        if backend.name() == "numpy" and cfg.framework == "xpnet":
+            from xpnet.bench import blas_note
+
+            note = blas_note()
+            if note:
+                print(note, flush=True)
     try:
         summary = fit(
             None if args.resume else cfg, data, out, resume=args.resume, epochs=epochs,
