@@ -31,6 +31,7 @@ import numpy
 
 from xpnet import backend, nn, optim
 from xpnet.functional import parallel
+from xpnet.machine import blas_note, cpu_info, describe_cpu
 from xpnet.models import ResNet9
 
 
@@ -272,75 +273,6 @@ def profile_markdown(batch, rows) -> str:
 
 
 # -- peak memory, one child process per framework ---------------------------------------------
-
-
-# CPU features that decide which kernels BLAS libraries and PyTorch's oneDNN pick.
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def cpu_info() -> dict:
-    """The machine's CPU as the tables report it: model name, the cores this process may use, the
-    flags of ``CPU_FLAGS`` it has, and any ``OPENBLAS_*`` settings in the environment (they can
-    pin OpenBLAS to another core type's kernels)."""
-    model, flags = None, set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model is None:
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    return dict(
-        model=model or platform.processor() or platform.machine(),
-        cores=cores,
-        flags=[f for f in CPU_FLAGS if f in flags],
-        openblas_env={k: v for k, v in sorted(os.environ.items()) if k.startswith("OPENBLAS_")},
-    )
-
-
-def describe_cpu(cpu) -> str:
-    """One line: 'AMD EPYC, 2 cores, avx2 fma avx512f; OPENBLAS_CORETYPE=Haswell'."""
-    text = f"{cpu['model']}, {cpu['cores']} cores"
-    if cpu.get("flags"):
-        text += ", " + " ".join(cpu["flags"])
-    env = cpu.get("openblas_env") or {}
-    if env:
-        text += "; " + " ".join(f"{k}={v}" for k, v in env.items())
-    return text
-
-
-# OpenBLAS kernel sets that use AVX-512 (the names threadpoolctl reports as "architecture").
-_AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
-
-
-def blas_note(cpu=None, blas=None):
-    """A one-line note when OpenBLAS has been pinned, by ``OPENBLAS_CORETYPE``, to kernels older
-    than the CPU (AVX2 ones on an AVX-512 CPU): every GEMM of xpnet's NumPy path then runs at up
-    to half the speed the machine has. None otherwise (PyTorch brings its own kernels)."""
-    cpu = cpu_info() if cpu is None else cpu
-    if blas is None:
-        try:
-            from threadpoolctl import threadpool_info
-        except ImportError:
-            return None
-        blas = threadpool_info()
-    pinned = cpu.get("openblas_env", {}).get("OPENBLAS_CORETYPE")
-    if not pinned or "avx512f" not in cpu.get("flags", ()):
-        return None
-    for lib in blas:
-        arch = str(lib.get("architecture") or "")
-        if lib.get("internal_api") == "openblas" and arch and arch.lower() not in _AVX512_KERNELS:
-            return (f"note: OpenBLAS runs its {arch} kernels (OPENBLAS_CORETYPE={pinned}) on a CPU with "
-                    "AVX-512; unset OPENBLAS_CORETYPE for faster GEMMs")
-    return None
 
 
 def _rss_kib(field):

@@ -279,7 +279,7 @@ def _train(args, comm) -> int:
         print(f"data: {used} training and {len(data.test_labels)} test images ({h}x{w}) from {folder}; "
               f"backend: {backend.name()}{ranks}; out: {out}", flush=True)
         if backend.name() == "numpy" and cfg.framework == "xpnet":
-            from xpnet.bench import blas_note
+            from xpnet.machine import blas_note
 
             note = blas_note()
             if note:

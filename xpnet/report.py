@@ -521,19 +521,11 @@ def _machine() -> str:
     import os
     import platform
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     from xpnet.functional import parallel
+    from xpnet.machine import cpu_info, describe_cpu
 
     wait = os.environ.get("OMP_WAIT_POLICY")
-    return (f"{model}, {os.cpu_count()} CPU threads, {platform.system()}; xpnet kernel threads "
+    return (f"{describe_cpu(cpu_info())}, {platform.system()}; xpnet kernel threads "
             f"{parallel.threads()}{f', OMP_WAIT_POLICY={wait}' if wait else ''}")
 
 

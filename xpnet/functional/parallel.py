@@ -40,6 +40,11 @@ def _default_threads():
         if n < 1:
             raise ValueError(f"XPNET_THREADS must be a positive integer, got {env!r}")
         return n
+    return cpu_count()
+
+
+def cpu_count():
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
