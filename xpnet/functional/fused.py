@@ -44,8 +44,8 @@ from xpnet.functional.winograd import Winograd3x3
 from xpnet.functional.workspace import Workspace
 
 # The 3x3 convolutions run a few images at a time, so their scratch (about this size) stays in
-# cache while the GEMMs read it. 3 MiB rather than 4: the same speed within the noise of
-# ``xpnet bench`` at batch 8-128 and width 0.25 and 1 (AMD EPYC, 2 cores), and at batch 8 one
+# cache while the GEMMs read it. 3 MiB rather than 4: the same speed within the noise at batch
+# 8-128 and width 0.25 and 1 (AMD EPYC, 2 cores, benchmarks/tools/ab.py), and at batch 8 one
 # image per chunk of the 28x28 layer, which keeps a width-1 step's peak memory under PyTorch's.
 COL_CHUNK_BYTES = 3 << 20
 # Winograd from this many channels (in and out) and this image size up; "auto" chooses by these.
@@ -54,8 +54,8 @@ WINOGRAD_MIN_SIZE = 6
 CONV3X3_METHOD = "auto"
 
 # Elementwise passes work on chunks this size, small enough to stay in L2 (1 MiB per core on the
-# AMD EPYC machines; 256 KiB chunks made a width-0.25 train step up to 20 % slower there, from
-# four times the NumPy calls, each holding the GIL while it sets up).
+# AMD EPYC machines, where 256 KiB chunks, four times the NumPy calls, made a width-0.25 train
+# step about 3 % slower: benchmarks/tools/ab.py).
 ELEMENTWISE_CHUNK_BYTES = 1 << 20
 
 
