@@ -152,7 +152,7 @@ def _corrupt_cases():
         "2-D labels": (LABELS, idx_bytes(labels[:, None]), "labels must be 1-D"),
         "zero dims": (LABELS, b"\x00\x00\x08\x00", "0 dimensions"),
         "truncated payload": (IMAGES, good[:-7], "truncated"),
-        "trailing bytes": (IMAGES, good + b"\x00\x00\x00", "3 trailing bytes"),
+        "trailing bytes": (IMAGES, good + b"\x00\x00\x00", "trailing bytes"),
         "truncated header": (IMAGES, good[:9], "truncated IDX header"),
         "empty file": (IMAGES, b"", "too short"),
         "label out of range": (LABELS, idx_bytes(numpy.r_[labels[:-1], 10].astype("u1")),

@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -116,11 +117,41 @@ def default_data_dir() -> Path:
 
 
 def find_file(data_dir, name: str) -> Path | None:
-    """Path of IDX file ``name`` in ``data_dir``: ``name`` if present, else ``name.gz``, or None."""
+    """Path of IDX file ``name`` in ``data_dir``: ``name`` if present, else ``name.gz``, or None.
+
+    Raises DataError when a candidate exists but is not a regular file (a directory, a FIFO, a
+    device, a broken or looping symbolic link): reading it would block, fail or never end, and
+    calling it "missing" would send the user looking in the wrong place.
+    """
     for candidate in (Path(data_dir) / name, Path(data_dir) / (name + ".gz")):
-        if candidate.is_file():
+        kind = _file_kind(candidate)
+        if kind == "file":
             return candidate
+        if kind is not None:
+            raise DataError(f"{candidate}: {kind}, not an IDX file")
     return None
+
+
+def _file_kind(path: Path) -> str | None:
+    """"file" for a regular file (through symbolic links), None when nothing is there, else what
+    is there instead, as a phrase."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "a broken symbolic link" if os.path.islink(path) else None
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISREG(st.st_mode):
+        return "file"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return "a device"
+    if stat.S_ISSOCK(st.st_mode):
+        return "a socket"
+    return "not a regular file"
 
 
 def missing_files(data_dir) -> list[str]:
@@ -128,55 +159,112 @@ def missing_files(data_dir) -> list[str]:
     return [name for name in FILES.values() if find_file(data_dir, name) is None]
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The decompressed contents of ``path``; gzip is recognised by its magic bytes."""
-    raw = path.read_bytes()
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: not a valid gzip file ({e})") from None
+# deflate's best case: about 1032 bytes out per byte in (a long run of one byte). A gzip file
+# whose header claims more than that could only be truncated, and is refused before inflating.
+_MAX_GZIP_RATIO = 1032
 
 
 def read_idx(path) -> numpy.ndarray:
     """Read one IDX file (raw or gzip) into a native-endian array of the shape its header gives.
 
-    Raises DataError for a bad magic number, an unknown type code, zero dimensions, a payload whose
-    size does not match the header (truncated or trailing bytes) or undecodable gzip data.
+    The payload is streamed against the header's size, so memory stays at that size whatever the
+    file holds: a raw file's size is checked before its data is read, and gzip data is inflated
+    only up to the declared size plus one byte (a decompression bomb is stopped there). Raises
+    DataError for a bad magic number, an unknown type code, zero dimensions, a payload whose size
+    does not match the header (truncated or trailing bytes), undecodable gzip data, a file that
+    cannot be read, or a size that does not fit in memory.
     """
     path = Path(path)
-    raw = _read_bytes(path)
-    if len(raw) < 4:
-        raise DataError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
-    if raw[0] != 0 or raw[1] != 0:
+    try:
+        with open(path, "rb") as f:
+            is_gzip = f.read(2) == _GZIP_MAGIC
+            f.seek(0)
+            size = os.fstat(f.fileno()).st_size
+            if not is_gzip:
+                return _read_stream(path, f, size, None)
+            with gzip.GzipFile(fileobj=f, mode="rb") as g:
+                return _read_stream(path, g, None, size)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: not a valid gzip file ({_one_line(e)})") from None
+    except MemoryError:
+        raise DataError(f"{path}: its data does not fit in the memory available") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or _one_line(e)})") from None
+
+
+def _read_exactly(f, n: int) -> bytes:
+    """Up to ``n`` bytes of ``f``: fewer only at the end of the stream."""
+    parts, got = [], 0
+    while got < n:
+        part = f.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _read_stream(path: Path, f, raw_size: int | None, gzip_size: int | None) -> numpy.ndarray:
+    """The IDX array in stream ``f``; ``raw_size``: the file's size when ``f`` is the raw file,
+    ``gzip_size``: the compressed size when ``f`` inflates a gzip file."""
+    head = _read_exactly(f, 4)
+    if len(head) < 4:
+        raise DataError(f"{path}: too short for an IDX header ({len(head)} bytes)")
+    if head[0] != 0 or head[1] != 0:
         what = "neither gzip data nor an IDX file" if path.suffix == ".gz" else "not an IDX file"
-        raise DataError(f"{path}: {what} (bad magic number 0x{raw[:4].hex()})")
-    code, ndim = raw[2], raw[3]
+        raise DataError(f"{path}: {what} (bad magic number 0x{head.hex()})")
+    code, ndim = head[2], head[3]
     if code not in _IDX_DTYPES:
         raise DataError(f"{path}: unknown IDX type code 0x{code:02x} in the magic number")
     if ndim == 0:
         raise DataError(f"{path}: IDX header declares 0 dimensions")
-    start = 4 + 4 * ndim
-    if len(raw) < start:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
-    dims = struct.unpack(f">{ndim}I", raw[4:start])
+    dims_raw = _read_exactly(f, 4 * ndim)
+    start = 4 + len(dims_raw)
+    if len(dims_raw) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({start} bytes for {ndim} dimensions)")
+    dims = struct.unpack(f">{ndim}I", dims_raw)
     dtype = _IDX_DTYPES[code]
     expected = math.prod(dims) * dtype.itemsize
-    found = len(raw) - start
+    if raw_size is not None:
+        found = raw_size - start
+        # Checked before anything is read: a sparse file of gigabytes costs nothing to refuse.
+        _check_size(path, dims, expected, found)
+    elif expected > _MAX_GZIP_RATIO * gzip_size:
+        raise DataError(
+            f"{path}: truncated: header says {_shape_str(dims)} ({expected} bytes of data) but "
+            f"{gzip_size} bytes of gzip cannot hold that much"
+        )
+    data = bytearray(expected)
+    view, got = memoryview(data), 0
+    while got < expected:
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    if raw_size is None:
+        # One byte past the declared size tells trailing data from an exact fit; inflating stops
+        # there, however much more the stream would give.
+        extra = len(f.read(1)) if got == expected else 0
+        _check_size(path, dims, expected, got + extra, exact=not extra)
+    elif got < expected:  # the file shrank while it was read
+        _check_size(path, dims, expected, got)
+    array = numpy.frombuffer(data, dtype=dtype).reshape(dims)
+    # The bytearray is writable; multi-byte types are converted to native order once.
+    return array if dtype.itemsize == 1 else array.astype(dtype.newbyteorder("="))
+
+
+def _check_size(path, dims, expected: int, found: int, exact: bool = True) -> None:
     if found < expected:
         raise DataError(
             f"{path}: truncated: header says {_shape_str(dims)} ({expected} bytes of data) "
             f"but only {found} bytes follow"
         )
     if found > expected:
+        # Inflating stops one byte past the declared size, so a gzip file's excess is not counted.
+        count = f"{found - expected} " if exact else ""
         raise DataError(
-            f"{path}: {found - expected} trailing bytes after the {_shape_str(dims)} data "
-            f"the header declares"
+            f"{path}: {count}trailing bytes after the {_shape_str(dims)} data the header declares"
         )
-    array = numpy.frombuffer(raw, dtype=dtype, count=math.prod(dims), offset=start)
-    # astype copies, so the result is writable and native-endian rather than a view of `raw`.
-    return array.reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _shape_str(dims) -> str:
@@ -195,6 +283,8 @@ def _read_checked(path: Path, kind: str) -> numpy.ndarray:
             f"{path}: images must be 2-D per item, (N, H, W), but the IDX header gives "
             f"{array.ndim} dimensions ({_shape_str(array.shape)})"
         )
+    if kind == "images" and array.ndim == 3 and 0 in array.shape[1:]:
+        raise DataError(f"{path}: the IDX header gives images of {_shape_str(array.shape[1:])} pixels")
     if kind == "labels" and array.ndim != 1:
         raise DataError(
             f"{path}: labels must be 1-D, (N,), but the IDX header gives {array.ndim} dimensions "
@@ -213,6 +303,8 @@ def _read_split(data_dir, images_name: str, labels_name: str):
         raise DataError(
             f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
         )
+    if len(images) == 0:
+        raise DataError(f"{images_path}: holds no images; an empty set can be neither trained nor tested on")
     if labels.size and int(labels.max()) >= NUM_CLASSES:
         bad = int(numpy.argmax(labels >= NUM_CLASSES))
         raise DataError(
