@@ -96,7 +96,7 @@ PRESETS = {
 
 
 def build_model(model_config: dict, num_classes: int, rng) -> ResNet9:
-    return ResNet9(num_classes=num_classes, rng=rng, **model_config)
+    return ResNet9.from_config(model_config, num_classes, rng)
 
 
 def build_optimizer(cfg: TrainConfig, model) -> optim.Optimizer:

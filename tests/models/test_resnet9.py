@@ -151,3 +151,20 @@ def test_narrow_preset():
     assert net.config["dropout"] == 0.9 and net.config["channels"] == [4, 16, 32, 64]
     y = net(numpy.zeros((2, 1, 28, 28), dtype=numpy.float32))
     assert y.shape == (2, 10) and backend.asnumpy(y).dtype == numpy.float32
+
+
+@pytest.mark.parametrize(("image_size", "head"), [((32, 32), "max"), ((16, 20), "max"), ((8, 8), "avg"), ((9, 30), "avg")])
+def test_other_image_sizes_match_the_twin(image_size, head):
+    net = to_float64(ResNet9(width=1 / 16, head=head, image_size=image_size, rng=0))
+    twin = TorchResNet9(width=1 / 16, head=head, image_size=image_size)
+    twin.load_state_dict(to_torch_state(net.state_dict()))
+    twin.double()
+    x = numpy.random.default_rng(0).standard_normal((4, 1, *image_size))
+    assert_close(net(x), twin(torch.from_numpy(x)).detach().numpy(), rtol=1e-7, atol=1e-7)
+    assert net.config["image_size"] == list(image_size)
+
+
+@pytest.mark.parametrize("image_size", [(8, 8), (15, 28), (28, 5), (1, 1)])
+def test_images_the_max_head_cannot_take_are_refused_before_building(image_size):
+    with pytest.raises(ValueError, match="too small for this network"):
+        ResNet9(image_size=image_size)

@@ -1,4 +1,5 @@
-"""ResNet-9 for 28x28 digits, the report's architecture, with its ablation variants as arguments.
+"""ResNet-9 for 28x28 digits (other sizes too), the report's architecture, with its ablation
+variants as arguments.
 
 Default layout (each block is Conv3x3(pad 1) + BatchNorm + ReLU)::
 
@@ -9,6 +10,9 @@ Default layout (each block is Conv3x3(pad 1) + BatchNorm + ReLU)::
     conv4   block(256, 256) + MaxPool2d(2)          -> 3x3
     res2    block(256, 256), block(256, 256) + skip
     classifier  MaxPool2d(2) | global average, Flatten, [Dropout], Linear(256, classes)
+
+Images of other sizes change the pooled sizes: the max head's linear layer takes 256 times the
+pixels left after four pools (1x1 at 28x28, 2x2 at 32x32); ``schema.check`` says which sizes fit.
 
 The state_dict keys match ``xpnet.reference.TorchResNet9`` built with the same arguments.
 """
@@ -32,11 +36,8 @@ from xpnet.nn import (
     Sequential,
 )
 
-SHORTCUTS = ("identity", "conv")
-HEADS = ("max", "avg")
-RES_BLOCKS = (2, 3)
-CHANNELS = (64, 128, 256, 256)
-NARROW_CHANNELS = (4, 16, 32, 64)
+from xpnet.models import schema
+from xpnet.models.schema import CHANNELS, HEADS, NARROW_CHANNELS, RES_BLOCKS, SHORTCUTS  # noqa: F401
 
 
 def block(c_in, c_out, rng, pool=False, workspace=None):
@@ -61,7 +62,7 @@ def residual(c_in, c_out, shortcut, rng, workspace=None):
 
 
 class ResNet9(Sequential):
-    """x: (N, in_channels, 28, 28) -> logits (N, num_classes).
+    """x: (N, in_channels, H, W) -> logits (N, num_classes), (H, W) = ``image_size``.
 
     Args:
         width: multiplies every channel count (rounded, at least 1).
@@ -71,7 +72,12 @@ class ResNet9(Sequential):
         head: "max" (MaxPool2d(2) before the classifier) or "avg" (global average pooling).
         dropout: drop probability applied before the linear layer (0 for none).
         channels: the four base channel counts (default 64, 128, 256, 256), before ``width``.
+        image_size: (H, W) of the input images (28x28 by default); the max head's linear layer
+            follows it.
         rng: seed or ``numpy.random.Generator`` for the initial weights and dropout masks.
+
+    Every argument is checked against ``schema`` (bounds included) before anything is allocated:
+    ModelConfigError names the first bad one.
     """
 
     def __init__(
@@ -84,16 +90,14 @@ class ResNet9(Sequential):
         head="max",
         dropout=0.0,
         channels=CHANNELS,
+        image_size=(28, 28),
         rng=None,
     ):
-        if shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
-        if res_blocks not in RES_BLOCKS:
-            raise ValueError(f"res_blocks must be one of {RES_BLOCKS}, got {res_blocks!r}")
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
+        config = schema.check(
+            dict(in_channels=in_channels, width=width, shortcut=shortcut, res_blocks=res_blocks,
+                 head=head, dropout=dropout, channels=list(channels), image_size=list(image_size)),
+            num_classes, prefix="ResNet9",
+        )
         rng = numpy.random.default_rng(rng)
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in channels)
         # The blocks run one at a time, so they can share their scratch buffers.
@@ -116,23 +120,19 @@ class ResNet9(Sequential):
         tail = [pool, Flatten()]
         if dropout > 0:
             tail.append(Dropout(dropout, rng=rng))
-        tail.append(Linear(c4, num_classes, rng=rng))
+        tail.append(Linear(schema.head_features(c4, image_size, head), num_classes, rng=rng))
         stages["classifier"] = Sequential(*tail)
         super().__init__(stages)
         object.__setattr__(
             self,
             "config",
-            dict(
-                num_classes=num_classes,
-                in_channels=in_channels,
-                width=width,
-                shortcut=shortcut,
-                res_blocks=res_blocks,
-                head=head,
-                dropout=dropout,
-                channels=list(channels),
-            ),
+            dict(num_classes=num_classes, **config),
         )
+
+    @classmethod
+    def from_config(cls, model_config: dict, num_classes: int, rng=None):
+        """The model a stored config describes, checked first (unknown keys, types, bounds)."""
+        return cls(num_classes=num_classes, rng=rng, **schema.check(model_config, num_classes))
 
     @classmethod
     def narrow(cls, **kwargs):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from xpnet.models.resnet9 import CHANNELS
+from xpnet.models.schema import head_features
 
 
 class Residual(nn.Sequential):
@@ -45,7 +46,7 @@ def residual(c_in, c_out, shortcut):
 
 
 class TorchResNet9(nn.Sequential):
-    """x: (N, in_channels, 28, 28) -> logits (N, num_classes); arguments as ``ResNet9``."""
+    """x: (N, in_channels, H, W) -> logits (N, num_classes); arguments as ``ResNet9``."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class TorchResNet9(nn.Sequential):
         head="max",
         dropout=0.0,
         channels=CHANNELS,
+        image_size=(28, 28),
     ):
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in channels)
         stages = OrderedDict(
@@ -73,7 +75,7 @@ class TorchResNet9(nn.Sequential):
         tail = [nn.MaxPool2d(2, 2) if head == "max" else nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         if dropout > 0:
             tail.append(nn.Dropout(dropout))
-        tail.append(nn.Linear(c4, num_classes))
+        tail.append(nn.Linear(head_features(c4, image_size, head), num_classes))
         stages["classifier"] = nn.Sequential(*tail)
         super().__init__(stages)
 
