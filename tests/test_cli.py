@@ -232,19 +232,33 @@ def test_help_shows_every_default_and_the_presets_own(capsys):
         assert re.search(re.escape(flag) + r" [^(]*\(default: " + re.escape(default) + r"\)", bench), flag
 
 
+def _documented_commands(*names):
+    """The `xpnet ...` commands of the ```bash blocks of these Markdown files (a line's part after
+    `&&` too), comments and line continuations removed."""
+    repo = Path(__file__).resolve().parents[1]
+    lines = []
+    for name in names:
+        text = (repo / name).read_text()
+        for block in re.findall(r"^```bash\n(.*?)^```", text, re.M | re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in line.split("#")[0].split("&&"):
+                    if re.match(r"(\.venv/bin/)?xpnet ", part.strip()):
+                        lines.append(part.strip())
+    return lines
+
+
 def test_readme_commands_parse(monkeypatch):
-    """Every `xpnet ...` line of the README's usage section is a valid command line (run here with
-    the commands stubbed; the slow ones are described there, the quick ones run in other tests)."""
+    """Every `xpnet ...` line of the README's and docs/usage.md's command blocks is a valid command
+    line (run here with the commands stubbed; the slow ones are described there, the quick ones run
+    in other tests)."""
     import shlex
 
     import xpnet.bench
     import xpnet.cli as cli
     import xpnet.report
 
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    text = readme.read_text().replace("\\\n", " ")
-    lines = [line.split("#")[0].strip() for line in re.findall(r"^(?:\.venv/bin/)?xpnet .*$", text, re.M)]
-    assert len(lines) >= 8
+    lines = _documented_commands("README.md", "docs/usage.md")
+    assert len(lines) >= 20 and any(line.startswith(".venv/bin/xpnet train") for line in lines)
     seen = []
     for name in ("cmd_train", "cmd_evaluate", "cmd_predict"):
         monkeypatch.setattr(cli, name, lambda args: seen.append(args.command) or 0)
