@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import struct
+import subprocess
 import zipfile
 
 import numpy
@@ -239,8 +240,12 @@ def test_interrupted_write_keeps_previous_file(tmp_path, monkeypatch, exc):
     path = saved(tmp_path)
     before = path.read_bytes()
     monkeypatch.setattr(checkpoint, "_write_all", _half_write_then(exc))
-    with pytest.raises(type(exc)):
+    # An OS error (a full disk) is one line that names the file and says the old one is kept.
+    expected = CheckpointError if isinstance(exc, OSError) else type(exc)
+    with pytest.raises(expected) as excinfo:
         checkpoint.save(path, {"new": numpy.ones(1000)}, {"epoch": 99})
+    if expected is CheckpointError:
+        assert str(path) in str(excinfo.value) and "previous checkpoint is kept" in str(excinfo.value)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == [path.name]
 
@@ -254,7 +259,7 @@ def test_failed_fsync_or_rename_keeps_previous_file(tmp_path, monkeypatch, targe
         raise OSError(f"{target} failed")
 
     monkeypatch.setattr(checkpoint.os, target, fail)
-    with pytest.raises(OSError, match=target):
+    with pytest.raises(CheckpointError, match=target):
         checkpoint.save(path, {"new": numpy.ones(3)}, {})
     monkeypatch.undo()
     assert path.read_bytes() == before
@@ -418,3 +423,178 @@ def test_zip_that_is_damaged_refused(tmp_path):
         z.writestr("archive/data.pkl", b"x" * 100)
     path.write_bytes(buffer.getvalue()[:30])
     assert_refused(path, "zip")
+
+
+# --- hostile files: one line, never a traceback, bounded work --------------------------------------
+
+
+def test_protocol_0_and_1_pickles_are_called_pickles(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    for protocol in (0, 1):
+        path = tmp_path / f"p{protocol}.safetensors"
+        path.write_bytes(pickle.dumps({"w": Tripwire(sentinel), "epoch": 3}, protocol=protocol))
+        assert_refused(path, "pickle", "never unpickle")
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "loop", "dangling"])
+def test_a_path_that_is_no_regular_file_is_one_line(tmp_path, kind):
+    path = tmp_path / "c.safetensors"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)  # opening it would block: it must be refused before
+    elif kind == "loop":
+        os.symlink(path, path)
+    else:
+        os.symlink(tmp_path / "nowhere", path)
+    assert_refused(path)
+
+
+def test_deeply_nested_metadata_is_refused_without_recursion_error(tmp_path):
+    path = tmp_path / "deep.safetensors"
+    checkpoint.save(path, {"w": numpy.ones(2, numpy.float32)}, {"x": 1})
+    deep = "[" * 100_000 + "]" * 100_000
+    header = json.dumps({"__metadata__": {"xpnet": deep}, "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})
+    raw = header.encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + numpy.ones(2, numpy.float32).tobytes())
+    assert_refused(path, "nested")
+    moderate = json.dumps({"__metadata__": {"xpnet": json.dumps({"a": json.loads("[" * 40 + "]" * 40)})},
+                           "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(moderate)) + moderate + numpy.ones(2, numpy.float32).tobytes())
+    assert_refused(path, "nested more than 32")
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    path = saved(tmp_path)
+    monkeypatch.setattr(checkpoint, "MAX_BYTES", 100)
+    assert_refused(path, "larger than any checkpoint")
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed_by_the_next_save(tmp_path):
+    path = saved(tmp_path)
+    dead = _dead_pid()
+    stale = tmp_path / f".{path.name}.{dead}.deadbeef.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    alive = tmp_path / f".{path.name}.1.cafebabe.tmp"  # pid 1 runs: maybe another save in progress
+    alive.write_bytes(b"x")
+    other = tmp_path / f".other.safetensors.{dead}.deadbeef.tmp"
+    other.write_bytes(b"x")
+    checkpoint.save(path, sample_arrays(), sample_meta())
+    assert not stale.exists() and alive.exists() and other.exists()
+
+
+def _dead_pid():
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_unwritable_folder_is_one_line(tmp_path):
+    missing = tmp_path / "no" / "such" / "c.safetensors"
+    with pytest.raises(CheckpointError, match="cannot write the checkpoint") as e:
+        checkpoint.save(missing, sample_arrays(), {})
+    assert "\n" not in str(e.value) and str(missing) in str(e.value)
+
+
+# --- a training checkpoint's fields ----------------------------------------------------------------
+
+
+def run_meta():
+    rng = numpy.random.default_rng(0)
+    return dict(
+        config={"epochs": 2, "batch_size": 64}, model_config={"width": 0.125}, num_classes=10,
+        epoch=1, batch=0, step=4, rng_state=rng.bit_generator.state,
+        history=[{"epoch": 1, "test_accuracy": 0.5}], best_accuracy=0.5,
+        optimizer_state={"steps": 4, "lr": 0.1}, data_dir="/data/mnist",
+    )
+
+
+def test_a_good_run_meta_passes():
+    checkpoint.check_run_meta("c", run_meta(), resume=True)
+    checkpoint.check_run_meta("c", {"model_config": {}, "num_classes": 10})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("epoch", "one", "epoch must be an integer"),
+        ("epoch", -1, "epoch must be in"),
+        ("epoch", 1.0, "epoch must be an integer"),
+        ("epoch", True, "epoch must be an integer"),
+        ("batch", -5, "batch must be in"),
+        ("batch", 10**30, "batch must be in"),
+        ("step", None, "step must be an integer"),
+        ("config", "evil", "config must be a JSON object"),
+        ("config", [], "config must be a JSON object"),
+        ("history", 5, "history must be a list"),
+        ("history", [{"epoch": 1}, {"epoch": 2}], "history must be a list of at most"),
+        ("history", ["row"], r"history\[0\]"),
+        ("history", [{"test_accuracy": "high"}], r"history\[0\]"),
+        ("best_accuracy", 7, "best_accuracy"),
+        ("best_accuracy", "0.9", "best_accuracy"),
+        ("best_accuracy", float("nan"), "best_accuracy"),
+        ("rng_state", {"bit_generator": "MT19937", "state": {}}, "rng_state"),
+        ("rng_state", {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}}, "rng_state"),
+        ("rng_state", 5, "rng_state"),
+        ("optimizer_state", [], "optimizer_state must be a JSON object"),
+        ("optimizer_state", {"lr": 0.1}, "optimizer_state has no steps"),
+        ("optimizer_state", {"steps": 1, "lr": float("inf")}, "optimizer_state.lr"),
+        ("optimizer_state", {"steps": -1, "lr": 0.1}, "optimizer_state.steps"),
+        ("data_dir", 5, "data_dir"),
+        ("data_dir", "a\0b", "data_dir"),
+        ("data_dir", "x" * 5000, "data_dir"),
+        ("model_config", {"width": 16}, "model_config.width"),
+        ("model_config", {"evil": 1}, "unknown key"),
+        ("model_config", "evil", "model_config must be a JSON object"),
+        ("num_classes", "ten", "num_classes"),
+        ("num_classes", 10**12, "num_classes"),
+    ],
+)
+def test_each_bad_field_is_one_line_naming_it(field, value, match):
+    meta = run_meta()
+    meta[field] = value
+    with pytest.raises(CheckpointError, match=match) as e:
+        checkpoint.check_run_meta("ckpt", meta, resume=True)
+    assert "\n" not in str(e.value) and str(e.value).startswith("ckpt: ")
+
+
+@pytest.mark.parametrize("field", checkpoint.RESUME_FIELDS + ("model_config", "num_classes"))
+def test_each_missing_field_is_named(field):
+    meta = run_meta()
+    del meta[field]
+    with pytest.raises(CheckpointError, match=f"no {field}"):
+        checkpoint.check_run_meta("ckpt", meta, resume=True)
+
+
+def _model_state():
+    return {"conv.weight": numpy.ones((2, 1, 3, 3), numpy.float32), "bn.running_var": numpy.ones(2, numpy.float32),
+            "bn.num_batches_tracked": numpy.zeros((), numpy.int64)}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("conv.weight", numpy.ones((2, 1, 3, 3), bool), "is bool, the model's is float32"),
+        ("conv.weight", numpy.ones((2, 1, 3, 3), numpy.int8), "is int8"),
+        ("conv.weight", numpy.ones((2, 1, 3, 3), numpy.uint64), "is uint64"),
+        ("conv.weight", numpy.ones((2, 1, 3, 3), numpy.float64), "is float64"),
+        ("conv.weight", numpy.ones((2, 1, 3, 4), numpy.float32), "has shape"),
+        ("conv.weight", numpy.full((2, 1, 3, 3), numpy.nan, numpy.float32), "NaN or infinite"),
+        ("bn.running_var", numpy.array([1, numpy.inf], numpy.float32), "NaN or infinite"),
+        ("extra", numpy.ones(1, numpy.float32), "does not"),
+    ],
+)
+def test_bad_tensors_are_refused(name, value, match):
+    arrays = {f"model.{k}": v for k, v in _model_state().items()}
+    arrays[f"model.{name}"] = value
+    with pytest.raises(CheckpointError, match=match):
+        checkpoint.check_tensors("ckpt", arrays, _model_state())
+    del arrays["model.conv.weight"]
+    with pytest.raises(CheckpointError, match="has no tensor model.conv.weight"):
+        checkpoint.check_tensors("ckpt", arrays, _model_state())
+
+
+def test_good_tensors_pass_and_num_batches_tracked_may_be_absent():
+    arrays = {f"model.{k}": v for k, v in _model_state().items() if "num_batches" not in k}
+    checkpoint.check_tensors("ckpt", arrays, _model_state())

@@ -17,9 +17,12 @@ written by xpnet's earlier hand-written encoder follow the same format and load 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
+import pickletools
 import secrets
+import stat
 import struct
 import zipfile
 
@@ -36,6 +39,16 @@ _CODES = {
 META_KEY = "xpnet"
 
 _NEVER_UNPICKLE = "xpnet checkpoints never unpickle"
+
+# Opcodes a protocol 0 or 1 pickle can start with: MARK, GLOBAL, EMPTY_DICT/LIST/TUPLE, NONE,
+# the integer, float and string opcodes, PERSID, INST.
+_PICKLE_FIRST_OPCODES = {bytes([c]) for c in b"(c}])NIJKLMFGSTUVXBCPi"}
+
+# Larger than any checkpoint of a model the schema allows (its weights and two optimizer slots).
+MAX_BYTES = 4 << 30
+# xpnet's own metadata nests four levels; a file nested thousands deep is refused before anything
+# walks it recursively.
+MAX_META_DEPTH = 32
 
 
 class CheckpointError(ValueError):
@@ -85,27 +98,69 @@ def save(path, arrays: dict, meta: dict | None = None) -> None:
 
 
 def _write_atomically(path: str, blob: bytes) -> None:
-    tmp = os.path.join(
-        os.path.dirname(os.path.abspath(path)),
-        f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp",
-    )
-    # O_EXCL: never write through a file someone else created; 0o666 lets the umask decide the mode
-    # as for any ordinary file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    folder = os.path.dirname(os.path.abspath(path))
+    _remove_stale_temporaries(folder, os.path.basename(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        # O_EXCL: never write through a file someone else created; 0o666 lets the umask decide the
+        # mode as for any ordinary file.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({_os_reason(e)})") from None
     try:
         with open(fd, "wb") as f:
             _write_all(f, _pieces(blob))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         # BaseException: Ctrl-C mid-write must not leave a half-written temporary behind either.
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            kept = "the previous checkpoint is kept" if os.path.exists(path) else "nothing was written"
+            raise CheckpointError(
+                f"{path}: cannot write the checkpoint ({_os_reason(e)}); {kept}"
+            ) from None
         raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    _fsync_dir(folder)
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or _one_line(e)
+
+
+def _remove_stale_temporaries(folder: str, name: str) -> None:
+    """Remove the temporaries of ``name`` that a killed save left in ``folder``: those of
+    processes no longer running (a SIGKILL or a power cut gives a save no chance to clean up)."""
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+            continue
+        pid = entry[len(prefix):-len(".tmp")].split(".")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            try:
+                os.unlink(os.path.join(folder, entry))
+            except OSError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not saving that file now: a save is not re-entered
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # alive, someone else's
+    return True
 
 
 def _pieces(blob: bytes, size: int = 1 << 22):
@@ -142,8 +197,7 @@ def load(path):
     pickles and PyTorch/NumPy archives are recognised and refused without being unpickled.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = _read_file(path)
     n = struct.unpack("<Q", raw[:8])[0] if len(raw) >= 8 else None
     # Recognise safetensors by structure before foreign signatures: a header length of 128 + 256k
     # also starts with the pickle opcode byte 0x80.
@@ -171,6 +225,8 @@ def load(path):
         header = json.loads(raw[8:8 + n].decode("utf-8"), object_pairs_hook=_reject_duplicates)
     except ValueError as e:
         raise CheckpointError(f"{path}: not a safetensors file xpnet reads ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: its header is nested too deeply") from None
     meta = _parse_meta(path, header.get("__metadata__"))
     arrays = {}
     for name in header:
@@ -180,6 +236,29 @@ def load(path):
         # Decoded arrays view the package's buffers; a copy owns its memory, writable and native.
         arrays[name] = a.astype(a.dtype.newbyteorder("="), copy=True)
     return arrays, meta
+
+
+def _read_file(path: str) -> bytes:
+    """The bytes of the regular file ``path``, at most MAX_BYTES; anything else is one line."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({_os_reason(e)})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise CheckpointError(f"{path}: {kind}, not a checkpoint file")
+    if st.st_size > MAX_BYTES:
+        raise CheckpointError(
+            f"{path}: {st.st_size / 2**30:.1f} GiB, larger than any checkpoint xpnet writes "
+            f"({MAX_BYTES / 2**30:.0f} GiB at most)"
+        )
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({_os_reason(e)})") from None
+    except MemoryError:
+        raise CheckpointError(f"{path}: does not fit in the memory available") from None
 
 
 def _truncation(raw: bytes, n: int) -> str | None:
@@ -202,7 +281,7 @@ def _one_line(e: BaseException) -> str:
 
 def _refuse_foreign(path: str, raw: bytes) -> None:
     """Raise CheckpointError if ``raw`` is a pickle, a zip (PyTorch or .npz) or a .npy file."""
-    if raw[:1] == b"\x80":
+    if raw[:1] == b"\x80" or _is_text_pickle(raw):
         raise CheckpointError(
             f"{path} is a Python pickle (e.g. a legacy torch.save file); {_NEVER_UNPICKLE}"
         )
@@ -211,6 +290,18 @@ def _refuse_foreign(path: str, raw: bytes) -> None:
             f"{path} {_describe_zip(raw)}, not a safetensors file; {_NEVER_UNPICKLE}")
     if raw[:6] == b"\x93NUMPY":
         raise CheckpointError(f"{path} is a NumPy .npy file, not a safetensors file")
+
+
+def _is_text_pickle(raw: bytes) -> bool:
+    """Whether ``raw`` is a pickle of protocol 0 or 1 (no PROTO opcode in front): its opcodes are
+    parsed, never run, and must end in STOP at the end of the file."""
+    if not raw or raw[:1] not in _PICKLE_FIRST_OPCODES or raw.rstrip(b"\n")[-1:] != b".":
+        return False
+    try:
+        ops = list(itertools.islice(pickletools.genops(raw), 1_000_000))
+    except Exception:  # any malformed opcode stream: not a pickle
+        return False
+    return bool(ops) and ops[-1][0].name == "STOP"
 
 
 def _describe_zip(raw: bytes) -> str:
@@ -257,7 +348,145 @@ def _parse_meta(path: str, entry) -> dict:
     try:
         meta = json.loads(entry[META_KEY])
     except ValueError as e:
-        raise CheckpointError(f"{path}: xpnet metadata is not valid JSON ({e})") from None
+        raise CheckpointError(f"{path}: xpnet metadata is not valid JSON ({_one_line(e)})") from None
+    except RecursionError:
+        meta = None
+    if meta is None or _depth(meta) > MAX_META_DEPTH:
+        raise CheckpointError(f"{path}: xpnet metadata is nested more than {MAX_META_DEPTH} levels deep")
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: xpnet metadata is not a JSON object")
     return meta
+
+
+def _depth(obj) -> int:
+    """How deeply lists and dicts nest in ``obj``, counted without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, d)
+            if d > MAX_META_DEPTH:
+                return d
+            stack.extend((v, d + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+# -- what a training checkpoint must hold ---------------------------------------------------------
+
+# The metadata ``--resume`` needs beyond what evaluate and predict need (model_config, num_classes).
+RESUME_FIELDS = ("config", "epoch", "batch", "step", "rng_state", "history", "best_accuracy",
+                 "optimizer_state")
+MAX_EPOCHS = 1_000_000
+MAX_STEPS = 10**12
+MAX_PATH = 4096
+
+
+def check_run_meta(path, meta: dict, resume: bool = False) -> None:
+    """Refuse, in one CheckpointError naming the field, the metadata of a training checkpoint that
+    xpnet could not use: a missing field, a value of the wrong type or out of its range. The model
+    config is checked against ``xpnet.models.schema`` (bounds, unknown keys) before any model is
+    built. With ``resume``, the fields a resumed run reads too (``RESUME_FIELDS``, ``data_dir``);
+    the run's config values are the training config's to check.
+    """
+    from xpnet.models import schema
+
+    for field in ("model_config", "num_classes") + (RESUME_FIELDS if resume else ()):
+        if field not in meta:
+            raise CheckpointError(f"{path}: not an xpnet training checkpoint (no {field})")
+    try:
+        schema.check(meta["model_config"], meta["num_classes"])
+    except schema.ModelConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if not resume:
+        return
+
+    def bad(field, why):
+        raise CheckpointError(f"{path}: {field} {why}")
+
+    def integer(field, value, high):
+        if isinstance(value, bool) or not isinstance(value, int):
+            bad(field, f"must be an integer, got {_short(value)}")
+        if not 0 <= value <= high:
+            bad(field, f"must be in 0..{high}, got {value}")
+
+    if not isinstance(meta["config"], dict):
+        bad("config", f"must be a JSON object, got {_short(meta['config'])}")
+    integer("epoch", meta["epoch"], MAX_EPOCHS)
+    integer("batch", meta["batch"], MAX_STEPS)
+    integer("step", meta["step"], MAX_STEPS)
+    best = meta["best_accuracy"]
+    if not (_is_number(best) and -1.0 <= best <= 1.0):
+        bad("best_accuracy", f"must be a number in [-1, 1], got {_short(best)}")
+    history = meta["history"]
+    if not isinstance(history, list) or len(history) > meta["epoch"]:
+        bad("history", f"must be a list of at most epoch ({meta['epoch']}) rows, got {_short(history)}")
+    for i, row in enumerate(history):
+        if not (isinstance(row, dict) and all(isinstance(k, str) and (v is None or _is_number(v))
+                                              for k, v in row.items())):
+            bad(f"history[{i}]", f"must map column names to finite numbers, got {_short(row)}")
+    _check_rng_state(path, meta["rng_state"])
+    opt = meta["optimizer_state"]
+    if not isinstance(opt, dict):
+        bad("optimizer_state", f"must be a JSON object, got {_short(opt)}")
+    for key in ("steps", "lr"):
+        if key not in opt:
+            bad("optimizer_state", f"has no {key}")
+    integer("optimizer_state.steps", opt["steps"], MAX_STEPS)
+    if not (_is_number(opt["lr"]) and opt["lr"] >= 0):
+        bad("optimizer_state.lr", f"must be a finite non-negative number, got {_short(opt['lr'])}")
+    data_dir = meta.get("data_dir")
+    if data_dir is not None and not (isinstance(data_dir, str) and 0 < len(data_dir) <= MAX_PATH
+                                     and "\0" not in data_dir):
+        bad("data_dir", f"must be a folder's path, got {_short(data_dir)}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and numpy.isfinite(v)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_rng_state(path, state) -> None:
+    """The generator state must be one a fresh PCG64 takes (numpy checks the fields)."""
+    if not (isinstance(state, dict) and state.get("bit_generator") == "PCG64"):
+        raise CheckpointError(f"{path}: rng_state must be a PCG64 generator state, got {_short(state)}")
+    try:
+        numpy.random.PCG64().state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise CheckpointError(f"{path}: rng_state is not a valid PCG64 state ({_one_line(e)})") from None
+
+
+def check_tensors(path, arrays: dict, expected: dict, prefix: str = "model.") -> None:
+    """Refuse tensors that do not fit ``expected`` (name -> the array it will be copied into):
+    every name of ``expected`` under ``prefix`` present (a BatchNorm's ``num_batches_tracked``
+    may be absent) and no other, of the same shape and dtype (a bool or integer weight is not
+    cast), and finite (a NaN or infinite weight or BatchNorm statistic is a diverged run)."""
+    given = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in given if k not in expected]
+    if missing or unexpected:
+        what = (f"has no tensor {prefix}{missing[0]}" if missing
+                else f"has a tensor {prefix}{unexpected[0]} the model does not")
+        raise CheckpointError(f"{path}: {what} ({len(missing)} missing, {len(unexpected)} unexpected)")
+    for name, target in expected.items():
+        a = given.get(name)
+        if a is None:
+            continue
+        if tuple(a.shape) != tuple(target.shape):
+            raise CheckpointError(
+                f"{path}: tensor {prefix}{name} has shape {tuple(a.shape)}, the model's is "
+                f"{tuple(target.shape)}"
+            )
+        if numpy.dtype(a.dtype) != numpy.dtype(target.dtype):
+            raise CheckpointError(
+                f"{path}: tensor {prefix}{name} is {numpy.dtype(a.dtype).name}, the model's is "
+                f"{numpy.dtype(target.dtype).name}"
+            )
+        if a.dtype.kind == "f" and not numpy.isfinite(a).all():
+            raise CheckpointError(
+                f"{path}: tensor {prefix}{name} holds NaN or infinite values (the run it saves had "
+                f"diverged)"
+            )
