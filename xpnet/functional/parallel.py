@@ -11,8 +11,8 @@ Limiting BLAS needs ``threadpoolctl`` (a dependency of xpnet); without it, or wi
 split into contiguous runs of chunks, one run per thread, and every per-thread partial result is
 combined in thread order, so a fixed thread count gives bit-identical results run after run.
 
-The thread count is ``XPNET_THREADS`` or the number of CPUs this process may use;
-``set_threads(n)`` changes it.
+The thread count is ``XPNET_THREADS`` (at most the machine's CPU count) or the number of CPUs this
+process may use; ``set_threads(n)`` changes it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ def _default_threads():
             raise ValueError(f"XPNET_THREADS must be a positive integer, got {env!r}") from None
         if n < 1:
             raise ValueError(f"XPNET_THREADS must be a positive integer, got {env!r}")
+        # More threads than CPUs only adds switching; a slip of the finger (100000) would spend
+        # minutes starting threads and splitting every batch into slivers.
+        most = max(os.cpu_count() or 1, cpu_count())
+        if n > most:
+            raise ValueError(f"XPNET_THREADS={n} exceeds the {most} CPUs of this machine")
         return n
     return cpu_count()
 
