@@ -8,6 +8,7 @@ from xpnet import functional as F
 from xpnet.gradient_check import check_function
 
 torch = pytest.importorskip("torch")
+from xpnet.reference import max_pool2d_sharing_ties  # noqa: E402
 
 
 @st.composite
@@ -58,6 +59,60 @@ def test_maxpool_gradient_check(xp, case):
         dy,
         eps=1e-4,
     )
+
+
+def tied(xp, rng, shape, dtype=numpy.float32):
+    """Small integers, so most windows hold their maximum more than once."""
+    return xp.asarray(rng.integers(-2, 3, shape).astype(dtype))
+
+
+@CASES
+@given(case=pool_cases())
+def test_maxpool_sharing_ties_matches_its_torch_formulation(xp, case):
+    rng = numpy.random.default_rng(3)
+    x = tied(xp, rng, case["shape"])
+    args = (case["k"], case["stride"], case["pad"])
+    y, cache = F.maxpool2d_forward(x, *args, ties="share")
+    dy = randn(xp, rng, *y.shape)
+    dx = F.maxpool2d_backward(dy, cache)
+    ty, (tdx,) = torch_run(lambda x: max_pool2d_sharing_ties(x, *args), [x], dy)
+    assert_close(y, ty)
+    assert_close(dx, tdx)
+    first_y, _ = F.maxpool2d_forward(x, *args)
+    assert_close(y, first_y, rtol=0, atol=0)
+
+
+def test_maxpool_sharing_ties_gives_every_maximum_the_whole_gradient(xp):
+    x = xp.asarray(numpy.array([[[[1, 1, 0, 2], [0, 1, 2, 2]]]], dtype=numpy.float32))
+    y, cache = F.maxpool2d_forward(x, 2, 2, ties="share")
+    dx = F.maxpool2d_backward(xp.asarray(numpy.array([[[[1.0, 10.0]]]], dtype=numpy.float32)), cache)
+    expected = numpy.array([[[[1, 1, 0, 10], [0, 1, 10, 10]]]], dtype=numpy.float32)
+    assert_close(dx, expected, rtol=0, atol=0)
+    _, first = F.maxpool2d_forward(x, 2, 2)
+    assert float(F.maxpool2d_backward(xp.ones_like(y), first).sum()) == 2.0
+
+
+@CASES
+@given(case=pool_cases())
+def test_maxpool_sharing_ties_gradient_check(xp, case):
+    # Away from ties the sharing rule is the derivative, as the first-maximum rule is.
+    rng = numpy.random.default_rng(4)
+    x = spread(xp, rng, *case["shape"])
+    args = (case["k"], case["stride"], case["pad"])
+    y, _ = F.maxpool2d_forward(x, *args, ties="share")
+    dy = randn(xp, rng, *y.shape, dtype=numpy.float64)
+    check_function(
+        lambda x: F.maxpool2d_forward(x, *args, ties="share")[0],
+        lambda dy, x: (F.maxpool2d_backward(dy, F.maxpool2d_forward(x, *args, ties="share")[1]),),
+        [x],
+        dy,
+        eps=1e-4,
+    )
+
+
+def test_maxpool_rejects_an_unknown_tie_rule():
+    with pytest.raises(ValueError, match="ties"):
+        F.maxpool2d_forward(numpy.zeros((1, 1, 2, 2), numpy.float32), 2, ties="random")
 
 
 @CASES

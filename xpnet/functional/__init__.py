@@ -29,6 +29,7 @@ from xpnet.functional.normalization import (
     sums_over_ranks,
 )
 from xpnet.functional.workspace import Workspace
+from xpnet.functional.pooling import TIES as MAXPOOL_TIES
 from xpnet.functional.pooling import (
     avgpool2d_backward,
     avgpool2d_forward,
@@ -39,6 +40,7 @@ from xpnet.functional.pooling import (
 )
 
 __all__ = [
+    "MAXPOOL_TIES",
     "avgpool2d_backward",
     "avgpool2d_forward",
     "batchnorm_backward",

@@ -2,6 +2,16 @@
 
 Windows are visited tap by tap, like the convolution's im2col: each tap is one strided slice of
 the (padded) input, so any kernel, stride and padding works with kh*kw vectorised passes.
+
+Max-pool has two backward rules for a window whose maximum occurs more than once:
+
+* ``ties="first"`` (the default, as PyTorch): the first maximal tap in row-major order takes the
+  whole gradient, so the input gradient of every window sums to its ``dy``;
+* ``ties="share"``: every tap equal to the maximum takes the whole gradient (the rule of the second
+  report, which masks all of them), so a window with k tied maxima passes on k times its ``dy``.
+
+Without ties the two agree and both are the derivative; with ties neither is (max is not
+differentiable there), and "share" is the one that is not a subgradient.
 """
 
 from __future__ import annotations
@@ -21,15 +31,25 @@ def _geometry(x_shape, kernel_size, stride, padding):
     return (kh, kw), stride, padding, (ho, wo)
 
 
-def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
+TIES = ("first", "share")
+
+
+def maxpool2d_forward(x, kernel_size, stride=None, padding=0, ties="first"):
     """x: (N, C, H, W) -> (y: (N, C, Ho, Wo), cache); stride defaults to the kernel size.
 
-    The cache records which tap won each window; on ties the first tap in row-major order wins,
-    as in PyTorch, so the gradient goes to exactly one input per window.
+    ``ties="first"``: the cache records which tap won each window, the first in row-major order
+    on ties, as in PyTorch, so the gradient goes to exactly one input per window.
+    ``ties="share"``: the cache keeps the (padded) input and y, and the backward sends each
+    window's gradient to every input equal to its maximum.
     """
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     xp = get_array_module(x)
     (kh, kw), stride, padding, (ho, wo) = _geometry(x.shape, kernel_size, stride, padding)
     xpad = pad_nhwc(x, padding, value=-xp.inf) if any(padding) else nhwc(x)
+    if ties == "share":
+        y = _window_max(xp, xpad, (kh, kw), stride, (ho, wo))
+        return nchw(y), ("share", xpad, y, x.shape, (kh, kw), stride, padding)
     y = None
     arg = xp.zeros((x.shape[0], ho, wo, x.shape[1]), dtype=xp.uint8)
     for t in range(kh * kw):
@@ -43,21 +63,38 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
         # copyto, not arg[better] = t: a boolean-mask assignment makes CuPy count the mask on the
         # host, a synchronisation per tap.
         xp.copyto(arg, t, where=better)
-    return nchw(y), (arg, x.shape, (kh, kw), stride, padding)
+    return nchw(y), ("first", arg, x.shape, (kh, kw), stride, padding)
+
+
+def _window_max(xp, xpad, k, stride, out_hw):
+    """xpad: (N, Hp, Wp, C) -> (N, Ho, Wo, C), the maximum of each window."""
+    kh, kw = k
+    y = None
+    for t in range(kh * kw):
+        rows, cols = _tap(t // kw, t % kw, *out_hw, stride, (1, 1))
+        tap = xpad[:, rows, cols, :]
+        y = tap.copy() if y is None else xp.maximum(y, tap, out=y)
+    return y
 
 
 def maxpool2d_backward(dy, cache):
-    """dy: (N, C, Ho, Wo) -> dx: (N, C, H, W), each window's gradient sent to its maximum."""
-    arg, x_shape, (kh, kw), stride, padding = cache
+    """dy: (N, C, Ho, Wo) -> dx: (N, C, H, W), each window's gradient sent to its maximum (the
+    first one, or every one with ``ties="share"``)."""
+    if cache[0] == "share":
+        _, xpad, y, x_shape, (kh, kw), stride, padding = cache
+        ho, wo = y.shape[1:3]
+    else:
+        _, arg, x_shape, (kh, kw), stride, padding = cache
+        ho, wo = arg.shape[1:3]
     xp = get_array_module(dy)
     n, c, h, w = x_shape
     ph, pw = padding
-    ho, wo = arg.shape[1:3]
     dyh = nhwc(dy)
     dxpad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dy.dtype)
     for t in range(kh * kw):
         rows, cols = _tap(t // kw, t % kw, ho, wo, stride, (1, 1))
-        dxpad[:, rows, cols, :] += xp.where(arg == t, dyh, 0)
+        won = (xpad[:, rows, cols, :] == y) if cache[0] == "share" else (arg == t)
+        dxpad[:, rows, cols, :] += xp.where(won, dyh, 0)
     return nchw(dxpad[:, ph : ph + h, pw : pw + w, :])
 
 

@@ -28,7 +28,8 @@ def _fusable(layers):
         (pool,) = pool
         if not isinstance(pool, MaxPool2d):
             return False
-        if (pool.kernel_size, pool.stride, pool.padding) != ((2, 2), (2, 2), (0, 0)):
+        # The fused kernel's backward sends a tied window's gradient to its first maximum only.
+        if (pool.kernel_size, pool.stride, pool.padding, pool.ties) != ((2, 2), (2, 2), (0, 0), "first"):
             return False
     return True
 

@@ -172,16 +172,24 @@ class ReLU(_Cached):
 
 
 class MaxPool2d(_Cached):
-    """x: (N, C, H, W) -> (N, C, Ho, Wo); stride defaults to kernel_size; padding pads -inf."""
+    """x: (N, C, H, W) -> (N, C, Ho, Wo); stride defaults to kernel_size; padding pads -inf.
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    ``ties``: where a window's gradient goes when its maximum occurs more than once: "first"
+    (the first in row-major order, as PyTorch) or "share" (every tied maximum takes all of it);
+    see ``xpnet.functional.pooling``.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ties="first"):
         super().__init__()
+        if ties not in F.MAXPOOL_TIES:
+            raise ValueError(f"ties must be one of {F.MAXPOOL_TIES}, got {ties!r}")
         self.kernel_size = _pair(kernel_size)
         self.stride = self.kernel_size if stride is None else _pair(stride)
         self.padding = _pair(padding)
+        self.ties = ties
 
     def forward(self, x):
-        y, cache = F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        y, cache = F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding, self.ties)
         self._keep(cache)
         return y
 
@@ -189,7 +197,8 @@ class MaxPool2d(_Cached):
         return F.maxpool2d_backward(dy, self._take_cache())
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        ties = "" if self.ties == "first" else f", ties={self.ties!r}"
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}{ties}"
 
 
 class AvgPool2d(_Cached):

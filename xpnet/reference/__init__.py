@@ -1,4 +1,5 @@
-"""The PyTorch twin of xpnet's ResNet-9: the reference for tests, benchmarks and twin runs.
+"""The PyTorch twins of xpnet's models (ResNet-9, the second report's net): the reference for
+tests, benchmarks and twin runs.
 
 Importing this package needs torch (``pip install 'xpnet[reference]'``); ``import xpnet`` never does.
 ``TorchRunner`` (in ``runner``) trains the twin under ``xpnet.train.fit``.
@@ -11,6 +12,7 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
         "the PyTorch twin needs torch: pip install 'xpnet[reference]' (torch==2.13.0)"
     ) from e
 
+from xpnet.reference.pooling import max_pool2d_sharing_ties
 from xpnet.reference.resnet9 import TorchResNet9, to_torch_state
 
-__all__ = ["TorchResNet9", "to_torch_state"]
+__all__ = ["TorchResNet9", "max_pool2d_sharing_ties", "to_torch_state"]
