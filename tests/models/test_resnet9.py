@@ -146,13 +146,6 @@ def test_bad_arguments_are_rejected():
             ResNet9(**bad)
 
 
-def test_narrow_preset():
-    net = ResNet9.narrow(rng=0)
-    assert net.config["dropout"] == 0.9 and net.config["channels"] == [4, 16, 32, 64]
-    y = net(numpy.zeros((2, 1, 28, 28), dtype=numpy.float32))
-    assert y.shape == (2, 10) and backend.asnumpy(y).dtype == numpy.float32
-
-
 @pytest.mark.parametrize(("image_size", "head"), [((32, 32), "max"), ((16, 20), "max"), ((8, 8), "avg"), ((9, 30), "avg")])
 def test_other_image_sizes_match_the_twin(image_size, head):
     net = to_float64(ResNet9(width=1 / 16, head=head, image_size=image_size, rng=0))

@@ -37,7 +37,7 @@ from xpnet.nn import (
 )
 
 from xpnet.models import schema
-from xpnet.models.schema import CHANNELS, HEADS, NARROW_CHANNELS, RES_BLOCKS, SHORTCUTS  # noqa: F401
+from xpnet.models.schema import CHANNELS, HEADS, RES_BLOCKS, SHORTCUTS  # noqa: F401
 
 
 def block(c_in, c_out, rng, pool=False, workspace=None):
@@ -133,10 +133,3 @@ class ResNet9(Sequential):
     def from_config(cls, model_config: dict, num_classes: int, rng=None):
         """The model a stored config describes, checked first (unknown keys, types, bounds)."""
         return cls(num_classes=num_classes, rng=rng, **schema.check(model_config, num_classes))
-
-    @classmethod
-    def narrow(cls, **kwargs):
-        """The second report's narrow net: channels 4-16-32-64 and dropout 0.9."""
-        kwargs.setdefault("channels", NARROW_CHANNELS)
-        kwargs.setdefault("dropout", 0.9)
-        return cls(**kwargs)

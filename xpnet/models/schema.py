@@ -23,7 +23,6 @@ SHORTCUTS = ("identity", "conv")
 HEADS = ("max", "avg")
 RES_BLOCKS = (2, 3)
 CHANNELS = (64, 128, 256, 256)
-NARROW_CHANNELS = (4, 16, 32, 64)
 
 MAX_WIDTH = 4.0
 MAX_CHANNELS = 1024

@@ -13,6 +13,7 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
     ) from e
 
 from xpnet.reference.pooling import max_pool2d_sharing_ties
+from xpnet.reference.report2 import TorchReport2Net
 from xpnet.reference.resnet9 import TorchResNet9, to_torch_state
 
-__all__ = ["TorchResNet9", "max_pool2d_sharing_ties", "to_torch_state"]
+__all__ = ["TorchReport2Net", "TorchResNet9", "max_pool2d_sharing_ties", "to_torch_state"]
