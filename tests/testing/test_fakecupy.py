@@ -6,6 +6,8 @@ import pytest
 from xpnet import backend
 from xpnet.testing import cupy_api, fakecupy
 
+import _fuse_cases
+
 
 @pytest.fixture
 def cp(fake_cupy):
@@ -146,3 +148,40 @@ def test_installed_restores_what_was_there():
     with fakecupy.installed() as dev:
         assert sys.modules["cupy"] is dev
     assert sys.modules.get("cupy") is before
+
+
+
+@pytest.mark.parametrize("case", _fuse_cases.REFUSED, ids=lambda c: c[0].__name__)
+def test_fuse_refuses_what_the_ordinary_fusion_cannot_trace(cp, case):
+    # Each of these sends real CuPy to its experimental new_fusion (cupy/_core/fusion.pyx and
+    # its array proxy; tests/testing/test_nvrtc_kernels.py shows it with the real package):
+    # the fake device makes that an error instead.
+    fn, make_args = case
+    with pytest.raises(TypeError, match="cupy.fuse cannot fuse"):
+        cp.fuse(fn)(*make_args(cp))
+
+
+def test_fuse_traces_a_reduction_and_what_follows_it(cp, fake_cupy):
+    x = cp.asarray(numpy.arange(12, dtype=numpy.float32).reshape(4, 3))
+    a = cp.asarray(numpy.ones(3, dtype=numpy.float32))
+    before = fake_cupy.snapshot()
+    s = cp.fuse(_fuse_cases.centered_sum)(x, a)
+    r = cp.fuse(_fuse_cases.after_reduction)(x, a)
+    assert fake_cupy.since(before)["ops"] == 2
+    numpy.testing.assert_array_equal(backend.asnumpy(s), [14.0, 18.0, 22.0])
+    numpy.testing.assert_allclose(backend.asnumpy(r), numpy.sqrt(numpy.array([14.0, 18.0, 22.0]) ** 2 + 1))
+
+
+def test_fuse_refuses_odd_arguments(cp):
+    x = cp.ones(3, dtype=numpy.float32)
+    with pytest.raises(TypeError, match="Invalid argument type"):
+        cp.fuse(_fuse_cases.centered_sum)(x, [1, 2, 3])
+
+
+def test_fuse_records_each_kernel_once_per_argument_layout(cp, fake_cupy):
+    x = cp.ones((4, 3), dtype=numpy.float32)
+    f = cp.fuse(_fuse_cases.centered_sum)
+    f(x, x[0])
+    f(x, x[1])
+    f(x.T, x[:, 0])
+    assert [(fn, len(specs)) for (fn, specs) in cp.kernels] == [(_fuse_cases.centered_sum, 2)] * 2

@@ -166,13 +166,19 @@ def _bn_backward_coefficients(sg, sgc, sgc_own, mean, inv_std, gamma, m):
     return inv * sgc_own, ca, cb, cc
 
 
+# The reductions below are ``xp.sum(..., axis=0)``, never the ``.sum`` method: CuPy's ordinary
+# fusion traces the function, not the method, and falls back silently to its experimental
+# ``new_fusion`` on anything it cannot trace (a cooperative kernel on about one SM's worth of
+# blocks). The fake device refuses the method for that reason.
+
+
 def _centered_sum(z, a):
-    return (z - a).sum(axis=0)
+    return backend.xp().sum(z - a, axis=0)
 
 
 def _centered_square_sum(z, a):
     d = z - a
-    return (d * d).sum(axis=0)
+    return backend.xp().sum(d * d, axis=0)
 
 
 def _uncentered(a, sd, sdd, r):
@@ -182,7 +188,7 @@ def _uncentered(a, sd, sdd, r):
 
 
 def _centered_dot(g, z, mean):
-    return (g * (z - mean)).sum(axis=0)
+    return backend.xp().sum(g * (z - mean), axis=0)
 
 
 def _bn_input_grad(g, z, ca, cb, cc):

@@ -35,9 +35,12 @@ import numpy
 
 from xpnet.testing import cupy_api
 
-# What cupy.fuse can take inside a fused function: elementwise ufuncs and operators, ``where``,
-# casts and whole-array reductions.
-_FUSABLE_FUNCTIONS = {"where", "sum", "prod", "amax", "amin", "max", "min"}
+# What CuPy's ordinary fusion (cupy/_core/fusion.pyx) traces inside a fused function besides
+# ufuncs and operators: ``where``, ``clip``, ``copy`` and the reductions, which take ``axis`` and
+# ``out`` but not ``keepdims``. Anything else raises inside its tracer, and CuPy then runs the
+# function through ``new_fusion`` without a word.
+_FUSABLE_FUNCTIONS = {"where", "clip", "copy", "sum", "prod", "amax", "amin", "max", "min", "all", "any"}
+_REDUCTIONS = {"sum", "prod", "amax", "amin", "max", "min", "all", "any"}
 # Calls that allocate without launching a kernel.
 _NO_LAUNCH = {"empty", "empty_like", "ndim", "shape", "size", "result_type", "can_cast", "get_array_module"}
 # Names every CuPy module has that are not functions (dtypes, constants, classes).
@@ -100,6 +103,40 @@ def _sync(name):
     counts.by_name[name] += 1
 
 
+class _Trace:
+    """What the ordinary fusion's tracer knows inside one fused function: whether its one
+    reduction has run, and which arrays were made after it (its "post-map" values)."""
+
+    def __init__(self):
+        self.reduced = False
+        self.post = {}  # id -> array, kept alive so that ids stay unique
+
+    def mark(self, r):
+        for v in r if isinstance(r, tuple) else (r,):
+            if isinstance(v, ndarray):
+                self.post[id(v)] = v
+        return r
+
+
+_trace = [None]
+
+
+def _refuse(what):
+    raise TypeError(f"cupy.fuse cannot fuse {what} (CuPy would fall back to its experimental new_fusion)")
+
+
+def _fused_operands(name, operands):
+    """Check the array operands of an operation traced inside ``fuse``; True when its result is
+    a post-reduction value."""
+    trace = _trace[0]
+    if trace is None or not trace.reduced:
+        return False
+    for v in operands:
+        if isinstance(v, ndarray) and id(v) not in trace.post:
+            _refuse(f"{name} on a value from before the kernel's reduction (CuPy: 'Shape mismatch')")
+    return True
+
+
 def _dev(x, where):
     """A device argument's NumPy payload; NumPy arrays are refused, as CuPy refuses them."""
     t = type(x)
@@ -146,6 +183,11 @@ def _ufunc(name):
 
     def call(*args, **kwargs):
         _check_keywords(f"cupy.{name}", allowed, kwargs)
+        post = False
+        if _fusing:
+            if set(kwargs) - {"out"}:
+                _refuse(f"cupy.{name} with keywords other than out= ({', '.join(sorted(kwargs))})")
+            post = _fused_operands(f"cupy.{name}", (*args, kwargs.get("out")))
         where = f"cupy.{name}"
         a = _dev(args, where)
         out = kwargs.get("out")
@@ -158,7 +200,8 @@ def _ufunc(name):
         r = npf(*a, **kw)
         if out is not None:
             return out
-        return _wrap(r, name)
+        r = _wrap(r, name)
+        return _trace[0].mark(r) if post else r
 
     call.__name__ = name
     call.nin, call.nout = npf.nin, npf.nout
@@ -172,9 +215,8 @@ def _function(name, impl=None):
     launches = 0 if name in _NO_LAUNCH else 1
 
     def call(*args, **kwargs):
-        if _fusing and name not in _FUSABLE_FUNCTIONS:
-            raise TypeError(f"cupy.fuse cannot fuse cupy.{name}")
         _check_keywords(f"cupy.{name}", allowed, kwargs)
+        post = _fusing and _fused_call(name, args, kwargs)
         where = f"cupy.{name}"
         a = _dev(args, where)
         out = kwargs.get("out")
@@ -183,10 +225,29 @@ def _function(name, impl=None):
         r = npf(*a, **kw)
         if out is not None:
             return out
-        return _wrap(r, name)
+        r = _wrap(r, name)
+        return _trace[0].mark(r) if post else r
 
     call.__name__ = name
     return call
+
+
+def _fused_call(name, args, kwargs):
+    """Refuse what the ordinary fusion cannot trace in ``cupy.<name>(*args, **kwargs)``; True
+    when the result is a post-reduction value."""
+    if name not in _FUSABLE_FUNCTIONS:
+        _refuse(f"cupy.{name}")
+    if name == "where" and len(args) + len(kwargs) != 3:
+        _refuse("cupy.where without both x and y")
+    if name not in _REDUCTIONS:
+        return _fused_operands(f"cupy.{name}", (*args, *kwargs.values()))
+    if kwargs.get("keepdims"):
+        _refuse(f"cupy.{name}(keepdims=True)")
+    trace = _trace[0]
+    if trace.reduced:
+        _refuse(f"a second reduction (cupy.{name}) in one kernel")
+    trace.reduced = True
+    return True
 
 
 # -- functions whose CuPy behaviour differs from applying NumPy's to the payloads ---------------
@@ -232,18 +293,21 @@ def fuse(*args, **kwargs):
     fusable operations allowed inside and nothing moved to the host."""
 
     def decorate(fn):
+        name = kwargs.get("kernel_name") or fn.__name__
+
         def fused(*a):
             for v in a:
                 if isinstance(v, numpy.ndarray):
                     raise TypeError(f"cupy.fuse({fn.__name__}): got a numpy.ndarray argument")
-            global _fusing
+                if not isinstance(v, (ndarray, *_FUSE_ARGUMENTS)):
+                    raise TypeError(f"Invalid argument type for {fn.__name__!r}: {type(v)!r}")
+            if _fusing:  # a fused function called by one being traced is traced inline
+                return fn(*a)
+            if not name.isidentifier() or not name.isascii():
+                _refuse(f"a function named {name!r}: a kernel's name must be a C identifier")
             _launch(f"fuse:{fn.__name__}")
-            _fusing += 1
-            try:
-                r = fn(*a)
-            finally:
-                _fusing -= 1
-            return r
+            _record(fn, a)
+            return _traced(fn, a)
 
         fused.__name__ = fn.__name__
         fused.__wrapped__ = fn
@@ -252,6 +316,45 @@ def fuse(*args, **kwargs):
     if len(args) == 1 and callable(args[0]) and not kwargs:
         return decorate(args[0])
     return decorate
+
+
+_FUSE_ARGUMENTS = (int, float, complex, bool, numpy.generic, type(None))  # besides ndarray
+
+
+def spec(v):
+    """What a kernel's code depends on in an argument: ("array", shape, dtype, strides) or
+    ("scalar", dtype or Python type, value)."""
+    if isinstance(v, ndarray):
+        return ("array", v.shape, v.dtype.str, v.strides)
+    if isinstance(v, numpy.generic):
+        return ("scalar", v.dtype.str, v.item())
+    return ("scalar", type(v).__name__, v)
+
+
+def _record(fn, args):
+    """Keep each distinct (function, argument specs) handed to ``fuse``: the kernels a real GPU
+    would build (``kernels``, read by the NVRTC compile check)."""
+    kernels.setdefault((fn, tuple(spec(v) for v in args)), None)
+
+
+kernels = {}  # (fused function, argument specs) -> None, in first-call order
+
+
+def _traced(fn, args):
+    """fn(*args) with the device in fusion mode, checking what the tracer would check."""
+    global _fusing
+    _fusing += 1
+    _trace[0] = trace = _Trace()
+    try:
+        r = fn(*args)
+        if trace.reduced:
+            for v in r if isinstance(r, tuple) else (r,):
+                if isinstance(v, ndarray) and id(v) not in trace.post:
+                    _refuse("a result from before the kernel's reduction (CuPy: 'Shape mismatch')")
+    finally:
+        _fusing -= 1
+        _trace[0] = None
+    return r
 
 
 _SPECIAL = {"asarray": asarray, "array": array, "asnumpy": asnumpy, "get_array_module": get_array_module, "fuse": fuse}
@@ -269,6 +372,8 @@ def _binary(name, reflected=False):
             )
         if not isinstance(other, (ndarray, int, float, bool, complex, numpy.generic)):
             return NotImplemented
+        if _fusing and reflected and name == "power":
+            _refuse("x ** proxy (the fusion proxy has no __rpow__; write cupy.power(x, proxy))")
         f = getattr(_ns(), name)
         return f(other, self) if reflected else f(self, other)
 
@@ -287,8 +392,10 @@ def _method(name, launches=1):
     allowed = cupy_api.NDARRAY[name] or ()
 
     def m(self, *args, **kwargs):
-        if _fusing and name not in ("sum", "max", "min", "prod", "astype"):
-            raise TypeError(f"cupy.fuse cannot fuse ndarray.{name}")
+        if _fusing:
+            # The ordinary fusion's array proxy has no reduction methods: x.sum() inside a fused
+            # function sends the whole function to new_fusion. cupy.sum(x) traces.
+            _refuse(f"ndarray.{name} (write cupy.{name}(x, ...) instead)")
         _check_keywords(f"cupy.ndarray.{name}", allowed, kwargs)
         where = f"cupy.ndarray.{name}"
         out = kwargs.get("out")
@@ -297,6 +404,27 @@ def _method(name, launches=1):
         return out if out is not None else _wrap(r, name)
 
     m.__name__ = name
+    return m
+
+
+def _host_property(name, get=None):
+    def prop(self):
+        if _fusing:
+            _refuse(f"ndarray.{name}")
+        return get(self._a) if get else getattr(self._a, name)
+
+    return property(prop)
+
+
+def _unfusable(fn):
+    """A method the ordinary fusion's array proxy lacks: refused inside ``fuse``."""
+
+    def m(self, *args, **kwargs):
+        if _fusing:
+            _refuse(f"ndarray.{fn.__name__}")
+        return fn(self, *args, **kwargs)
+
+    m.__name__ = fn.__name__
     return m
 
 
@@ -330,18 +458,21 @@ class ndarray:
         return NotImplemented
 
     # -- host side: metadata, no device work --
-    shape = property(lambda self: self._a.shape)
+    # Inside ``fuse`` an array is a proxy that knows only its dtype and ndim.
+    shape = _host_property("shape")
     dtype = property(lambda self: self._a.dtype)
     ndim = property(lambda self: self._a.ndim)
-    size = property(lambda self: self._a.size)
-    itemsize = property(lambda self: self._a.itemsize)
-    nbytes = property(lambda self: self._a.nbytes)
-    strides = property(lambda self: self._a.strides)
-    flags = property(lambda self: self._a.flags)
-    T = property(lambda self: _wrap(self._a.T, "T"))
-    mT = property(lambda self: _wrap(self._a.mT, "mT"))
+    size = _host_property("size")
+    itemsize = _host_property("itemsize")
+    nbytes = _host_property("nbytes")
+    strides = _host_property("strides")
+    flags = _host_property("flags")
+    T = _host_property("T", lambda a: _wrap(a.T, "T"))
+    mT = _host_property("mT", lambda a: _wrap(a.mT, "mT"))
 
     def __len__(self):
+        if _fusing:
+            _refuse("len()")
         return len(self._a)
 
     def __iter__(self):
@@ -349,15 +480,19 @@ class ndarray:
             yield self[i]
 
     # -- views --
+    @_unfusable
     def transpose(self, *axes):
         return _wrap(self._a.transpose(*axes), "transpose")
 
+    @_unfusable
     def swapaxes(self, a, b):
         return _wrap(self._a.swapaxes(a, b), "swapaxes")
 
+    @_unfusable
     def squeeze(self, axis=None):
         return _wrap(self._a.squeeze(axis), "squeeze")
 
+    @_unfusable
     def view(self, dtype=None, type=None):
         return _wrap(self._a.view() if dtype is None else self._a.view(dtype), "view")
 
@@ -369,6 +504,7 @@ class ndarray:
             _launch("reshape(copy)")
         return _wrap(r, "reshape")
 
+    @_unfusable
     def ravel(self, order="C"):
         r = self._a.ravel(order)
         if not numpy.may_share_memory(r, self._a):
@@ -376,18 +512,25 @@ class ndarray:
         return _wrap(r, "ravel")
 
     # -- device work --
-    def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+    def astype(self, dtype, order=None, casting=None, subok=None, copy=True):
+        post = False
+        if _fusing:
+            if (order, casting, subok) != (None, None, None):
+                _refuse("ndarray.astype with order, casting or subok")
+            post = _fused_operands("astype", (self,))
         if not copy and numpy.dtype(dtype) == self._a.dtype:
             return self
         _launch("astype")
-        return _wrap(self._a.astype(dtype, order=order), "astype")
+        r = _wrap(self._a.astype(dtype, order=order or "K"), "astype")
+        return _trace[0].mark(r) if post else r
 
     def copy(self, order="C"):
         if _fusing:
-            raise TypeError("cupy.fuse cannot fuse ndarray.copy")
+            return _ns().copy(self)
         _launch("copy")
         return _wrap(self._a.copy(order), "copy")
 
+    @_unfusable
     def fill(self, value):
         if isinstance(value, (numpy.ndarray, ndarray)):
             raise TypeError("ndarray.fill takes a scalar")
@@ -406,7 +549,11 @@ class ndarray:
 
     def __setitem__(self, key, value):
         if _fusing:
-            raise TypeError("cupy.fuse cannot fuse indexing")
+            if key is not Ellipsis and key != slice(None):
+                _refuse("indexed assignment other than x[...] = v or x[:] = v")
+            _fused_operands("x[...] = v", (self, value))
+            self._a[...] = _dev(value, "cupy.fuse")
+            return
         if isinstance(value, numpy.ndarray):
             raise TypeError(
                 "cupy.ndarray assignment: the value is a numpy.ndarray; move it to the device "
@@ -455,21 +602,26 @@ class ndarray:
     def __neg__(self):
         return _ns().negative(self)
 
+    @_unfusable
     def __pos__(self):
         return self.copy()
 
+    @_unfusable
     def __abs__(self):
         return _ns().absolute(self)
 
     def __invert__(self):
         return _ns().invert(self)
 
+    @_unfusable
     def __matmul__(self, other):
         return _ns().matmul(self, other)
 
+    @_unfusable
     def __rmatmul__(self, other):
         return _ns().matmul(other, self)
 
+    @_unfusable
     def dot(self, other):
         return _ns().dot(self, other)
 
@@ -571,6 +723,7 @@ class FakeCuPy(types.ModuleType):
         self.get_default_memory_pool = lambda: pool
         self.__version__ = cupy_api.VERSION
         self.counts = counts
+        self.kernels = kernels
 
     def __getattr__(self, name):
         if name in cupy_api.UFUNCS and hasattr(numpy, name):
@@ -596,6 +749,7 @@ def installed():
     previous = sys.modules.get("cupy")
     fake = FakeCuPy()
     counts.reset()
+    kernels.clear()
     _limit[0] = 0
     sys.modules["cupy"] = fake
     try:
