@@ -59,5 +59,17 @@ def interrupt_one_rank():
         print(f"rank {comm.rank} stopped after {len(steps)} steps", flush=True)
 
 
+def rank_stops():
+    """Rank 1 stops itself (SIGSTOP) after the first barrier: rank 0's watchdog must end the job."""
+    comm = distributed.world()
+    comm.barrier()
+    print(f"rank {comm.rank} passed the first barrier", flush=True)
+    if comm.rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    comm.allreduce_(numpy.ones(4))
+    print(f"rank {comm.rank} passed the allreduce", flush=True)
+
+
 if __name__ == "__main__":
-    {"rank_raises": rank_raises, "weights_diverge": weights_diverge, "interrupt_one_rank": interrupt_one_rank}[sys.argv[1]]()
+    {"rank_raises": rank_raises, "weights_diverge": weights_diverge, "interrupt_one_rank": interrupt_one_rank,
+     "rank_stops": rank_stops}[sys.argv[1]]()

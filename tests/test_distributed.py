@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy
@@ -300,6 +301,32 @@ def test_a_failing_rank_ends_the_job_and_diverged_weights_are_caught():
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("same weights agree") == 2
     assert r.stdout.count("the ranks' weights have diverged") == 2
+
+
+@needs_mpi
+def test_a_rank_that_stops_answering_ends_the_job_in_one_line():
+    worker = str(Path(__file__).with_name("_mpi_worker.py"))
+    env = {**_env(), "XPNET_MPI_TIMEOUT": "3"}
+    t0 = time.monotonic()
+    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, worker, "rank_stops"], capture_output=True,
+                       text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0 and time.monotonic() - t0 < 30
+    assert r.stdout.count("passed the first barrier") == 2 and "passed the allreduce" not in r.stdout
+    lines = [line for line in r.stderr.splitlines() if "xpnet" in line]
+    assert len(lines) == 1, r.stderr
+    assert "rank 0 of 2 waited 3 s in an allreduce for a rank that stopped answering" in lines[0]
+    assert "XPNET_MPI_TIMEOUT=3 sets the wait" in lines[0]
+
+
+def test_a_bad_mpi_timeout_is_one_line(monkeypatch):
+    for bad in ("soon", "-1", "inf", "nan"):
+        monkeypatch.setenv("XPNET_MPI_TIMEOUT", bad)
+        with pytest.raises(distributed.DistributedError, match="XPNET_MPI_TIMEOUT"):
+            distributed.mpi_timeout()
+    monkeypatch.setenv("XPNET_MPI_TIMEOUT", "0")
+    assert distributed.mpi_timeout() == 0
+    monkeypatch.delenv("XPNET_MPI_TIMEOUT")
+    assert distributed.mpi_timeout() == distributed.DEFAULT_TIMEOUT
 
 
 @needs_mpi

@@ -21,6 +21,12 @@ both built by ``world()``. Primitives: ``rank``, ``size``, ``allreduce_(flat)`` 
 ``shard``, ``loss``, ``sync_grads``, ``any``, ``sums``, ``settle``, ``evaluate``,
 ``from_root``).
 
+A rank that stops answering (killed without a word, stopped with SIGSTOP, swapped out, hung)
+would leave the others waiting in a collective forever, rank 0 spinning at full CPU. A watchdog
+thread in every rank ends the job in one line once a collective has waited ``XPNET_MPI_TIMEOUT``
+seconds (default 300; 0 waits forever). The only long waits that are not a fault, rank 0
+downloading or writing while the others wait, are outside its watch or far shorter.
+
 CuPy arrays are staged through host memory, which works with any MPI; a CUDA-aware MPI or NCCL
 (``cupy.cuda.nccl``) would replace ``allreduce_`` and ``reduce_sums`` alone. Untested on a GPU.
 """
@@ -33,6 +39,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -44,6 +51,9 @@ from xpnet import __version__, backend
 # Environment variables that MPI launchers set in every process they start, giving the world
 # size without initialising MPI: MPICH/Hydra and Intel MPI, Open MPI, MVAPICH. XPNET_MPI=1 forces
 # MPI for a launcher that sets none of them.
+# How long a collective may wait for the other ranks before the job is ended (seconds).
+DEFAULT_TIMEOUT = 300.0
+
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 
@@ -88,11 +98,30 @@ def world():
             "pip install 'xpnet[mpi]'",
             rank=_env_int(RANK_VARIABLES) or 0,
         ) from None
+    timeout = mpi_timeout(rank=_env_int(RANK_VARIABLES) or 0)
     comm = MPIWorld(MPI)
     if comm.size == 1:
         return Solo()
     comm.share_cores()
+    comm.watch(timeout)
     return comm
+
+
+def mpi_timeout(rank=0) -> float:
+    """Seconds a collective may wait (``XPNET_MPI_TIMEOUT``, default ``DEFAULT_TIMEOUT``; 0 for
+    no limit); a value that is not a finite non-negative number is a DistributedError."""
+    text = os.environ.get("XPNET_MPI_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and value < float("inf")):
+        raise DistributedError(
+            f"XPNET_MPI_TIMEOUT must be a number of seconds (0 for no limit), got {text!r}", rank=rank
+        )
+    return value
 
 
 def fingerprint(cfg) -> str:
@@ -210,6 +239,41 @@ class MPIWorld(Communicator):
         self.size = self.comm.Get_size()
         self.buckets = []
         self._scale = 1.0
+        self._waiting = None  # (what, since) while in a watched collective
+
+    def watch(self, timeout: float, prog: str = "xpnet train") -> None:
+        """Start the watchdog: a collective that waits more than ``timeout`` seconds ends the
+        job with one line. The other ranks wait a few seconds longer than rank 0, so that when
+        every live rank is stuck, rank 0 alone reports."""
+        if not timeout:
+            return
+        limit = timeout + (0.0 if self.is_root else 5.0)
+        thread = threading.Thread(target=self._watchdog, args=(limit, timeout, prog), daemon=True,
+                                  name="xpnet-mpi-watchdog")
+        thread.start()
+
+    def _watchdog(self, limit, timeout, prog):
+        poll = min(1.0, limit / 4)
+        while True:
+            time.sleep(poll)
+            waiting = self._waiting
+            if waiting is None or time.monotonic() - waiting[1] < limit:
+                continue
+            print(
+                f"{prog}: error: rank {self.rank} of {self.size} waited {limit:.0f} s in {waiting[0]} for "
+                f"a rank that stopped answering (killed, stopped or hung); ending the job "
+                f"(XPNET_MPI_TIMEOUT={timeout:g} sets the wait)",
+                file=sys.stderr, flush=True,
+            )
+            self.abort(1)
+
+    @contextlib.contextmanager
+    def _collective(self, what):
+        self._waiting = (what, time.monotonic())
+        try:
+            yield
+        finally:
+            self._waiting = None
 
     def share_cores(self):
         """Ranks on one host split its cores (unless XPNET_THREADS says otherwise); one kernel
@@ -229,25 +293,29 @@ class MPIWorld(Communicator):
     # -- primitives ----------------------------------------------------------------------------
 
     def allreduce_(self, flat):
-        if backend.is_cupy_array(flat):
-            host = backend.asnumpy(flat)
-            self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
-            flat[...] = backend.to_device(host)
-        else:
-            self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
+        with self._collective("an allreduce"):
+            if backend.is_cupy_array(flat):
+                host = backend.asnumpy(flat)
+                self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
+                flat[...] = backend.to_device(host)
+            else:
+                self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
 
     def reduce_sums(self, a):
         self.allreduce_(a)
         return a
 
     def bcast(self, obj):
-        return self.comm.bcast(obj, root=0)
+        with self._collective("a broadcast"):
+            return self.comm.bcast(obj, root=0)
 
     def allgather(self, obj):
-        return self.comm.allgather(obj)
+        with self._collective("an allgather"):
+            return self.comm.allgather(obj)
 
     def barrier(self):
-        self.comm.Barrier()
+        with self._collective("a barrier"):
+            self.comm.Barrier()
 
     def abort(self, code=1):
         sys.stdout.flush()
@@ -302,11 +370,13 @@ class MPIWorld(Communicator):
             self.allreduce_(flat)
 
     def any(self, flag):
-        return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.SUM))
+        with self._collective("an allreduce"):
+            return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.SUM))
 
     def sums(self, *values):
         total = numpy.array(values, dtype=numpy.float64)
-        self.comm.Allreduce(self.MPI.IN_PLACE, total, op=self.MPI.SUM)
+        with self._collective("an allreduce"):
+            self.comm.Allreduce(self.MPI.IN_PLACE, total, op=self.MPI.SUM)
         return tuple(type(v)(t) for v, t in zip(values, total))
 
     def settle(self, model):
@@ -347,7 +417,8 @@ class MPIWorld(Communicator):
             result = fn(*args)
             self.barrier()
             return result
-        self.barrier()
+        # Unwatched: rank 0 may be downloading for minutes, which is no fault.
+        self.comm.Barrier()
         return fn(*args)
 
     @contextlib.contextmanager
