@@ -77,6 +77,7 @@ class Optimizer:
     def zero_grad(self) -> None:
         for p in self.params.values():
             p.grad.fill(0)
+            p.zeroed = True
 
     def step(self) -> None:
         self.steps += 1

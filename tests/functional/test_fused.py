@@ -6,7 +6,8 @@ import pytest
 from _support import assert_close, randn, spread
 
 from xpnet import functional as F
-from xpnet.functional import fused, parallel
+from xpnet import backend
+from xpnet.functional import fused, fused_device, parallel
 from xpnet.functional.layout import nhwc
 from xpnet.gradient_check import check_function
 
@@ -146,9 +147,13 @@ def test_pool_ties_route_the_gradient_to_the_first_maximum(xp):
     free = xp.empty((2, 2, 2, 1), dtype=bool)
     hit = xp.empty_like(free)
     z, y, p, scale, shift = (cache[i] for i in (3, 4, 5, 8, 9))
-    if y is None:  # the CPU keeps no y for a pooled block: remade as its backward does
+    if y is None:  # a pooled block keeps no y: remade as its backward does
         y = z * scale + shift
-    fused._relu_pool_grad_into(nhwc(dy), y, p, g, free, hit)
+    if xp is numpy:
+        fused._relu_pool_grad_into(nhwc(dy), y, p, g, free, hit)
+    else:  # the device routes it inside its kernels, by these masks
+        for window, mask in zip(fused_device._windows(g), backend.fuse(fused_device._pool_masks)(*fused_device._windows(y))):
+            window[...] = mask
     expected = numpy.zeros((2, 4, 4, 1))
     expected[:, 0::2, 0::2] = 1.0
     assert_close(g, expected)

@@ -36,6 +36,7 @@ import numpy
 
 from xpnet import backend
 from xpnet.backend import get_array_module
+from xpnet.functional import fused_device
 from xpnet.functional.conv import Im2col3x3
 from xpnet.functional.layout import nchw, nhwc
 from xpnet.functional.normalization import sums_over_ranks
@@ -267,6 +268,8 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
     xp = get_array_module(x, w, gamma, beta)
     _check(x, w)
     ws = Workspace() if ws is None else ws
+    if xp is not numpy:
+        return fused_device.train_forward(x, w, gamma, beta, eps, pool, ws, reduce_sums)
     xh = nhwc(x)
     n, h, wd, c = xh.shape
     o = w.shape[0]
@@ -326,6 +329,8 @@ def conv_bn_relu_eval_forward(x, w, b, gamma, beta, running_mean, running_var, e
     xp = get_array_module(x, w, gamma, beta)
     _check(x, w)
     ws = Workspace() if ws is None else ws
+    if xp is not numpy:
+        return fused_device.eval_forward(x, w, b, gamma, beta, running_mean, running_var, eps, pool, ws)
     xh = nhwc(x)
     n, h, wd, c = xh.shape
     o = w.shape[0]
@@ -404,9 +409,14 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
     ``reduce_sums`` (as in the forward) dz and dx use the sums over every rank, and the parameter
     gradients are this rank's share.
     """
-    x, w, gamma, z, y, p, mean, inv_std, scale, shift = cache
-    xp = get_array_module(dout, z)
+    xp = get_array_module(dout, cache[3])
     ws = Workspace() if ws is None else ws
+    if xp is not numpy:
+        w = cache[1]
+        grads = (xp.empty_like(w), xp.zeros(w.shape[0], dtype=w.dtype), xp.zeros(w.shape[0], dtype=w.dtype))
+        dx = fused_device.backward(dout, cache, grads, True, need_dx, ws, reduce_sums)
+        return dx, grads[0], xp.zeros_like(grads[1]), grads[1], grads[2]
+    x, w, gamma, z, y, p, mean, inv_std, scale, shift = cache
     xh = nhwc(x)
     douth = nhwc(dout)
     n, h, wd, o = z.shape

@@ -8,7 +8,11 @@ the fused kernel does not cover runs as the plain Sequential.
 
 from __future__ import annotations
 
+import numpy
+
+from xpnet import backend
 from xpnet import functional as F
+from xpnet.functional import fused_device
 from xpnet.functional.workspace import Workspace
 from xpnet.nn.layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU
 from xpnet.nn.module import Sequential
@@ -60,10 +64,18 @@ class ConvBlock(Sequential):
                 x, conv.weight.data, b, bn.weight.data, bn.bias.data, bn.running_mean,
                 bn.running_var, bn.eps, pool, self.workspace,
             )
-        y, cache, mean, var = F.conv_bn_relu_train_forward(
-            x, conv.weight.data, bn.weight.data, bn.bias.data, bn.eps, pool, self.workspace, bn.reduce_sums
-        )
-        bn.update_running_stats(mean if b is None else mean + b, var, bn.batch_count(x))
+        if backend.get_array_module(x) is not numpy:
+            # The device body folds the batch into the running statistics in its finishing kernel.
+            running = (bn.running_mean, bn.running_var, b, bn.momentum, bn.batch_count(x))
+            y, cache, _, _ = fused_device.train_forward(
+                x, conv.weight.data, bn.weight.data, bn.bias.data, bn.eps, pool, self.workspace, bn.reduce_sums, running
+            )
+            bn.num_batches_tracked += 1
+        else:
+            y, cache, mean, var = F.conv_bn_relu_train_forward(
+                x, conv.weight.data, bn.weight.data, bn.bias.data, bn.eps, pool, self.workspace, bn.reduce_sums
+            )
+            bn.update_running_stats(mean if b is None else mean + b, var, bn.batch_count(x))
         object.__setattr__(self, "_cache", cache)
         return y
 
@@ -75,6 +87,15 @@ class ConvBlock(Sequential):
             raise RuntimeError("ConvBlock.backward called without a training-mode forward pass")
         object.__setattr__(self, "_cache", None)
         conv, bn = self.layers[0], self.layers[1]
+        if backend.get_array_module(dy) is not numpy:
+            # The device body adds into the gradients itself (the conv bias's is zero), and
+            # writes the weight's after zero_grad.
+            grads = (conv.weight.grad, bn.weight.grad, bn.bias.grad)
+            if conv.bias is not None:
+                conv.bias.take_zeroed()
+            return fused_device.backward(
+                dy, cache, grads, conv.weight.take_zeroed(), True, self.workspace, bn.reduce_sums
+            )
         dx, dw, db, dgamma, dbeta = F.conv_bn_relu_backward(dy, cache, ws=self.workspace, reduce_sums=bn.reduce_sums)
         conv.weight.grad += dw
         if conv.bias is not None:

@@ -15,13 +15,24 @@ from xpnet import backend
 
 
 class Parameter:
-    """A trainable array and its gradient: ``data`` and ``grad``, same shape and dtype."""
+    """A trainable array and its gradient: ``data`` and ``grad``, same shape and dtype.
 
-    __slots__ = ("data", "grad")
+    ``zeroed`` is True from ``zero_grad`` until a kernel first writes the gradient: a GEMM may
+    then write it in place instead of adding into it (one launch less on a GPU). A kernel that
+    writes ``grad`` directly calls ``take_zeroed()``; one that adds into it need not.
+    """
+
+    __slots__ = ("data", "grad", "zeroed")
 
     def __init__(self, data):
         self.data = data
         self.grad = backend.get_array_module(data).zeros_like(data)
+        self.zeroed = True
+
+    def take_zeroed(self) -> bool:
+        """True (once) if ``grad`` is known to be zero, so the caller may overwrite it."""
+        zeroed, self.zeroed = self.zeroed, False
+        return zeroed
 
     @property
     def shape(self):
@@ -103,6 +114,7 @@ class Module:
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad.fill(0)
+            p.zeroed = True
 
     def train(self, mode: bool = True) -> Module:
         for m in self.modules():

@@ -469,6 +469,9 @@ class ndarray:
     flags = _host_property("flags")
     T = _host_property("T", lambda a: _wrap(a.T, "T"))
     mT = _host_property("mT", lambda a: _wrap(a.mT, "mT"))
+    # Views of a complex array's parts, as CuPy's (no launch).
+    real = _host_property("real", lambda a: _wrap(a.real, "real"))
+    imag = _host_property("imag", lambda a: _wrap(a.imag, "imag"))
 
     def __len__(self):
         if _fusing:
