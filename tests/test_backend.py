@@ -71,3 +71,13 @@ def test_core_imports_without_torch_or_cupy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_the_cuda_extras_bring_the_toolkit_a_driver_only_machine_lacks():
+    # CuPy alone cannot build a kernel where only the NVIDIA driver is installed (no NVRTC, no
+    # cuda_fp16.h); its [ctk] extra brings the toolkit's wheels. The error above names these extras.
+    from importlib.metadata import requires
+
+    for extra, package in (("cuda12", "cupy-cuda12x[ctk]"), ("cuda13", "cupy-cuda13x[ctk]")):
+        lines = [r for r in requires("xpnet") if f'extra == "{extra}"' in r]
+        assert any(r.replace(" ", "").startswith(package) for r in lines), lines
