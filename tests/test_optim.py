@@ -115,3 +115,25 @@ def test_cosine_warms_up_then_decays_to_min():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert s(100) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", ["sgd_nesterov", "adam_wd"])
+def test_on_the_device_an_update_and_a_zero_fill_are_one_launch_each(fake_cupy, name):
+    rng = numpy.random.default_rng(0)
+    params = [nn.Parameter(backend.to_device(rng.standard_normal(s).astype(numpy.float32))) for s in ((3, 4), (5,), (2, 2, 3))]
+    before = [backend.asnumpy(p.data) for p in params]
+    opt = CASES[name][0](params)
+    # The parameters kept their values and became views of the optimizer's flat buffers.
+    for p, b in zip(params, before):
+        numpy.testing.assert_array_equal(backend.asnumpy(p.data), b)
+        assert p.flat is opt.flat
+    for p in params:
+        p.grad += 1.0
+    counts = fake_cupy.snapshot()
+    opt.step()
+    assert fake_cupy.since(counts)["ops"] == 1
+    assert all(not numpy.array_equal(backend.asnumpy(p.data), b) for p, b in zip(params, before))
+    counts = fake_cupy.snapshot()
+    opt.zero_grad()
+    assert fake_cupy.since(counts)["ops"] == 1
+    assert all(not backend.asnumpy(p.grad).any() and p.zeroed for p in params)

@@ -455,7 +455,11 @@ class _ShardedLoss:
 
 def _flat_grads(params):
     """Re-point every ``Parameter.grad`` at a view of one flat buffer per dtype, so the gradient
-    sum is one Allreduce per dtype instead of one per parameter -> [flat buffers]."""
+    sum is one Allreduce per dtype instead of one per parameter -> [flat buffers]. Gradients
+    the optimizer already keeps in one flat buffer (on a GPU) stay there."""
+    params = list(params)
+    if params and params[0].flat is not None and params[0].flat.params == params:
+        return [params[0].flat.grad]
     groups = {}
     for p in params:
         groups.setdefault(numpy.dtype(p.grad.dtype), []).append(p)
