@@ -50,3 +50,7 @@ def digit_folder(folder, n_train, n_test, noise=30, seed=0, bars=True):
     train = bar_digits(rng, n_train, noise, bars)
     test = bar_digits(rng, n_test, noise, bars)
     return write_idx_set(folder, MNIST(*train, *test))
+
+
+# A run small enough for a test: a sixteenth of the width, batches of 32 (the loop and runner tests).
+TINY = dict(width=1 / 16, batch_size=32, lr=0.05, augment=1, eval_batch_size=50)

@@ -10,7 +10,9 @@ import numpy
 
 from xpnet import distributed
 from xpnet.data import MNIST
-from xpnet.train import TrainConfig, build_model, fit
+from xpnet.models import build_model
+from xpnet.training.config import TrainConfig
+from xpnet.training.loop import fit
 
 
 def rank_raises():

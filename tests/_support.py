@@ -57,7 +57,7 @@ def run_without_torch(argv):
 
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import xpnet, xpnet.train, xpnet.report, xpnet.cli, xpnet.bench\n"
+        "import xpnet, xpnet.training.loop, xpnet.tools.report, xpnet.cli, xpnet.tools.bench\n"
         "from xpnet.cli import main\n"
         f"sys.exit(main({[str(a) for a in argv]!r}))\n"
     )

@@ -15,7 +15,8 @@ from xpnet.cli import main
 from xpnet.functional import parallel
 from xpnet.models import ResNet9
 from xpnet.testing import fakecupy
-from xpnet.train import TrainConfig, fit
+from xpnet.training.config import TrainConfig
+from xpnet.training.loop import fit
 
 
 def _model(batch=6, rng_seed=0, **kwargs):

@@ -30,7 +30,7 @@ from xpnet import checkpoint, distributed, nn
 from xpnet.cli import main
 from xpnet.functional import parallel
 from xpnet.models import ResNet9
-from xpnet.train import TrainConfig
+from xpnet.training.config import TrainConfig
 
 # -- in one process: threads stand in for ranks ----------------------------------------------
 
@@ -377,7 +377,7 @@ def test_resume_under_mpiexec_is_exact(tmp_path, digits):
 
 @needs_mpi
 def test_the_scaling_command_runs(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "xpnet.scaling", "--width", "0.125", "--batch-size", "8", "--steps", "1",
+    r = subprocess.run([sys.executable, "-m", "xpnet.tools.scaling", "--width", "0.125", "--batch-size", "8", "--steps", "1",
                         "--rounds", "1"], capture_output=True, text=True, timeout=120, env=_env(), stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
@@ -386,7 +386,7 @@ def test_the_scaling_command_runs(tmp_path):
 
 
 def test_the_scaling_command_refuses_a_count_below_one(capsys):
-    from xpnet import scaling
+    from xpnet.tools import scaling
 
     with pytest.raises(SystemExit) as e:
         scaling.main(["--ranks", "0"])

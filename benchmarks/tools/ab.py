@@ -6,7 +6,7 @@
 A tree is a checkout of this repository (``git worktree add /somewhere OLD``), optionally followed
 by ``@`` and a JSON object of ``xpnet.functional.fused`` constants to set first. Each config is
 WIDTH:BATCH. Every measurement runs in a new interpreter that imports xpnet from its tree, times
-the bench's own train step (``xpnet.bench._XpnetRunner``), and reports the best of 3 blocks; the
+the bench's own train step (``xpnet.tools.bench._XpnetRunner``), and reports the best of 3 blocks; the
 trees take turns within each round, so a busy machine slows them alike. Printed: each tree's
 median over rounds and its ratio to the first tree.
 """
@@ -19,7 +19,7 @@ import sys
 CHILD = r"""
 import json, sys, time
 sys.path.insert(0, ".")
-from xpnet import bench
+from xpnet.tools import bench
 from xpnet.functional import fused
 width, batch = float(sys.argv[1]), int(sys.argv[2])
 for name, value in json.loads(sys.argv[3]).items():

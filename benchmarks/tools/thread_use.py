@@ -14,7 +14,7 @@ import collections
 import sys
 import time
 
-from xpnet import bench
+from xpnet.tools import bench
 from xpnet.functional import conv, fused, parallel, winograd
 
 

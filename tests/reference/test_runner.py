@@ -13,14 +13,15 @@ import pytest
 
 pytest.importorskip("torch")
 
-from _digits import digit_folder  # noqa: E402
+from _digits import TINY, digit_folder, digit_set  # noqa: E402
 from _support import run_without_torch  # noqa: E402
-from test_train import TINY, _digits  # noqa: E402
 
 from xpnet import checkpoint  # noqa: E402
 from xpnet.cli import main  # noqa: E402
 from xpnet.reference.runner import TorchRunner  # noqa: E402
-from xpnet.train import TrainConfig, XpnetRunner, build_runner, evaluate, fit, load_model  # noqa: E402
+from xpnet.training.config import TrainConfig  # noqa: E402
+from xpnet.training.loop import fit  # noqa: E402
+from xpnet.training.runner import XpnetRunner, build_runner, evaluate, load_model  # noqa: E402
 
 QUIET = dict(plots=False, log=lambda s: None)
 
@@ -48,7 +49,7 @@ def test_same_seed_same_initial_weights_and_generator_state():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_twin_sees_identical_batches_and_the_same_first_loss(tmp_path, monkeypatch, optimizer):
-    data = _digits(n_train=128, n_test=40)
+    data = digit_set(128, 40)
     seen = {}
 
     def recording(cls, key):
@@ -84,7 +85,7 @@ def test_twin_sees_identical_batches_and_the_same_first_loss(tmp_path, monkeypat
 
 
 def test_torch_checkpoint_is_read_by_xpnet_and_resumes_exactly(tmp_path):
-    data = _digits(n_train=96, n_test=40)
+    data = digit_set(96, 40)
     cfg = TrainConfig(epochs=2, framework="torch", optimizer="adam", **{**TINY, "lr": 0.01})
     summary = fit(cfg, data, tmp_path / "a", **QUIET)
     fit(cfg, data, tmp_path / "b", stop_after=1, **QUIET)

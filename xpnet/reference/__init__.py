@@ -2,7 +2,7 @@
 tests, benchmarks and twin runs.
 
 Importing this package needs torch (``pip install 'xpnet[reference]'``); ``import xpnet`` never does.
-``TorchRunner`` (in ``runner``) trains the twin under ``xpnet.train.fit``.
+``TorchRunner`` (in ``runner``) trains the twin under ``xpnet.training.loop.fit``.
 """
 
 try:

@@ -1,4 +1,4 @@
-"""``TorchRunner``: the PyTorch twin under ``xpnet.train.fit``, for ``xpnet train --framework torch``.
+"""``TorchRunner``: the PyTorch twin under ``xpnet.training.loop.fit``, for ``xpnet train --framework torch``.
 
 It keeps ``XpnetRunner``'s contract, so the twin trains under the same loop: the same initial
 weights (those of the xpnet model built from the run's generator, which also leaves the generator
@@ -62,7 +62,7 @@ class TorchRunner:
     """``TorchResNet9`` with a ``torch.optim`` optimizer, on CPU (NumPy backend) or CUDA (CuPy)."""
 
     def __init__(self, cfg, num_classes: int, rng):
-        from xpnet.train import build_model
+        from xpnet.models import build_model
 
         source = build_model(cfg.model_config(), num_classes, rng)
         if backend.name() == "cupy" and not torch.cuda.is_available():
@@ -112,7 +112,7 @@ class TorchRunner:
         self.steps += 1
 
     def evaluate(self, images, labels, batch_size):
-        """As ``xpnet.train.evaluate``: -> (mean loss, accuracy, predictions (N,), probabilities (N, K))."""
+        """As ``xpnet.training.runner.evaluate``: -> (mean loss, accuracy, predictions (N,), probabilities (N, K))."""
         self.model.eval()
         total, preds, probs = 0.0, [], []
         try:

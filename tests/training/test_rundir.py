@@ -1,9 +1,9 @@
-"""xpnet.runs: which folders hold a run, what a resume may change."""
+"""xpnet.training.rundir: which folders hold a run, what a resume may change."""
 
 import pytest
 
-from xpnet import runs
-from xpnet.runs import RunError
+from xpnet.training import rundir as runs
+from xpnet.training.rundir import RunError
 
 
 def test_fresh_folder_and_holds_run(tmp_path):

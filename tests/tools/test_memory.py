@@ -1,8 +1,8 @@
-"""xpnet.memory: the estimate of a training step's memory against a measured step."""
+"""xpnet.tools.memory: the estimate of a training step's memory against a measured step."""
 
 import pytest
 
-from xpnet import memory
+from xpnet.tools import memory
 
 NARROW = dict(width=0.125, shortcut="identity", res_blocks=2, head="max", dropout=0.0)
 

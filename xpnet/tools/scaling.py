@@ -1,8 +1,8 @@
-"""``python -m xpnet.scaling``: data-parallel training speed, N ranks x T threads against one
+"""``python -m xpnet.tools.scaling``: data-parallel training speed, N ranks x T threads against one
 process x N*T threads on the same machine.
 
-Each configuration runs in child processes (``mpiexec -n N python -m xpnet.scaling --worker``
-and ``python -m xpnet.scaling --worker``, with ``XPNET_THREADS`` set), alternating, a round at a
+Each configuration runs in child processes (``mpiexec -n N python -m xpnet.tools.scaling --worker``
+and ``python -m xpnet.tools.scaling --worker``, with ``XPNET_THREADS`` set), alternating, a round at a
 time; each worker times a few train steps of ResNet-9 on random batches at one global batch size
 (forward, backward, gradient Allreduce, SGD update; one untimed step first, the ranks meeting at
 a barrier before the clock is read) and prints images per second. The report gives the medians
@@ -21,14 +21,16 @@ import sys
 import time
 from pathlib import Path
 
-from xpnet.argtypes import positive_float, positive_int
+from xpnet.cli.argtypes import positive_float, positive_int
 
 
 def worker(args) -> None:
     import numpy
 
     from xpnet import distributed, nn
-    from xpnet.train import TrainConfig, build_model, build_optimizer
+    from xpnet.models import build_model
+    from xpnet.training.config import TrainConfig
+    from xpnet.training.runner import build_optimizer
 
     comm = distributed.world()
     cfg = TrainConfig(batch_size=args.batch_size, width=args.width, sync_bn=args.sync_bn, schedule="constant")
@@ -63,12 +65,12 @@ def _run(cmd, threads):
     env = {**os.environ, "XPNET_THREADS": str(threads)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=1800)
     if out.returncode != 0:
-        raise SystemExit(f"xpnet.scaling: error: {' '.join(cmd[:4])}... failed: {out.stderr.strip()[-500:]}")
+        raise SystemExit(f"xpnet.tools.scaling: error: {' '.join(cmd[:4])}... failed: {out.stderr.strip()[-500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m xpnet.scaling", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m xpnet.tools.scaling", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ranks", type=positive_int, default=2, help="MPI ranks (N)")
     p.add_argument("--threads", type=positive_int, default=1, help="kernel threads per rank (T)")
@@ -84,11 +86,11 @@ def main(argv=None) -> int:
         return 0
     mpiexec = shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if mpiexec is None:
-        print("python -m xpnet.scaling: error: no mpiexec found: pip install 'xpnet[mpi]'", file=sys.stderr)
+        print("python -m xpnet.tools.scaling: error: no mpiexec found: pip install 'xpnet[mpi]'", file=sys.stderr)
         return 1
     flags = ["--worker", "--batch-size", str(args.batch_size), "--width", str(args.width), "--steps", str(args.steps)]
     flags += ["--sync-bn"] if args.sync_bn else []
-    one = [sys.executable, "-m", "xpnet.scaling", *flags]
+    one = [sys.executable, "-m", "xpnet.tools.scaling", *flags]
     ranks = [mpiexec, "-n", str(args.ranks), *one]
     solo, multi = [], []
     for _ in range(args.rounds):

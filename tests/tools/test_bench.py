@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from xpnet.bench import conv_flops, main, markdown
-from xpnet.machine import blas_note, cpu_info, describe_cpu
+from xpnet.tools.bench import conv_flops, main, markdown
+from xpnet.tools.machine import blas_note, cpu_info, describe_cpu
 from xpnet.models import ResNet9
 
 pytest.importorskip("torch")

@@ -31,7 +31,7 @@ import numpy
 
 from xpnet import backend, nn, optim
 from xpnet.functional import parallel
-from xpnet.machine import blas_note, cpu_info, describe_cpu
+from xpnet.tools.machine import blas_note, cpu_info, describe_cpu
 from xpnet.models import ResNet9
 
 
@@ -318,7 +318,7 @@ def _probe(framework, width, batch, backend_name, steps=3):
 
 
 def peak_memory_mib(framework, width, batch, backend_name, threads):
-    cmd = [sys.executable, "-m", "xpnet.bench", "--_probe", framework, str(width), str(batch), backend_name]
+    cmd = [sys.executable, "-m", "xpnet.tools.bench", "--_probe", framework, str(width), str(batch), backend_name]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), XPNET_THREADS=str(threads))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     if out.returncode != 0:
@@ -513,7 +513,7 @@ def main(argv=None) -> int:
 
 
 def _dry_run(args) -> int:
-    from xpnet import launches
+    from xpnet.tools import launches
 
     if args.backend != "cupy":
         print("xpnet bench: error: --dry-run counts the device path: pass --backend cupy", file=sys.stderr)

@@ -7,17 +7,16 @@ import signal
 import numpy
 import pytest
 
-from _digits import digit_set
+from _digits import TINY, digit_set
 
 from xpnet import backend, checkpoint
-from xpnet.train import TrainConfig, TrainingError, fit, load_model
+from xpnet.training.config import TrainConfig, TrainingError
+from xpnet.training.loop import fit
+from xpnet.training.runner import load_model
 
 
 def _digits(n_train=96, n_test=40, seed=0):
     return digit_set(n_train, n_test, seed=seed)
-
-
-TINY = dict(width=1 / 16, batch_size=32, lr=0.05, augment=1, eval_batch_size=50)
 
 
 def _weights(path):
@@ -49,7 +48,7 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
     cfg = TrainConfig(epochs=1, **TINY)
     fit(cfg, data, tmp_path / "a", plots=False, log=lambda s: None)
 
-    import xpnet.train as train_mod
+    import xpnet.training.runner as train_mod
 
     real_step = train_mod.optim.SGD.step
     calls = {"n": 0}

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
 import sys
 from pathlib import Path
 
 from xpnet import backend
-from xpnet.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
+from xpnet.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
 
 
 class UserError(Exception):
@@ -52,7 +50,7 @@ def _add_data_dir(p, extra=""):
 def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     """The ``xpnet`` parser; ``train``'s defaults are those of the recipe ``preset``."""
     from xpnet import __version__
-    from xpnet.train import FRAMEWORKS, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+    from xpnet.training.config import FRAMEWORKS, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 
     d = dataclasses.replace(TrainConfig(), **PRESETS.get(preset, {}))
     fmt = _HelpFormatter
@@ -123,7 +121,7 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
 
 def _preset_of(argv) -> str:
     """The --preset a train command line names (so that --help shows that recipe's defaults)."""
-    from xpnet.train import PRESETS
+    from xpnet.training.config import PRESETS
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="default")
@@ -161,225 +159,19 @@ def _check_data_dir(folder, may_create, origin):
         raise UserError(f"{origin} {folder}: no such folder{hint}")
 
 
-def _load_data(folder, may_create, origin):
-    from xpnet.data import load_mnist
-
-    _check_data_dir(folder, may_create, origin)
-    return load_mnist(folder, download=True, progress=sys.stderr.isatty())
-
-
-def _plural(n, word):
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _check_batch(cfg, data, warn):
-    """Refuse a batch larger than the training images used, or one whose step will not fit in
-    memory; warn when it will take most of it."""
-    from xpnet import memory
-
-    n_total = len(data.train_labels)
-    if cfg.train_subset > n_total:
-        raise UserError(f"--train-subset {cfg.train_subset} exceeds the {n_total} training images")
-    n = cfg.train_subset or n_total
-    if cfg.batch_size > n:
-        used = f"the {n} training images of --train-subset {cfg.train_subset}" if cfg.train_subset else f"the {n} training images"
-        raise UserError(f"--batch-size {cfg.batch_size} exceeds {used}")
-    if backend.name() != "numpy" or cfg.batch_size <= max(memory.PROBES):
-        return
-    need = memory.estimate_step_bytes(cfg.model_config(), 10, data.image_shape, cfg.batch_size)
-    available = memory.available_bytes()
-    ok, tight = memory.fits(need, available)
-    gib = 2.0**30
-    if not ok:
-        raise UserError(
-            f"--batch-size {cfg.batch_size} at width {cfg.width} needs about {need / gib:.1f} GiB for a "
-            f"training step but {available / gib:.1f} GiB of memory is available; use a smaller batch"
-        )
-    if tight:
-        warn(f"a training step at batch {cfg.batch_size} needs about {need / gib:.1f} GiB of the "
-             f"{available / gib:.1f} GiB available")
-
-
 def _one_line_errors():
     """The errors a user can cause, reported as one line without a traceback."""
     from xpnet.checkpoint import CheckpointError
     from xpnet.data import DataError
     from xpnet.distributed import DistributedError
-    from xpnet.runs import RunError
-    from xpnet.train import TrainingError
+    from xpnet.training.config import TrainingError
+    from xpnet.training.rundir import RunError
 
     return UserError, DataError, CheckpointError, TrainingError, RunError, backend.BackendError, DistributedError
 
 
-def _read_checkpoint(path):
-    from xpnet import checkpoint
-
-    if not path.is_file():
-        raise UserError(f"--resume: no such checkpoint: {path}")
-    return checkpoint.load(path)
-
-
-def _need_framework(framework):
-    if framework == "torch":
-        try:
-            import xpnet.reference  # noqa: F401
-        except ImportError as e:
-            raise UserError(str(e)) from e
-
-
-def cmd_train(args) -> int:
-    from xpnet import distributed
-
-    comm = distributed.world()  # one process, or one rank of `mpiexec -n N xpnet train`
-    with comm.guard("xpnet train", (*_one_line_errors(), FileNotFoundError)):
-        return _train(args, comm)
-
-
-def _train(args, comm) -> int:
-    from xpnet import checkpoint, runs
-    from xpnet.train import PRESETS, TrainConfig, fit
-
-    backend.use(args.backend)
-    fields = [f.name for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)]
-    # A preset named on the command line counts as giving its values.
-    named = set(PRESETS[args.preset]) if "preset" in args.explicit else set()
-    given = {k: getattr(args, k) for k in fields if k in args.explicit or k in named}
-    meta = None
-    if args.resume is None:
-        cfg = TrainConfig(**{k: getattr(args, k) for k in fields})
-        _need_framework(cfg.framework)
-        out = args.out or runs.fresh_folder()
-        runs.check_out(out, overwrite=args.overwrite)
-        folder, may_create, origin = _data_dir(args.data_dir)
-    else:
-        _, meta = comm.from_root(_read_checkpoint, args.resume)  # rank 0 reads, the others are told
-        if "config" not in meta or "step" not in meta:
-            raise checkpoint.CheckpointError(f"{args.resume}: not an xpnet training checkpoint (no config)")
-        problem = runs.conflicts(meta["config"], {k: v for k, v in given.items() if k != "epochs"})
-        if problem:
-            raise UserError(problem)
-        cfg = TrainConfig.from_dict(meta["config"])
-        out = args.out or args.resume.parent
-        runs.check_out(out, resume=args.resume, overwrite=args.overwrite)
-        folder, may_create, origin = _data_dir(args.data_dir, meta.get("data_dir"))
-    out = comm.bcast(out)  # rank 0 names the folder it alone writes into
-    data = comm.root_first(_load_data, folder, may_create, origin)
-    _check_batch(cfg, data, lambda line: print(f"xpnet train: warning: {line}", file=sys.stderr, flush=True))
-    epochs = None
-    if meta is not None and "epochs" in given:
-        epochs = given["epochs"]
-        runs.check_new_epochs(meta, epochs, math.ceil((cfg.train_subset or len(data.train_labels)) / cfg.batch_size))
-    if args.overwrite and comm.is_root:
-        runs.clear(out, keep=args.resume)
-    n = len(data.train_labels)
-    used = f"{cfg.train_subset} of {n}" if cfg.train_subset else f"{n}"
-    h, w = data.image_shape
-    ranks = f"; {comm.size} ranks" if comm.size > 1 else ""
-    if comm.is_root:
-        print(f"data: {used} training and {len(data.test_labels)} test images ({h}x{w}) from {folder}; "
-              f"backend: {backend.name()}{ranks}; out: {out}", flush=True)
-        if backend.name() == "numpy" and cfg.framework == "xpnet":
-            from xpnet.machine import blas_note
-
-            note = blas_note()
-            if note:
-                print(note, flush=True)
-    try:
-        summary = fit(
-            None if args.resume else cfg, data, out, resume=args.resume, epochs=epochs,
-            stop_after=args.stop_after, plots=not args.no_plots, log=lambda s: print(s, flush=True),
-            extra_meta={"data_dir": str(folder.resolve())}, comm=comm,
-        )
-    except KeyboardInterrupt:
-        return 130
-    if not comm.is_root:
-        return 0
-    if summary:
-        print(
-            f"done: test accuracy {summary['test_accuracy']:.4%} after {_plural(summary['epochs'], 'epoch')} "
-            f"({summary['seconds']:.0f} s); results in {out}"
-        )
-    else:
-        print(f"nothing to do: {args.resume} already covers every epoch")
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from xpnet.data import load_split
-    from xpnet.train import evaluate, load_model
-
-    backend.use(args.backend)
-    model, _, meta = load_model(args.checkpoint)
-    folder, may_create, origin = _data_dir(args.data_dir)
-    _check_data_dir(folder, may_create, origin)
-    images, labels = load_split(folder, "test", download=True, progress=sys.stderr.isatty())
-    loss, acc, _, _ = evaluate(model, backend.to_device(images), backend.to_device(labels), args.batch_size)
-    result = dict(test_loss=loss, test_accuracy=acc, test_images=int(len(labels)),
-                  checkpoint=str(args.checkpoint), epoch=meta.get("epoch"))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"test loss {loss:.4f}  test accuracy {acc:.4%}  ({result['test_images']} images)")
-    return 0
-
-
-def load_image(path: Path):
-    """A PNG or JPEG of any size -> (28, 28) uint8, white digit on black as in MNIST."""
-    import numpy
-
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError as e:
-        raise UserError("predict needs Pillow, a dependency of xpnet: pip install xpnet") from e
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L").resize((28, 28), Image.Resampling.LANCZOS)
-            a = numpy.asarray(im, dtype=numpy.uint8)
-    except FileNotFoundError as e:
-        raise UserError(f"{path}: no such image") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path}: not a readable PNG or JPEG image ({e})") from e
-    # MNIST digits are light strokes on a dark ground; a scan or drawing is usually the reverse,
-    # which its bright border gives away.
-    border = numpy.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    if border.mean() > 127:
-        a = 255 - a
-    return a
-
-
-def cmd_predict(args) -> int:
-    import numpy
-
-    from xpnet.data import normalize
-    from xpnet.train import load_model
-
-    backend.use(args.backend)
-    model, _, _ = load_model(args.checkpoint)
-    # Every readable image gets its answer; the unreadable ones are reported together after them.
-    paths, images, problems = [], [], []
-    for path in args.images:
-        try:
-            images.append(load_image(path))
-            paths.append(path)
-        except UserError as e:
-            problems.append(str(e))
-    if images:
-        logits = backend.asnumpy(model(normalize(backend.to_device(numpy.stack(images)))))
-        z = logits - logits.max(axis=1, keepdims=True)
-        probs = numpy.exp(z) / numpy.exp(z).sum(axis=1, keepdims=True)
-        for path, p in zip(paths, probs):
-            k = int(p.argmax())
-            if args.json:
-                print(json.dumps(dict(image=str(path), prediction=k, probability=float(p[k]))))
-            else:
-                print(f"{path}: {k} ({p[k]:.2%})")
-    if problems:
-        raise UserError("; ".join(problems))
-    return 0
-
-
 def main(argv=None) -> int:
-    from xpnet import deps
+    from xpnet.cli import deps
 
     argv = sys.argv[1:] if argv is None else argv
     from xpnet.functional import parallel
@@ -394,11 +186,11 @@ def main(argv=None) -> int:
         if absent and not {"-h", "--help"} & set(argv):
             print(f"xpnet bench: error: {deps.message('bench', absent)}", file=sys.stderr)
             return 1
-        from xpnet import bench
+        from xpnet.tools import bench
 
         return bench.main(argv[1:])
     if argv and argv[0] == "report":
-        from xpnet import report
+        from xpnet.tools import report
 
         return report.main(argv[1:])
     preset = _preset_of(argv) if argv and argv[0] == "train" else "default"
@@ -410,6 +202,10 @@ def main(argv=None) -> int:
     if absent:
         print(f"xpnet {args.command}: error: {deps.message(args.command, absent)}", file=sys.stderr)
         return 1
+    from xpnet.cli.evaluate import cmd_evaluate
+    from xpnet.cli.predict import cmd_predict
+    from xpnet.cli.train import cmd_train
+
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
     try:
         with backend.device_errors():
@@ -422,6 +218,3 @@ def main(argv=None) -> int:
         print(f"xpnet {args.command}: error: {e.filename or e}: no such file", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

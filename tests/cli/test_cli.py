@@ -167,11 +167,11 @@ def test_console_script_runs(tmp_path):
 
 
 def test_presets_set_defaults_and_explicit_flags_win(monkeypatch):
-    import xpnet.cli as cli
-    from xpnet.train import PRESETS
+    import xpnet.cli.train
+    from xpnet.training.config import PRESETS
 
     seen = {}
-    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(xpnet.cli.train, "cmd_train", lambda args: seen.update(vars(args)) or 0)
     assert main(["train", "--preset", "fast"]) == 0
     assert seen["width"] == PRESETS["fast"]["width"] and seen["epochs"] == PRESETS["fast"]["epochs"]
     assert main(["train", "--preset", "fast", "--width", "0.75"]) == 0
@@ -230,7 +230,7 @@ def test_help_shows_every_default_and_the_presets_own(capsys):
 def _documented_commands(*names):
     """The `xpnet ...` commands of the ```bash blocks of these Markdown files (a line's part after
     `&&` too), comments and line continuations removed."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     lines = []
     for name in names:
         text = (repo / name).read_text()
@@ -248,17 +248,19 @@ def test_readme_commands_parse(monkeypatch):
     in other tests)."""
     import shlex
 
-    import xpnet.bench
-    import xpnet.cli as cli
-    import xpnet.report
+    import xpnet.cli.evaluate
+    import xpnet.cli.predict
+    import xpnet.cli.train
+    import xpnet.tools.bench
+    import xpnet.tools.report
 
     lines = _documented_commands("README.md", "docs/usage.md")
     assert len(lines) >= 20 and any(line.startswith(".venv/bin/xpnet train") for line in lines)
     seen = []
-    for name in ("cmd_train", "cmd_evaluate", "cmd_predict"):
-        monkeypatch.setattr(cli, name, lambda args: seen.append(args.command) or 0)
-    monkeypatch.setattr(xpnet.bench, "main", lambda argv: xpnet.bench.build_parser().parse_args(argv) and 0)
-    monkeypatch.setattr(xpnet.report, "main", lambda argv: xpnet.report.build_parser().parse_args(argv) and 0)
+    for name in ("train", "evaluate", "predict"):
+        monkeypatch.setattr(getattr(xpnet.cli, name), f"cmd_{name}", lambda args: seen.append(args.command) or 0)
+    monkeypatch.setattr(xpnet.tools.bench, "main", lambda argv: xpnet.tools.bench.build_parser().parse_args(argv) and 0)
+    monkeypatch.setattr(xpnet.tools.report, "main", lambda argv: xpnet.tools.report.build_parser().parse_args(argv) and 0)
     for line in lines:
         argv = shlex.split(line.replace("[", "").replace("]", ""))[1:]
         try:
@@ -275,7 +277,7 @@ def test_readme_commands_parse(monkeypatch):
 def test_a_missing_dependency_is_one_line_before_any_work(monkeypatch, capsys, tmp_path, synthetic_dir):
     import importlib.util
 
-    from xpnet import deps
+    from xpnet.cli import deps
 
     real = importlib.util.find_spec
     monkeypatch.setattr(deps.importlib.util, "find_spec", lambda name: None if name == "matplotlib" else real(name))
@@ -394,7 +396,7 @@ def test_a_batch_larger_than_the_training_set_is_refused(capsys, synthetic_dir, 
 
 
 def test_a_batch_that_will_not_fit_in_memory_is_refused(capsys, synthetic_dir, tmp_path, monkeypatch):
-    from xpnet import memory
+    from xpnet.tools import memory
 
     small = [a for a in SMALL if a not in ("--batch-size", "64")]
     monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)

@@ -102,7 +102,8 @@ def conflicts(stored: dict, given: dict) -> str | None:
 
 def check_new_epochs(meta: dict, epochs: int, steps_per_epoch: int) -> None:
     """Refuse a new total of ``epochs`` for the run whose checkpoint metadata is ``meta``."""
-    from xpnet.train import TrainConfig, build_schedule
+    from xpnet.training.config import TrainConfig
+    from xpnet.training.runner import build_schedule
 
     config, done = meta["config"], int(meta["epoch"])
     if epochs == config["epochs"]:

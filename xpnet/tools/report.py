@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy
 
 from xpnet import backend
-from xpnet.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
+from xpnet.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
 
 # The report's published figures (percent; seconds for 8 epochs).
 PUBLISHED = {
@@ -106,7 +106,7 @@ class ReportError(Exception):
 def run_configs(recipe: str, overrides: dict, seeds: int):
     """-> [(run name, seed, TrainConfig)] in the order they run: seed by seed, so an early stop
     still leaves whole rows of every table."""
-    from xpnet.train import TrainConfig
+    from xpnet.training.config import TrainConfig
 
     shared, per_optimizer = RECIPES[recipe]
     out = []
@@ -131,9 +131,10 @@ def _finished(folder: Path, cfg) -> dict | None:
 
 def train_run(folder: Path, cfg, data, test_subset, plots, log) -> dict:
     """One run of the grid in ``folder``: skipped when finished, resumed when interrupted."""
-    from xpnet.train import CHECKPOINT_EXT, fit
+    from xpnet.training.config import CHECKPOINT_EXT
+    from xpnet.training.loop import fit
 
-    from xpnet.train import TrainConfig
+    from xpnet.training.config import TrainConfig
 
     spec = _spec(cfg, test_subset)
     spec_path = folder / "run.json"
@@ -190,7 +191,7 @@ def time_steps(cfg, data, backend_name, steps, eval_batches, warmup) -> dict:
     first dozen steps on new shapes run several times slower than the rest).
     """
     from xpnet.data import batches
-    from xpnet.train import build_runner, build_schedule
+    from xpnet.training.runner import build_runner, build_schedule
 
     backend.use(backend_name)
     rng = numpy.random.default_rng(cfg.seed)
@@ -417,7 +418,7 @@ def _smooth(values, window):
 
 
 def figures(out: Path, results: dict, tables_: dict) -> list[Path]:
-    from xpnet.plots import _pyplot
+    from xpnet.training.plots import _pyplot
 
     plt = _pyplot()
     written = []
@@ -477,7 +478,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from xpnet.train import SCHEDULES
+    from xpnet.training.config import SCHEDULES
 
     p = argparse.ArgumentParser(
         prog="xpnet report",
@@ -522,7 +523,7 @@ def _machine() -> str:
     import platform
 
     from xpnet.functional import parallel
-    from xpnet.machine import cpu_info, describe_cpu
+    from xpnet.tools.machine import cpu_info, describe_cpu
 
     wait = os.environ.get("OMP_WAIT_POLICY")
     return (f"{describe_cpu(cpu_info())}, {platform.system()}; xpnet kernel threads "
@@ -543,7 +544,7 @@ def run(args, log=print, comm=None) -> dict | None:
     then times the efficiency rows and writes the report (and returns it; the others None)."""
     from xpnet import distributed
     from xpnet.data import MNIST, default_data_dir, load_mnist
-    from xpnet.train import TrainingError
+    from xpnet.training.config import TrainingError
 
     comm = distributed.Solo() if comm is None else comm
 

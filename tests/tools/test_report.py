@@ -16,8 +16,9 @@ import pytest
 from _digits import digit_folder
 from _support import run_without_torch
 
-from xpnet import checkpoint, report
-from xpnet.report import ABLATION_ROWS, PUBLISHED, RUNS, main
+from xpnet import checkpoint
+from xpnet.tools import report
+from xpnet.tools.report import ABLATION_ROWS, PUBLISHED, RUNS, main
 
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
@@ -93,7 +94,7 @@ def test_a_second_call_skips_finished_runs(capsys, quick, data_dir):
 
 
 def test_ctrl_c_stops_cleanly_and_the_next_call_resumes_exactly(capsys, monkeypatch, quick, data_dir, tmp_path):
-    import xpnet.train as train_mod
+    import xpnet.training.runner as train_mod
 
     real_step = train_mod.XpnetRunner.step
     calls = {"n": 0}

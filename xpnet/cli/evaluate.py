@@ -1,0 +1,28 @@
+"""``xpnet evaluate``: a checkpoint's test loss and accuracy."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from xpnet import backend
+from xpnet.cli import _check_data_dir, _data_dir
+
+
+def cmd_evaluate(args) -> int:
+    from xpnet.data import load_split
+    from xpnet.training.runner import evaluate, load_model
+
+    backend.use(args.backend)
+    model, _, meta = load_model(args.checkpoint)
+    folder, may_create, origin = _data_dir(args.data_dir)
+    _check_data_dir(folder, may_create, origin)
+    images, labels = load_split(folder, "test", download=True, progress=sys.stderr.isatty())
+    loss, acc, _, _ = evaluate(model, backend.to_device(images), backend.to_device(labels), args.batch_size)
+    result = dict(test_loss=loss, test_accuracy=acc, test_images=int(len(labels)),
+                  checkpoint=str(args.checkpoint), epoch=meta.get("epoch"))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"test loss {loss:.4f}  test accuracy {acc:.4%}  ({result['test_images']} images)")
+    return 0

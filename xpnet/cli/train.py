@@ -1,0 +1,144 @@
+"""``xpnet train``: a new run, or the resume of one, from the parsed command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+
+from xpnet import backend
+from xpnet.cli import UserError, _check_data_dir, _data_dir, _one_line_errors
+
+
+def _load_data(folder, may_create, origin):
+    from xpnet.data import load_mnist
+
+    _check_data_dir(folder, may_create, origin)
+    return load_mnist(folder, download=True, progress=sys.stderr.isatty())
+
+
+def _plural(n, word):
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _check_batch(cfg, data, warn):
+    """Refuse a batch larger than the training images used, or one whose step will not fit in
+    memory; warn when it will take most of it."""
+    from xpnet.tools import memory
+
+    n_total = len(data.train_labels)
+    if cfg.train_subset > n_total:
+        raise UserError(f"--train-subset {cfg.train_subset} exceeds the {n_total} training images")
+    n = cfg.train_subset or n_total
+    if cfg.batch_size > n:
+        used = f"the {n} training images of --train-subset {cfg.train_subset}" if cfg.train_subset else f"the {n} training images"
+        raise UserError(f"--batch-size {cfg.batch_size} exceeds {used}")
+    if backend.name() != "numpy" or cfg.batch_size <= max(memory.PROBES):
+        return
+    need = memory.estimate_step_bytes(cfg.model_config(), 10, data.image_shape, cfg.batch_size)
+    available = memory.available_bytes()
+    ok, tight = memory.fits(need, available)
+    gib = 2.0**30
+    if not ok:
+        raise UserError(
+            f"--batch-size {cfg.batch_size} at width {cfg.width} needs about {need / gib:.1f} GiB for a "
+            f"training step but {available / gib:.1f} GiB of memory is available; use a smaller batch"
+        )
+    if tight:
+        warn(f"a training step at batch {cfg.batch_size} needs about {need / gib:.1f} GiB of the "
+             f"{available / gib:.1f} GiB available")
+
+
+def _read_checkpoint(path):
+    from xpnet import checkpoint
+
+    if not path.is_file():
+        raise UserError(f"--resume: no such checkpoint: {path}")
+    return checkpoint.load(path)
+
+
+def _need_framework(framework):
+    if framework == "torch":
+        try:
+            import xpnet.reference  # noqa: F401
+        except ImportError as e:
+            raise UserError(str(e)) from e
+
+
+def cmd_train(args) -> int:
+    from xpnet import distributed
+
+    comm = distributed.world()  # one process, or one rank of `mpiexec -n N xpnet train`
+    with comm.guard("xpnet train", (*_one_line_errors(), FileNotFoundError)):
+        return _train(args, comm)
+
+
+def _train(args, comm) -> int:
+    from xpnet import checkpoint
+    from xpnet.training import rundir as runs
+    from xpnet.training.config import PRESETS, TrainConfig
+    from xpnet.training.loop import fit
+
+    backend.use(args.backend)
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)]
+    # A preset named on the command line counts as giving its values.
+    named = set(PRESETS[args.preset]) if "preset" in args.explicit else set()
+    given = {k: getattr(args, k) for k in fields if k in args.explicit or k in named}
+    meta = None
+    if args.resume is None:
+        cfg = TrainConfig(**{k: getattr(args, k) for k in fields})
+        _need_framework(cfg.framework)
+        out = args.out or runs.fresh_folder()
+        runs.check_out(out, overwrite=args.overwrite)
+        folder, may_create, origin = _data_dir(args.data_dir)
+    else:
+        _, meta = comm.from_root(_read_checkpoint, args.resume)  # rank 0 reads, the others are told
+        if "config" not in meta or "step" not in meta:
+            raise checkpoint.CheckpointError(f"{args.resume}: not an xpnet training checkpoint (no config)")
+        problem = runs.conflicts(meta["config"], {k: v for k, v in given.items() if k != "epochs"})
+        if problem:
+            raise UserError(problem)
+        cfg = TrainConfig.from_dict(meta["config"])
+        out = args.out or args.resume.parent
+        runs.check_out(out, resume=args.resume, overwrite=args.overwrite)
+        folder, may_create, origin = _data_dir(args.data_dir, meta.get("data_dir"))
+    out = comm.bcast(out)  # rank 0 names the folder it alone writes into
+    data = comm.root_first(_load_data, folder, may_create, origin)
+    _check_batch(cfg, data, lambda line: print(f"xpnet train: warning: {line}", file=sys.stderr, flush=True))
+    epochs = None
+    if meta is not None and "epochs" in given:
+        epochs = given["epochs"]
+        runs.check_new_epochs(meta, epochs, math.ceil((cfg.train_subset or len(data.train_labels)) / cfg.batch_size))
+    if args.overwrite and comm.is_root:
+        runs.clear(out, keep=args.resume)
+    n = len(data.train_labels)
+    used = f"{cfg.train_subset} of {n}" if cfg.train_subset else f"{n}"
+    h, w = data.image_shape
+    ranks = f"; {comm.size} ranks" if comm.size > 1 else ""
+    if comm.is_root:
+        print(f"data: {used} training and {len(data.test_labels)} test images ({h}x{w}) from {folder}; "
+              f"backend: {backend.name()}{ranks}; out: {out}", flush=True)
+        if backend.name() == "numpy" and cfg.framework == "xpnet":
+            from xpnet.tools.machine import blas_note
+
+            note = blas_note()
+            if note:
+                print(note, flush=True)
+    try:
+        summary = fit(
+            None if args.resume else cfg, data, out, resume=args.resume, epochs=epochs,
+            stop_after=args.stop_after, plots=not args.no_plots, log=lambda s: print(s, flush=True),
+            extra_meta={"data_dir": str(folder.resolve())}, comm=comm,
+        )
+    except KeyboardInterrupt:
+        return 130
+    if not comm.is_root:
+        return 0
+    if summary:
+        print(
+            f"done: test accuracy {summary['test_accuracy']:.4%} after {_plural(summary['epochs'], 'epoch')} "
+            f"({summary['seconds']:.0f} s); results in {out}"
+        )
+    else:
+        print(f"nothing to do: {args.resume} already covers every epoch")
+    return 0

@@ -1,0 +1,168 @@
+"""The model, optimizer and loss that ``fit`` drives (``XpnetRunner``, or the PyTorch twin through
+``build_runner``), the schedule, evaluation, and the checkpoint layout of a runner's state."""
+
+from __future__ import annotations
+
+import numpy
+
+from xpnet import backend, checkpoint, distributed, nn, optim
+from xpnet.data import batches
+from xpnet.models import build_model
+from xpnet.training.config import FRAMEWORKS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingError
+
+
+def build_optimizer(cfg: TrainConfig, model) -> optim.Optimizer:
+    params = model.named_parameters()
+    if cfg.optimizer == "sgd":
+        return optim.SGD(
+            params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    if cfg.optimizer == "adam":
+        return optim.Adam(params, cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return optim.AdamW(params, cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def build_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    total = max(2, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return optim.OneCycle(cfg.lr, total, pct_start=0.25)
+    if cfg.schedule == "cosine":
+        return optim.Cosine(cfg.lr, total, warmup=min(steps_per_epoch, total - 1) // 2)
+    if cfg.schedule == "step":
+        return optim.StepLR(cfg.lr, step_size=max(1, total // 3), gamma=0.1)
+    if cfg.schedule == "constant":
+        return optim.Constant(cfg.lr)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def evaluate(model, images, labels, batch_size=500):
+    """Mean loss, accuracy and predictions of ``model`` in eval mode.
+
+    images: (N, H, W) uint8, host or device; labels: (N,) -> (loss, accuracy, predictions (N,)
+    host int64, probabilities (N, K) host float32).
+    """
+    was_training = model.training
+    model.eval()
+    xp = backend.xp()
+    loss_fn = nn.CrossEntropyLoss()
+    total, preds, probs = 0.0, [], []
+    try:
+        for x, y in batches(images, labels, batch_size, shuffle=False):
+            logits = model(x)
+            total += loss_fn(logits, y) * len(y)
+            z = logits - logits.max(axis=1, keepdims=True)
+            p = xp.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            probs.append(backend.asnumpy(p))
+            preds.append(backend.asnumpy(logits.argmax(axis=1)))
+    finally:
+        model.train(was_training)
+    preds_np = numpy.concatenate(preds)
+    accuracy = float((preds_np == backend.asnumpy(labels)).mean())
+    return total / len(preds_np), accuracy, preds_np, numpy.concatenate(probs)
+
+
+class XpnetRunner:
+    """One model with its optimizer and loss, as ``fit`` drives them: here xpnet's own.
+
+    ``xpnet.reference.runner.TorchRunner`` keeps the same contract for the PyTorch twin:
+    ``forward(x (B, C, H, W), y (B,)) -> (loss float, logits (B, K) current-backend array)`` in
+    training mode; ``start(comm)`` joins the data-parallel communicator before the first step;
+    ``backward()`` fills the gradients (summed over ranks); ``step(lr)`` applies one update;
+    ``steps`` counts updates; ``settle()`` makes the ranks agree before evaluation and checkpoints;
+    ``evaluate(images, labels, batch_size)`` returns what ``evaluate`` does; ``synchronize()``
+    waits for queued device work (for timing); ``state() -> (arrays, scalars)`` gives the
+    checkpoint layout ("model.<name>", "optim.<name>.<slot>") and ``load_state(arrays, scalars)``
+    takes it back; ``parameters`` counts the weights.
+    """
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, rng):
+        self.cfg = cfg
+        self.model = build_model(cfg.model_config(), num_classes, rng).train()
+        self.opt = build_optimizer(cfg, self.model)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.parameters = sum(int(p.data.size) for p in self.model.parameters())
+        self.comm = distributed.Solo()
+
+    def start(self, comm) -> None:
+        """Before the first step (and after ``load_state``): hand the model to the data-parallel
+        communicator, which agrees on weights, hooks sync-BN and sums gradients from then on."""
+        self.comm = comm
+        comm.start(self.model, self.cfg)
+        self.loss_fn = comm.loss(self.loss_fn)
+
+    @property
+    def steps(self) -> int:
+        return self.opt.steps
+
+    def forward(self, x, y):
+        self.opt.zero_grad()
+        logits = self.model(x)
+        return self.loss_fn(logits, y), logits
+
+    def backward(self) -> None:
+        self.model.backward(self.loss_fn.backward())
+        self.comm.sync_grads()
+
+    def step(self, lr: float) -> None:
+        self.opt.lr = lr
+        self.opt.step()
+
+    def evaluate(self, images, labels, batch_size):
+        return self.comm.evaluate(evaluate, self.model, images, labels, batch_size)
+
+    def settle(self) -> None:
+        self.comm.settle(self.model)
+
+    def synchronize(self) -> None:
+        backend.synchronize()
+
+    def state(self):
+        arrays = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt_arrays, scalars = self.opt.state_dict()
+        arrays.update({f"optim.{k}": v for k, v in opt_arrays.items()})
+        return arrays, scalars
+
+    def load_state(self, arrays: dict, scalars: dict) -> None:
+        try:
+            self.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+        except (KeyError, ValueError) as e:
+            raise checkpoint.CheckpointError(f"weights do not fit the model config ({e})") from e
+        self.opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}, scalars)
+
+
+def build_runner(cfg: TrainConfig, num_classes: int, rng):
+    """The runner of ``cfg.framework``; the torch twin draws its initial weights from ``rng``
+    exactly as xpnet's model does, so both leave the generator in the same state."""
+    if cfg.framework == "xpnet":
+        return XpnetRunner(cfg, num_classes, rng)
+    if cfg.framework == "torch":
+        try:
+            from xpnet.reference.runner import TorchRunner
+        except ImportError as e:
+            raise TrainingError(str(e)) from e
+        return TorchRunner(cfg, num_classes, rng)
+    raise ValueError(f"unknown framework {cfg.framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+
+
+def save_state(path, runner, meta: dict) -> None:
+    """A runner's weights and optimizer state and ``meta`` (config, position, RNG state...) in one file."""
+    arrays, opt_scalars = runner.state()
+    checkpoint.save(path, arrays, {**meta, "optimizer_state": opt_scalars})
+
+
+def load_model(path, rng=None, read=checkpoint.load):
+    """-> (model in eval mode on the current backend, checkpoint arrays, meta); ``read(path)``
+    gives the arrays and meta."""
+    arrays, meta = read(path)
+    if "model_config" not in meta or "num_classes" not in meta:
+        raise checkpoint.CheckpointError(f"{path}: not an xpnet training checkpoint (no model config)")
+    model = build_model(meta["model_config"], meta["num_classes"], numpy.random.default_rng(rng))
+    try:
+        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    except (KeyError, ValueError) as e:
+        raise checkpoint.CheckpointError(f"{path}: weights do not fit the model config ({e})") from e
+    return model.eval(), arrays, meta
