@@ -1,7 +1,18 @@
-"""Softmax cross-entropy, fused so its gradient is the simple softmax - target."""
+"""Softmax cross-entropy, fused so its gradient is the simple softmax - target.
+
+On a GPU the whole of it is two launches: one kernel over the batch's rows, with the K classes'
+columns as K arguments (K is small), writes each row's loss, whether its prediction is right,
+and its gradient; one reduction sums the losses and the right predictions. The gradient is made
+with the forward, for the mean loss, and scaled in the backward only if asked.
+"""
 
 from __future__ import annotations
 
+import functools
+
+import numpy
+
+from xpnet import backend
 from xpnet.backend import get_array_module
 
 
@@ -25,6 +36,9 @@ def cross_entropy_forward(logits, labels, label_smoothing=0.0):
     """
     xp = get_array_module(logits, labels)
     n, k = logits.shape
+    if xp is not numpy:
+        sums, cache = cross_entropy_sums(logits, labels, label_smoothing)
+        return float(sums[0]) / n, cache
     logp = _log_softmax(logits)
     target = _targets(labels, k, logits.dtype, label_smoothing, xp)
     loss = float(-(target * logp).sum()) / n
@@ -33,7 +47,57 @@ def cross_entropy_forward(logits, labels, label_smoothing=0.0):
 
 def cross_entropy_backward(cache, scale=1.0):
     """-> dlogits: (N, K), the gradient of ``scale`` times the mean loss."""
+    if isinstance(cache[0], str):  # ("device", the gradient made with the forward)
+        grad = cache[1]
+        return grad if scale == 1.0 else grad * grad.dtype.type(scale)
     logp, target = cache
     xp = get_array_module(logp)
     n = logp.shape[0]
     return (xp.exp(logp) - target) * logp.dtype.type(scale / n)
+
+
+@functools.lru_cache(maxsize=None)
+def _rows(k):
+    """The per-row kernel for K classes: ``(*logits[:, i], labels, off, on, inv_n, *grad[:, i],
+    loss, right)`` writes each row's loss and prediction hit (1 or 0) and its gradient
+    softmax - target, over n; target = off + on * onehot(label). Cached per K."""
+
+    def cross_entropy_rows(*args):
+        xp = backend.xp()
+        cols, (labels, off, on, inv_n), grads, (loss, right) = args[:k], args[k : k + 4], args[k + 4 : 2 * k + 4], args[2 * k + 4 :]
+        top, best = cols[0], labels.dtype.type(0) * labels
+        for i in range(1, k):
+            # Strictly greater: the first maximum wins, as argmax.
+            best = xp.where(cols[i] > top, labels.dtype.type(i), best)
+            top = xp.maximum(top, cols[i])
+        exps = [xp.exp(c - top) for c in cols]
+        total = exps[0]
+        for e in exps[1:]:
+            total = total + e
+        log_total = xp.log(total)
+        row = None
+        for i in range(k):
+            t = off + on * (labels == labels.dtype.type(i))
+            term = t * (cols[i] - top - log_total)
+            row = term if row is None else row + term
+            xp.multiply(exps[i] / total - t, inv_n, grads[i])
+        xp.negative(row, loss)
+        xp.multiply(best == labels, off.dtype.type(1), right)
+
+    return cross_entropy_rows
+
+
+def cross_entropy_sums(logits, labels, label_smoothing=0.0):
+    """The device form, with no host read: logits (N, K), labels (N,) -> (sums, cache), sums a
+    (2,) device array: the summed loss and the number of rows whose largest logit (the first
+    one, on ties) is the label's."""
+    xp = get_array_module(logits, labels)
+    n, k = logits.shape
+    s = logits.dtype.type
+    grad = xp.empty((n, k), dtype=logits.dtype)
+    rows = xp.empty((2, n), dtype=logits.dtype)
+    backend.fuse(_rows(k))(
+        *(logits[:, i] for i in range(k)), labels, s(label_smoothing / k), s(1.0 - label_smoothing), s(1.0 / n),
+        *(grad[:, i] for i in range(k)), rows[0], rows[1],
+    )
+    return rows.sum(axis=1), ("device", grad)

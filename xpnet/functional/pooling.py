@@ -16,6 +16,9 @@ differentiable there), and "share" is the one that is not a subgradient.
 
 from __future__ import annotations
 
+import numpy
+
+from xpnet import backend
 from xpnet.backend import get_array_module
 from xpnet.functional.conv import _pair, _tap, output_size, pad_nhwc
 from xpnet.functional.layout import nchw, nhwc
@@ -46,6 +49,9 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0, ties="first"):
         raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     xp = get_array_module(x)
     (kh, kw), stride, padding, (ho, wo) = _geometry(x.shape, kernel_size, stride, padding)
+    if xp is not numpy and ties == "first" and (kh, kw) == stride == (2, 2) and not any(padding):
+        # On a GPU the common 2x2 pool is one kernel each way, over the four window positions.
+        return nchw(backend.fuse(_max4)(*_windows2(nhwc(x)))), ("device2x2", x)
     xpad = pad_nhwc(x, padding, value=-xp.inf) if any(padding) else nhwc(x)
     if ties == "share":
         y = _window_max(xp, xpad, (kh, kw), stride, (ho, wo))
@@ -80,6 +86,8 @@ def _window_max(xp, xpad, k, stride, out_hw):
 def maxpool2d_backward(dy, cache):
     """dy: (N, C, Ho, Wo) -> dx: (N, C, H, W), each window's gradient sent to its maximum (the
     first one, or every one with ``ties="share"``)."""
+    if cache[0] == "device2x2":
+        return _maxpool2x2_backward_device(dy, cache[1])
     if cache[0] == "share":
         _, xpad, y, x_shape, (kh, kw), stride, padding = cache
         ho, wo = y.shape[1:3]
@@ -96,6 +104,42 @@ def maxpool2d_backward(dy, cache):
         won = (xpad[:, rows, cols, :] == y) if cache[0] == "share" else (arg == t)
         dxpad[:, rows, cols, :] += xp.where(won, dyh, 0)
     return nchw(dxpad[:, ph : ph + h, pw : pw + w, :])
+
+
+def _windows2(a):
+    """a: (N, H, W, C) -> its four (N, H//2, W//2, C) strided views, one per 2x2 window position."""
+    ho, wo = a.shape[1] // 2, a.shape[2] // 2
+    return [a[:, i : 2 * ho : 2, k : 2 * wo : 2] for i in (0, 1) for k in (0, 1)]
+
+
+def _max4(a, b, c, d):
+    xp = backend.xp()
+    return xp.maximum(xp.maximum(a, b), xp.maximum(c, d))
+
+
+def _first_max_grad(dy, x00, x01, x10, x11, g00, g01, g10, g11):
+    """Each 2x2 window's gradient to its first position (row-major) equal to its maximum, written
+    into the four positions' views of the input gradient."""
+    xp = backend.xp()
+    top = xp.maximum(xp.maximum(x00, x01), xp.maximum(x10, x11))
+    h00 = x00 == top
+    free = ~h00
+    h01 = (x01 == top) & free
+    free = free & ~h01
+    h10 = (x10 == top) & free
+    xp.multiply(dy, h00, g00)
+    xp.multiply(dy, h01, g01)
+    xp.multiply(dy, h10, g10)
+    xp.multiply(dy, (x11 == top) & free & ~h10, g11)
+
+
+def _maxpool2x2_backward_device(dy, x):
+    xp = get_array_module(dy)
+    n, c, h, w = x.shape
+    # Odd edges belong to no window: zeroed (a memset), else every entry is written.
+    dx = (xp.zeros if h % 2 or w % 2 else xp.empty)((n, h, w, c), dtype=dy.dtype)
+    backend.fuse(_first_max_grad)(nhwc(dy), *_windows2(nhwc(x)), *_windows2(dx))
+    return nchw(dx)
 
 
 def avgpool2d_forward(x, kernel_size, stride=None):
