@@ -4,6 +4,9 @@ in colour; and images with no digit: blank, noise, photo-like. Each maker return
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy
 
 
@@ -133,3 +136,15 @@ NON_DIGITS = {
     "photo": photo,
     "texture": texture,
 }
+
+
+def png_bytes(width, height, rows, bit_depth=8, colour=0) -> bytes:
+    """A PNG with the given IHDR and ``rows`` (an iterable of raw scanlines, each without its
+    filter byte), compressed as a stream."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    body = b"".join(z.compress(b"\0" + row) for row in rows) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")

@@ -5,12 +5,12 @@ digits when XPNET_DATA points at them."""
 
 import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy
 import pytest
+
+from _scenes import png_bytes
 
 from xpnet.data import images
 from xpnet.data.images import ImageError, prepare, prepare_levels, read_levels
@@ -168,18 +168,6 @@ def test_a_large_photo_is_reduced_before_its_ink_is_read(tmp_path):
     assert max(levels.shape) <= images.WORK_SIDE
     p = prepare(tmp_path / "photo.jpg")
     assert p.no_digit is None and extent(p.image) == (20, 10)
-
-
-def png_bytes(width, height, rows, bit_depth=8, colour=0) -> bytes:
-    """A PNG with the given IHDR and ``rows`` (an iterable of raw scanlines, each without its
-    filter byte), compressed as a stream."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    z = zlib.compressobj(9)
-    body = b"".join(z.compress(b"\0" + row) for row in rows) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 
 def test_decompression_bombs_are_refused_before_decoding(tmp_path):

@@ -105,11 +105,26 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=positive_int, default=d.eval_batch_size, help="batch size")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("predict", help="classify PNG or JPEG digits", formatter_class=fmt)
+    p = sub.add_parser(
+        "predict", help="read the digit in each image, or say there is none", formatter_class=fmt,
+        description="Read the handwritten digit in each image (PNG, JPEG or any image Pillow reads, any size, "
+        "dark ink on paper or light on dark, colour or transparent) with a checkpoint's model. Each image is "
+        "prepared as MNIST's digits were: cropped to its ink, scaled into a 20x20 box and centred by its centre "
+        "of mass in 28x28. An image with no digit (blank, noise, filled shapes, scattered marks, or one the "
+        "model is unsure of) is answered 'no digit' with the reason.",
+        epilog="exit status: 0 every image holds a digit; 3 every image was read and at least one holds no "
+        "digit; 1 an image could not be read (one line each on stderr; the others are still answered) or the "
+        "checkpoint is unusable; 2 a usage error.")
     p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors file written by xpnet train")
     _add_backend(p)
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG or JPEG files, any size")
-    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files, any size")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per image: digit (true/false), prediction, probability, "
+                   "the top three digits with their probabilities, and the reason when there is no digit")
+    p.add_argument("--min-confidence", type=probability, default=0.5, metavar="P",
+                   help="answer 'no digit' when the likeliest digit's probability is under P")
+    p.add_argument("--save-preprocessed", type=Path, default=None, metavar="DIR",
+                   help="write what the network saw, each image's 28x28 input, as DIR/NAME.png")
 
     b = sub.add_parser("bench", help="throughput against the PyTorch twin", formatter_class=fmt, add_help=False)
     b.add_argument("args", nargs=argparse.REMAINDER)

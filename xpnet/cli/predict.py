@@ -1,64 +1,110 @@
-"""``xpnet predict``: the digit in each image, by a checkpoint's model."""
+"""``xpnet predict``: the digit in each image, by a checkpoint's model, or why there is none.
+
+Each image is made into the network's input as MNIST made its digits (``xpnet.data.images``). The
+images go through the model in batches of ``BATCH``, so twenty thousand files take the memory of
+one batch, and each answer is printed as its batch finishes. An image that cannot be read gets one
+line on stderr; the others still get their answers.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import sys
 
 from xpnet import backend
 from xpnet.cli import UserError
 
+BATCH = 256
 
-def load_image(path: Path):
-    """A PNG or JPEG of any size -> (28, 28) uint8, white digit on black as in MNIST."""
+# Exit statuses (``xpnet predict --help`` lists them).
+NO_DIGIT = 3  # every image was read, and at least one holds no digit (or none the model is sure of)
+UNREADABLE = 1  # at least one image could not be read (a line on stderr for each)
+
+
+def _probabilities(model, images):
+    """images (N, 28, 28) uint8 -> softmax probabilities (N, 10) on the host."""
     import numpy
 
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError as e:
-        raise UserError("predict needs Pillow, a dependency of xpnet: pip install xpnet") from e
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L").resize((28, 28), Image.Resampling.LANCZOS)
-            a = numpy.asarray(im, dtype=numpy.uint8)
-    except FileNotFoundError as e:
-        raise UserError(f"{path}: no such image") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path}: not a readable PNG or JPEG image ({e})") from e
-    # MNIST digits are light strokes on a dark ground; a scan or drawing is usually the reverse,
-    # which its bright border gives away.
-    border = numpy.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    if border.mean() > 127:
-        a = 255 - a
-    return a
+    from xpnet.data import normalize
+
+    logits = backend.asnumpy(model(normalize(backend.to_device(images)))).astype(numpy.float64)
+    z = numpy.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+class _Saver:
+    """Writes each network input as a 28x28 PNG named after its image in ``folder``."""
+
+    def __init__(self, folder):
+        self.folder, self.used = folder, set()
+        if folder is not None:
+            if folder.exists() and not folder.is_dir():
+                raise UserError(f"--save-preprocessed {folder}: not a folder")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"--save-preprocessed {folder}: cannot create it ({e.strerror})") from None
+
+    def __call__(self, path, image):
+        if self.folder is None:
+            return
+        from PIL import Image
+
+        name, n = f"{path.stem}.png", 1
+        while name in self.used:  # two images of one name from two folders
+            n += 1
+            name = f"{path.stem}-{n}.png"
+        self.used.add(name)
+        try:
+            Image.fromarray(image).save(self.folder / name)
+        except OSError as e:
+            raise UserError(f"--save-preprocessed: cannot write {self.folder / name} ({e.strerror or e})") from None
+
+
+def _answer(path, prepared, p, min_confidence):
+    """-> (the JSON-able answer for one image, its text line, whether it holds a digit)."""
+    import numpy
+
+    top = [] if p is None else [dict(digit=int(k), probability=round(float(p[k]), 6)) for k in numpy.argsort(-p)[:3]]
+    reason = prepared.no_digit
+    if reason is None and top[0]["probability"] < min_confidence:
+        reason = f"unsure: {top[0]['digit']} at {top[0]['probability']:.1%} is under --min-confidence {min_confidence:g}"
+    digit = reason is None
+    result = dict(image=str(path), digit=digit, prediction=top[0]["digit"] if digit else None,
+                  probability=top[0]["probability"] if digit else None, top3=top, reason=reason)
+    line = f"{path}: {top[0]['digit']} ({top[0]['probability']:.2%})" if digit else f"{path}: no digit ({reason})"
+    return result, line, digit
 
 
 def cmd_predict(args) -> int:
     import numpy
 
-    from xpnet.data import normalize
+    from xpnet.data.images import ImageError, prepare
     from xpnet.training.runner import load_model
 
     backend.use(args.backend)
     model, _, _ = load_model(args.checkpoint)
-    # Every readable image gets its answer; the unreadable ones are reported together after them.
-    paths, images, problems = [], [], []
-    for path in args.images:
-        try:
-            images.append(load_image(path))
-            paths.append(path)
-        except UserError as e:
-            problems.append(str(e))
-    if images:
-        logits = backend.asnumpy(model(normalize(backend.to_device(numpy.stack(images)))))
-        z = logits - logits.max(axis=1, keepdims=True)
-        probs = numpy.exp(z) / numpy.exp(z).sum(axis=1, keepdims=True)
-        for path, p in zip(paths, probs):
-            k = int(p.argmax())
-            if args.json:
-                print(json.dumps(dict(image=str(path), prediction=k, probability=float(p[k]))))
-            else:
-                print(f"{path}: {k} ({p[k]:.2%})")
-    if problems:
-        raise UserError("; ".join(problems))
-    return 0
+    save = _Saver(args.save_preprocessed)
+    unreadable = no_digit = 0
+    for start in range(0, len(args.images), BATCH):
+        ready = []
+        for path in args.images[start:start + BATCH]:
+            try:
+                ready.append((path, prepare(path)))
+            except ImageError as e:
+                print(f"xpnet predict: error: {e}", file=sys.stderr, flush=True)
+                unreadable += 1
+        digits = [i for i, (_, prep) in enumerate(ready) if prep.no_digit is None]
+        probs = [None] * len(ready)
+        if digits:
+            for i, p in zip(digits, _probabilities(model, numpy.stack([ready[i][1].image for i in digits]))):
+                probs[i] = p
+        for (path, prep), p in zip(ready, probs):
+            save(path, prep.image)
+            result, line, digit = _answer(path, prep, p, args.min_confidence)
+            no_digit += not digit
+            print(json.dumps(result) if args.json else line)
+        sys.stdout.flush()
+    if unreadable:
+        return UNREADABLE
+    return NO_DIGIT if no_digit else 0
