@@ -207,3 +207,29 @@ def test_every_stage_returns_channels_last_memory_on_the_device(fake_cupy):
             h = stage(h)
             if h.ndim == 4:
                 assert h.transpose(0, 2, 3, 1).flags.c_contiguous, (name, mode.__name__)
+
+
+def test_out_of_range_labels_are_counted_on_the_device_and_read_once(fake_cupy):
+    loss_fn = nn.CrossEntropyLoss()
+    logits = backend.to_device(numpy.zeros((4, 3), dtype=numpy.float32))
+    before = fake_cupy.snapshot()
+    for labels in ([0, 1, 3, 2], [-1, 1, 2, 2], [0, 1, 2, 2]):
+        loss_fn(logits, backend.to_device(numpy.array(labels)))
+    spent = fake_cupy.since(before)
+    loss_fn(logits, backend.to_device(numpy.array([0, 1, 2, 2])))
+    plain = fake_cupy.since(before)
+    # The count adds no host sync to a step (each forward's own syncs are the loss's).
+    assert spent["syncs"] == 3 * (plain["syncs"] - spent["syncs"])
+    before = fake_cupy.snapshot()
+    assert loss_fn.out_of_range_labels() == 2
+    assert fake_cupy.since(before)["syncs"] == 1
+    assert loss_fn.out_of_range_labels() == 0
+
+
+def test_evaluate_refuses_labels_outside_the_models_classes(fake_cupy):
+    from xpnet.training.runner import evaluate
+
+    model = ResNet9(width=0.1, num_classes=3, rng=numpy.random.default_rng(0))
+    images = numpy.zeros((6, 28, 28), dtype=numpy.uint8)
+    with pytest.raises(F.LabelError, match="outside"):
+        evaluate(model, images, numpy.array([0, 1, 2, 3, 0, 1]), batch_size=3)

@@ -98,3 +98,18 @@ def test_cross_entropy_is_stable_for_huge_logits(xp):
     loss, cache = F.cross_entropy_forward(logits, xp.asarray([0, 1]))
     assert numpy.isfinite(loss) and abs(loss - 500.0) < 1e-3
     assert numpy.isfinite(backend.asnumpy(F.cross_entropy_backward(cache))).all()
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_a_label_outside_the_classes_is_an_error_or_a_count(xp, bad):
+    logits = xp.zeros((4, 3), dtype=numpy.float32)
+    labels = xp.asarray([0, 1, bad, 2])
+    if xp is numpy:
+        with pytest.raises(F.LabelError, match="outside"):
+            F.cross_entropy_forward(logits, labels)
+        return
+    # On a GPU the loss kernel counts it beside the loss, for the caller to read when it syncs.
+    sums, _ = F.cross_entropy_sums(logits, labels)
+    assert backend.asnumpy(sums)[2] == 1
+    sums, _ = F.cross_entropy_sums(logits, xp.asarray([0, 1, 2, 2]))
+    assert backend.asnumpy(sums)[2] == 0

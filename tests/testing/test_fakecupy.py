@@ -185,3 +185,9 @@ def test_fuse_records_each_kernel_once_per_argument_layout(cp, fake_cupy):
     f(x, x[1])
     f(x.T, x[:, 0])
     assert [(fn, len(specs)) for (fn, specs) in cp.kernels] == [(_fuse_cases.centered_sum, 2)] * 2
+
+
+def test_an_out_of_range_gather_wraps_as_cupys_does(cp):
+    a = cp.asarray(numpy.arange(6, dtype=numpy.float32).reshape(2, 3))
+    got = a[cp.arange(2), cp.asarray(numpy.array([3, -1]))]
+    numpy.testing.assert_array_equal(backend.asnumpy(got), [0.0, 5.0])

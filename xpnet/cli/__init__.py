@@ -179,10 +179,12 @@ def _one_line_errors():
     from xpnet.checkpoint import CheckpointError
     from xpnet.data import DataError
     from xpnet.distributed import DistributedError
+    from xpnet.functional import LabelError
     from xpnet.training.config import TrainingError
     from xpnet.training.rundir import RunError
 
-    return UserError, DataError, CheckpointError, TrainingError, RunError, backend.BackendError, DistributedError
+    return (UserError, DataError, CheckpointError, TrainingError, RunError, backend.BackendError, DistributedError,
+            LabelError)
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,13 @@ from xpnet.functional.fused import (
 )
 from xpnet.functional.layout import from_rows, to_rows
 from xpnet.functional.linear import linear_backward, linear_forward
-from xpnet.functional.loss import cross_entropy_backward, cross_entropy_forward
+from xpnet.functional.loss import (
+    LabelError,
+    check_labels,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    cross_entropy_sums,
+)
 from xpnet.functional.normalization import (
     batchnorm_backward,
     batchnorm_eval_forward,
@@ -54,6 +60,9 @@ __all__ = [
     "conv_bn_relu_train_forward",
     "cross_entropy_backward",
     "cross_entropy_forward",
+    "LabelError",
+    "check_labels",
+    "cross_entropy_sums",
     "dropout_backward",
     "dropout_forward",
     "from_rows",

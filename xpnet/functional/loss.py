@@ -2,8 +2,10 @@
 
 On a GPU the whole of it is two launches: one kernel over the batch's rows, with the K classes'
 columns as K arguments (K is small), writes each row's loss, whether its prediction is right,
-and its gradient; one reduction sums the losses and the right predictions. The gradient is made
-with the forward, for the mean loss, and scaled in the backward only if asked.
+whether its label lies outside [0, K), and its gradient; one reduction sums the three. The
+gradient is made with the forward, for the mean loss, and scaled in the backward only if asked.
+A label outside [0, K) raises LabelError on NumPy at once; on a GPU it only gets no one-hot
+target, so it is counted on the device for the caller to read when it next syncs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ import numpy
 
 from xpnet import backend
 from xpnet.backend import get_array_module
+
+
+class LabelError(ValueError):
+    """A label outside [0, K): the data does not fit the model."""
+
+
+def check_labels(labels, k):
+    """Raise LabelError where a host (NumPy) label lies outside [0, k)."""
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        bad = labels[(labels < 0) | (labels >= k)]
+        raise LabelError(f"{bad.size} label(s) outside [0, {k}), for example {int(bad[0])}")
 
 
 def _log_softmax(logits):
@@ -39,6 +52,7 @@ def cross_entropy_forward(logits, labels, label_smoothing=0.0):
     if xp is not numpy:
         sums, cache = cross_entropy_sums(logits, labels, label_smoothing)
         return float(sums[0]) / n, cache
+    check_labels(labels, k)
     logp = _log_softmax(logits)
     target = _targets(labels, k, logits.dtype, label_smoothing, xp)
     loss = float(-(target * logp).sum()) / n
@@ -59,12 +73,13 @@ def cross_entropy_backward(cache, scale=1.0):
 @functools.lru_cache(maxsize=None)
 def _rows(k):
     """The per-row kernel for K classes: ``(*logits[:, i], labels, off, on, inv_n, *grad[:, i],
-    loss, right)`` writes each row's loss and prediction hit (1 or 0) and its gradient
-    softmax - target, over n; target = off + on * onehot(label). Cached per K."""
+    loss, right, bad)`` writes each row's loss, prediction hit (1 or 0), label outside [0, K)
+    (1 or 0) and its gradient softmax - target, over n; target = off + on * onehot(label).
+    Cached per K."""
 
     def cross_entropy_rows(*args):
         xp = backend.xp()
-        cols, (labels, off, on, inv_n), grads, (loss, right) = args[:k], args[k : k + 4], args[k + 4 : 2 * k + 4], args[2 * k + 4 :]
+        cols, (labels, off, on, inv_n), grads, (loss, right, bad) = args[:k], args[k : k + 4], args[k + 4 : 2 * k + 4], args[2 * k + 4 :]
         top, best = cols[0], labels.dtype.type(0) * labels
         for i in range(1, k):
             # Strictly greater: the first maximum wins, as argmax.
@@ -83,21 +98,23 @@ def _rows(k):
             xp.multiply(exps[i] / total - t, inv_n, grads[i])
         xp.negative(row, loss)
         xp.multiply(best == labels, off.dtype.type(1), right)
+        xp.multiply((labels < labels.dtype.type(0)) | (labels >= labels.dtype.type(k)), off.dtype.type(1), bad)
 
     return cross_entropy_rows
 
 
 def cross_entropy_sums(logits, labels, label_smoothing=0.0):
     """The device form, with no host read: logits (N, K), labels (N,) -> (sums, cache), sums a
-    (2,) device array: the summed loss and the number of rows whose largest logit (the first
-    one, on ties) is the label's."""
+    (3,) device array: the summed loss, the number of rows whose largest logit (the first one,
+    on ties) is the label's, and the number of labels outside [0, K) (which get no one-hot
+    target: read it where the loop next syncs)."""
     xp = get_array_module(logits, labels)
     n, k = logits.shape
     s = logits.dtype.type
     grad = xp.empty((n, k), dtype=logits.dtype)
-    rows = xp.empty((2, n), dtype=logits.dtype)
+    rows = xp.empty((3, n), dtype=logits.dtype)
     backend.fuse(_rows(k))(
         *(logits[:, i] for i in range(k)), labels, s(label_smoothing / k), s(1.0 - label_smoothing), s(1.0 / n),
-        *(grad[:, i] for i in range(k)), rows[0], rows[1],
+        *(grad[:, i] for i in range(k)), rows[0], rows[1], rows[2],
     )
     return rows.sum(axis=1), ("device", grad)

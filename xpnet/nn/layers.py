@@ -311,10 +311,26 @@ class CrossEntropyLoss:
     def __init__(self, label_smoothing=0.0):
         self.label_smoothing = float(label_smoothing)
         self._cache = None
+        self._bad_labels = None  # on a GPU: out-of-range labels seen since the last check
 
     def forward(self, logits, labels):
-        loss, self._cache = F.cross_entropy_forward(logits, labels, self.label_smoothing)
-        return loss
+        if backend.get_array_module(logits, labels) is numpy:
+            loss, self._cache = F.cross_entropy_forward(logits, labels, self.label_smoothing)
+            return loss
+        sums, self._cache = F.cross_entropy_sums(logits, labels, self.label_smoothing)
+        # A view of the sums the loss kernel already made; added up in place, read once an epoch.
+        if self._bad_labels is None:
+            self._bad_labels = sums[2:].copy()
+        else:
+            self._bad_labels += sums[2:]
+        return float(sums[0]) / logits.shape[0]
+
+    def out_of_range_labels(self) -> int:
+        """How many labels outside [0, K) reached ``forward`` on a GPU since the last call, where
+        they get no one-hot target (NumPy labels are checked in ``forward`` itself). Reads one
+        device count, a host sync: call it where the loop reads the device anyway, once an epoch."""
+        bad, self._bad_labels = self._bad_labels, None
+        return 0 if bad is None else int(bad[0])
 
     __call__ = forward
 

@@ -428,6 +428,19 @@ def _unfusable(fn):
     return m
 
 
+def _wrapped_indices(key, shape):
+    """CuPy wraps an out-of-range integer-array index where NumPy raises (CuPy's documented
+    difference): the fake device does as CuPy does."""
+    keys = key if isinstance(key, tuple) else (key,)
+    if any(k is None or k is Ellipsis for k in keys):
+        return key
+    out = tuple(
+        numpy.mod(k, shape[axis]) if isinstance(k, numpy.ndarray) and k.dtype.kind in "iu" else k
+        for axis, k in enumerate(keys)
+    )
+    return out if isinstance(key, tuple) else out[0]
+
+
 def _has_bool_array(key):
     keys = key if isinstance(key, tuple) else (key,)
     return any(isinstance(k, ndarray) and k.dtype == numpy.bool_ for k in keys)
@@ -545,7 +558,7 @@ class ndarray:
             raise TypeError("cupy.fuse cannot fuse indexing")
         if _has_bool_array(key):
             _sync("getitem(bool mask)")
-        k = _dev(key, "cupy.ndarray indexing")
+        k = _wrapped_indices(_dev(key, "cupy.ndarray indexing"), self._a.shape)
         if not _is_basic(k):
             _launch("getitem(gather)")
         return _wrap(self._a[k], "getitem")
@@ -565,7 +578,7 @@ class ndarray:
         if _has_bool_array(key):
             _sync("setitem(bool mask)")
         _launch("setitem")
-        self._a[_dev(key, "cupy.ndarray indexing")] = _dev(value, "cupy.ndarray assignment")
+        self._a[_wrapped_indices(_dev(key, "cupy.ndarray indexing"), self._a.shape)] = _dev(value, "cupy.ndarray assignment")
 
     # -- to the host: every one a synchronisation --
     def get(self, stream=None, order="C", out=None, blocking=True):

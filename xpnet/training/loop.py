@@ -242,7 +242,13 @@ def fit(
             raise KeyboardInterrupt
         if bar is not None:
             bar.close()
-        loss_sum, correct, seen = comm.sums(loss_sum, int(correct), seen)  # one sync an epoch
+        # One sync an epoch: the totals, and the labels the device found outside the classes.
+        loss_sum, correct, seen, bad = comm.sums(loss_sum, int(correct), seen, runner.out_of_range_labels())
+        if bad:
+            raise TrainingError(
+                f"{bad} training label(s) at epoch {epoch + 1} lie outside the model's classes (the GPU's "
+                f"gather wraps them); stopped, and the last good checkpoint ({last_path}) is kept"
+            )
         runner.settle()
         test_loss, test_acc, preds, probs = runner.evaluate(test_images, test_labels, cfg.eval_batch_size)
         seconds = time.perf_counter() - t0

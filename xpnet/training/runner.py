@@ -7,6 +7,7 @@ import numpy
 
 from xpnet import backend, checkpoint, distributed, nn, optim
 from xpnet.data import batches
+from xpnet.functional import LabelError
 from xpnet.models import build_model
 from xpnet.training.config import FRAMEWORKS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingError
 
@@ -60,6 +61,9 @@ def evaluate(model, images, labels, batch_size=500):
             preds.append(backend.asnumpy(logits.argmax(axis=1)))
     finally:
         model.train(was_training)
+    bad = loss_fn.out_of_range_labels()
+    if bad:
+        raise LabelError(f"{bad} test label(s) outside [0, {logits.shape[1]}): the data does not fit the model")
     preds_np = numpy.concatenate(preds)
     accuracy = float((preds_np == backend.asnumpy(labels)).mean())
     return total / len(preds_np), accuracy, preds_np, numpy.concatenate(probs)
@@ -116,6 +120,10 @@ class XpnetRunner:
 
     def settle(self) -> None:
         self.comm.settle(self.model)
+
+    def out_of_range_labels(self) -> int:
+        """Labels outside the classes seen on the device since the last call (a host read)."""
+        return self.loss_fn.out_of_range_labels()
 
     def synchronize(self) -> None:
         backend.synchronize()
