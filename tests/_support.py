@@ -33,7 +33,8 @@ def torch_run(fn, inputs, dy):
 
 
 def assert_close(actual, expected, rtol=2e-4, atol=2e-5, what=""):
-    numpy.testing.assert_allclose(backend.asnumpy(actual), backend.asnumpy(expected), rtol=rtol, atol=atol, err_msg=what)
+    numpy.testing.assert_allclose(backend.asnumpy(actual), backend.asnumpy(expected), rtol=rtol, atol=atol,
+                                  err_msg=what)
 
 
 def randn(xp, rng, *shape, dtype=numpy.float32):

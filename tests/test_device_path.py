@@ -86,7 +86,8 @@ def test_launches_do_not_grow_with_batch_or_width(fake_cupy):
     """No Python loop over images or channels on the device path: the launch count of a step
     is the same at any batch size and width (widths here that keep every layer on im2col; the
     Winograd layers have a count of their own, as constant)."""
-    ops = {(b, w): _counted_step(fake_cupy, batch=b, width=w)["ops"] for b, w in ((2, 1 / 16), (9, 1 / 16), (9, 1 / 10))}
+    ops = {(b, w): _counted_step(fake_cupy, batch=b, width=w)["ops"]
+           for b, w in ((2, 1 / 16), (9, 1 / 16), (9, 1 / 10))}
     assert len(set(ops.values())) == 1, ops
 
 
@@ -127,7 +128,8 @@ def test_fit_syncs_once_per_training_step(tmp_path, fake_cupy):
     totals = {}
     for steps in (2, 5):
         before = fake_cupy.snapshot()
-        fit(TrainConfig(train_subset=8 * steps, **cfg), _digits(40), tmp_path / str(steps), plots=False, log=lambda s: None)
+        fit(TrainConfig(train_subset=8 * steps, **cfg), _digits(40), tmp_path / str(steps), plots=False,
+            log=lambda s: None)
         totals[steps] = fake_cupy.since(before)
     per_step = {k: (totals[5][k] - totals[2][k]) / 3 for k in totals[2]}
     assert per_step["syncs"] <= 1 and per_step["to_device"] == 0 and per_step["float64"] == 0, per_step

@@ -105,7 +105,8 @@ def test_sync_bn_on_slices_equals_the_whole_batch(one_thread, split):
             if isinstance(m, nn.BatchNorm2d):
                 m.reduce_sums = ranks.reduce_sums
     bounds = [0, split[0], 20]
-    parts = ranks.run(lambda r: step(nets[r], x[bounds[r] : bounds[r + 1]], y[bounds[r] : bounds[r + 1]], split[r] / 20))
+    parts = ranks.run(lambda r: step(nets[r], x[bounds[r] : bounds[r + 1]], y[bounds[r] : bounds[r + 1]],
+                                     split[r] / 20))
     numpy.testing.assert_allclose(numpy.concatenate([p[0] for p in parts]), whole_out, rtol=1e-4, atol=1e-5)
     plain = 0
     for name, g in whole_grads.items():
@@ -253,7 +254,8 @@ def test_two_ranks_with_sync_bn_equal_one_process(tmp_path, digits, reference):
     assert r.returncode == 0, r.stderr
     local, _ = _weights(tmp_path / "local" / "last.safetensors")
     assert _rel_diff(reference[0], local) > 5 * EQUAL
-    assert sorted(os.listdir(tmp_path / "local")) == ["best.safetensors", "last.safetensors", "losses.csv", "metrics.csv", "summary.json"]
+    assert sorted(os.listdir(tmp_path / "local")) == ["best.safetensors", "last.safetensors", "losses.csv",
+                                                      "metrics.csv", "summary.json"]
 
 
 @needs_mpi
@@ -266,7 +268,8 @@ def test_checkpoints_resume_across_world_sizes(tmp_path, digits, reference):
                  "--resume", str(tmp_path / "a" / "last.safetensors"), "--no-plots"]) == 0
     assert main(["train", "--data-dir", str(digits), "--out", str(tmp_path / "b"), "--epochs", "2",
                  "--stop-after", "1", "--sync-bn", *SMALL]) == 0
-    r = _train("--data-dir", digits, "--out", tmp_path / "b", "--resume", tmp_path / "b" / "last.safetensors", "--no-plots")
+    r = _train("--data-dir", digits, "--out", tmp_path / "b", "--resume", tmp_path / "b" / "last.safetensors",
+               "--no-plots")
     assert r.returncode == 0, r.stderr
     for run, ranks in (("a", 1), ("b", 2)):
         weights, meta = _weights(tmp_path / run / "last.safetensors")
@@ -279,7 +282,8 @@ def test_bad_launches_are_one_line(tmp_path, digits):
     r = _train("--data-dir", digits, "--out", tmp_path / "x", "--epochs", 1, *SMALL[:4], "--batch-size", 1)
     assert r.returncode != 0
     assert r.stderr.strip().splitlines() == [
-        "xpnet train: error: --batch-size 1 is smaller than the 2 ranks: every rank needs at least one image of each batch"
+        "xpnet train: error: --batch-size 1 is smaller than the 2 ranks: every rank needs at least one image of each "
+        "batch"
     ]
     argv = [sys.executable, "-m", "xpnet", "train", "--data-dir", str(digits), "--out", str(tmp_path / "y"), *SMALL]
     r = subprocess.run([MPIEXEC, "-n", "1", *argv, "--seed", "0", ":", "-n", "1", *argv, "--seed", "1"],
@@ -377,8 +381,9 @@ def test_resume_under_mpiexec_is_exact(tmp_path, digits):
 
 @needs_mpi
 def test_the_scaling_command_runs(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "xpnet.tools.scaling", "--width", "0.125", "--batch-size", "8", "--steps", "1",
-                        "--rounds", "1"], capture_output=True, text=True, timeout=120, env=_env(), stdin=subprocess.DEVNULL)
+    r = subprocess.run([sys.executable, "-m", "xpnet.tools.scaling", "--width", "0.125", "--batch-size", "8",
+                        "--steps", "1", "--rounds", "1"],
+                       capture_output=True, text=True, timeout=120, env=_env(), stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[1].startswith("1 process x 2 threads: ") and lines[2].startswith("2 ranks x 1 threads: ")

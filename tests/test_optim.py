@@ -120,7 +120,8 @@ def test_cosine_warms_up_then_decays_to_min():
 @pytest.mark.parametrize("name", ["sgd_nesterov", "adam_wd"])
 def test_on_the_device_an_update_and_a_zero_fill_are_one_launch_each(fake_cupy, name):
     rng = numpy.random.default_rng(0)
-    params = [nn.Parameter(backend.to_device(rng.standard_normal(s).astype(numpy.float32))) for s in ((3, 4), (5,), (2, 2, 3))]
+    params = [nn.Parameter(backend.to_device(rng.standard_normal(s).astype(numpy.float32)))
+              for s in ((3, 4), (5,), (2, 2, 3))]
     before = [backend.asnumpy(p.data) for p in params]
     opt = CASES[name][0](params)
     # The parameters kept their values and became views of the optimizer's flat buffers.

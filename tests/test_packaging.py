@@ -34,7 +34,8 @@ def _run(cmd, **kwargs):
 
 def _ok(cmd, **kwargs):
     out = _run(cmd, **kwargs)
-    assert out.returncode == 0, f"{' '.join(map(str, cmd))} -> {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+    assert out.returncode == 0, (f"{' '.join(map(str, cmd))} -> {out.returncode}\n"
+                                 f"{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     return out
 
 

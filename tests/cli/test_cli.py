@@ -53,8 +53,8 @@ def trained(tmp_path_factory, data_dir):
 
 def test_train_writes_metrics_summary_and_checkpoints(trained):
     rows = (trained / "metrics.csv").read_text().splitlines()
-    assert rows[0].split(",") == ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr",
-                                  "lr_mean", "lr_max"]
+    assert rows[0].split(",") == ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
+                                  "lr", "lr_mean", "lr_max"]
     assert len(rows) == 3
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["epochs"] == 2 and 0 < summary["test_accuracy"] <= 1 and summary["seconds"] > 0
@@ -63,7 +63,8 @@ def test_train_writes_metrics_summary_and_checkpoints(trained):
 
 
 def test_evaluate_reports_the_same_accuracy(capsys, trained, data_dir):
-    code, out, _ = run(capsys, "evaluate", "--checkpoint", trained / "last.safetensors", "--data-dir", data_dir, "--json")
+    code, out, _ = run(capsys, "evaluate", "--checkpoint", trained / "last.safetensors", "--data-dir", data_dir,
+                       "--json")
     assert code == 0
     result = json.loads(out)
     summary = json.loads((trained / "summary.json").read_text())
@@ -118,7 +119,8 @@ def test_bad_flags_are_usage_errors(flags, tmp_path):
 
 
 def test_broken_data_file_is_one_line(capsys, tmp_path, data_dir):
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
         (tmp_path / f"{name}.gz").write_bytes((Path(data_dir) / f"{name}.gz").read_bytes())
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
     code, _, err = run(capsys, "evaluate", "--checkpoint", tmp_path / "x.safetensors", "--data-dir", tmp_path)
@@ -150,7 +152,8 @@ def test_missing_checkpoint_image_and_gpu_are_one_line(capsys, tmp_path, trained
     (tmp_path / "notes.png").write_text("not an image")
     code, _, err = run(capsys, "predict", "--checkpoint", trained / "last.safetensors", tmp_path / "notes.png")
     assert "notes.png" in _one_line_error(code, err)
-    code, _, err = run(capsys, "train", "--data-dir", data_dir, "--out", tmp_path / "resumed", "--resume", tmp_path / "none")
+    code, _, err = run(capsys, "train", "--data-dir", data_dir, "--out", tmp_path / "resumed",
+                       "--resume", tmp_path / "none")
     _one_line_error(code, err)
     # Without CuPy "needs CuPy and a CUDA GPU"; with CuPy (CI installs it) "found no usable CUDA GPU".
     code, _, err = run(capsys, "train", "--backend", "cupy", "--data-dir", data_dir, "--out", tmp_path / "g", *SMALL)
@@ -260,7 +263,8 @@ def test_readme_commands_parse(monkeypatch):
     for name in ("train", "evaluate", "predict"):
         monkeypatch.setattr(getattr(xpnet.cli, name), f"cmd_{name}", lambda args: seen.append(args.command) or 0)
     monkeypatch.setattr(xpnet.tools.bench, "main", lambda argv: xpnet.tools.bench.build_parser().parse_args(argv) and 0)
-    monkeypatch.setattr(xpnet.tools.report, "main", lambda argv: xpnet.tools.report.build_parser().parse_args(argv) and 0)
+    monkeypatch.setattr(xpnet.tools.report, "main",
+                        lambda argv: xpnet.tools.report.build_parser().parse_args(argv) and 0)
     for line in lines:
         argv = shlex.split(line.replace("[", "").replace("]", ""))[1:]
         try:
@@ -282,7 +286,8 @@ def test_a_missing_dependency_is_one_line_before_any_work(monkeypatch, capsys, t
     real = importlib.util.find_spec
     monkeypatch.setattr(deps.importlib.util, "find_spec", lambda name: None if name == "matplotlib" else real(name))
     out = tmp_path / "o"
-    code, _, err = run(capsys, "train", "--data-dir", synthetic_dir, "--out", out, *[a for a in SMALL if a != "--no-plots"])
+    code, _, err = run(capsys, "train", "--data-dir", synthetic_dir, "--out", out,
+                       *[a for a in SMALL if a != "--no-plots"])
     assert "matplotlib" in _one_line_error(code, err) and "pip install xpnet" in err
     assert not out.exists()
     monkeypatch.setattr(deps.importlib.util, "find_spec", lambda name: None if name == "threadpoolctl" else real(name))
@@ -305,7 +310,8 @@ def elsewhere(tmp_path, monkeypatch):
 
 def test_resume_stays_in_its_folder_and_on_its_data(capsys, synthetic_dir, tmp_path, elsewhere):
     run_dir = tmp_path / "run"
-    code, out, _ = run(capsys, "train", "--data-dir", synthetic_dir, "--out", run_dir, "--epochs", "2", "--stop-after", "1", *SMALL)
+    code, out, _ = run(capsys, "train", "--data-dir", synthetic_dir, "--out", run_dir, "--epochs", "2",
+                       "--stop-after", "1", *SMALL)
     assert code == 0
     assert re.search(r"data: 256 of \d+ training", out) and "after 1 epoch (" in out
     # From another folder, without --data-dir or XPNET_DATA: the checkpoint knows both.
@@ -319,8 +325,10 @@ def test_resume_stays_in_its_folder_and_on_its_data(capsys, synthetic_dir, tmp_p
 
 def test_resume_refuses_flags_that_change_the_recipe(capsys, trained, tmp_path):
     before = (trained / "last.safetensors").read_bytes()
-    code, _, err = run(capsys, "train", "--resume", trained / "last.safetensors", "--width", "0.5", "--batch-size", "64")
-    assert "--width 0.5" in _one_line_error(code, err) and "width 0.125" in err and "--batch-size" not in err.split("(")[0]
+    code, _, err = run(capsys, "train", "--resume", trained / "last.safetensors", "--width", "0.5",
+                       "--batch-size", "64")
+    assert "--width 0.5" in _one_line_error(code, err) and "width 0.125" in err
+    assert "--batch-size" not in err.split("(")[0]
     code, _, err = run(capsys, "train", "--resume", trained / "last.safetensors", "--preset", "fast")
     assert "--width 0.25" in _one_line_error(code, err)
     assert (trained / "last.safetensors").read_bytes() == before
@@ -353,7 +361,8 @@ def test_metrics_show_the_learning_rate_within_each_epoch(trained):
 
 def test_a_constant_schedule_run_can_be_extended(capsys, synthetic_dir, tmp_path):
     out = tmp_path / "const"
-    base = ["--data-dir", synthetic_dir, "--out", out, "--epochs", "1", "--schedule", "constant", "--lr", "0.02", *SMALL]
+    base = ["--data-dir", synthetic_dir, "--out", out, "--epochs", "1", "--schedule", "constant", "--lr", "0.02",
+            *SMALL]
     assert run(capsys, "train", *base)[0] == 0
     code, out_text, err = run(capsys, "train", "--resume", out / "last.safetensors", "--epochs", "2")
     assert code == 0, err
@@ -374,7 +383,8 @@ def test_new_runs_never_overwrite_another(capsys, trained, synthetic_dir, tmp_pa
     code, _, err = run(capsys, "train", "--resume", target / "best.safetensors")
     assert "--out NEW_FOLDER" in _one_line_error(code, err)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
-    code, _, err = run(capsys, "train", "--data-dir", synthetic_dir, "--out", target, "--overwrite", "--epochs", "1", *SMALL)
+    code, _, err = run(capsys, "train", "--data-dir", synthetic_dir, "--out", target, "--overwrite", "--epochs", "1",
+                       *SMALL)
     assert code == 0, err
     assert json.loads((target / "summary.json").read_text())["epochs"] == 1
     # Without --out, each new run gets its own folder.
@@ -400,7 +410,8 @@ def test_a_batch_that_will_not_fit_in_memory_is_refused(capsys, synthetic_dir, t
 
     small = [a for a in SMALL if a not in ("--batch-size", "64")]
     monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
-    code, _, err = run(capsys, "train", "--data-dir", synthetic_dir, "--out", tmp_path / "a", "--batch-size", "200", *small)
+    code, _, err = run(capsys, "train", "--data-dir", synthetic_dir, "--out", tmp_path / "a", "--batch-size", "200",
+                       *small)
     assert "GiB" in _one_line_error(code, err) and "smaller batch" in err
     assert not (tmp_path / "a").exists()
     need = memory.estimate_step_bytes(dict(width=0.125, shortcut="identity", res_blocks=2, head="max", dropout=0.0),
@@ -437,7 +448,8 @@ def test_resume_whose_data_folder_is_gone_says_pass_data_dir(capsys, trained, tm
 def test_evaluate_needs_only_the_test_files(capsys, trained, data_dir, tmp_path):
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (tmp_path / name).write_bytes((Path(data_dir) / name).read_bytes())
-    code, out, err = run(capsys, "evaluate", "--checkpoint", trained / "last.safetensors", "--data-dir", tmp_path, "--json")
+    code, out, err = run(capsys, "evaluate", "--checkpoint", trained / "last.safetensors", "--data-dir", tmp_path,
+                         "--json")
     assert code == 0, err
     summary = json.loads((trained / "summary.json").read_text())
     assert json.loads(out)["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)

@@ -3,7 +3,6 @@ box, centre of mass), the verdicts on images with no digit, and reading files (m
 16 bits, decompression bombs). Synthetic arrays only, except the last tests, which use MNIST's test
 digits when XPNET_DATA points at them."""
 
-import io
 import os
 from pathlib import Path
 
@@ -73,7 +72,8 @@ def test_dark_ink_on_paper_light_ink_on_black_and_alpha_give_the_same_input(rng)
     assert numpy.abs(inverted - plain).max() == 0
     assert numpy.abs(alpha - plain).max() == 0
     # Sensor noise moves the levels a little, never the shape.
-    assert numpy.abs(paper - plain).mean() < 6 and extent(paper.astype(numpy.uint8), 64) == extent(plain.astype(numpy.uint8), 64)
+    assert numpy.abs(paper - plain).mean() < 6
+    assert extent(paper.astype(numpy.uint8), 64) == extent(plain.astype(numpy.uint8), 64)
 
 
 def test_a_speck_of_noise_far_from_the_digit_does_not_move_it():

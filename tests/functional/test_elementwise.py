@@ -67,7 +67,8 @@ def test_linear_matches_torch_and_gradient_check(xp, rng, bias):
     inputs = [x, w] + ([b] if bias else [])
     check_function(
         lambda *a: F.linear_forward(a[0], a[1], a[2] if bias else None)[0],
-        lambda dy, *a: [g for g in F.linear_backward(dy, F.linear_forward(a[0], a[1], a[2] if bias else None)[1], bias) if g is not None],
+        lambda dy, *a: [g for g in F.linear_backward(dy, F.linear_forward(a[0], a[1], a[2] if bias else None)[1], bias)
+                        if g is not None],
         inputs,
         dy,
     )

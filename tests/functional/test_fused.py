@@ -152,7 +152,8 @@ def test_pool_ties_route_the_gradient_to_the_first_maximum(xp):
     if xp is numpy:
         fused._relu_pool_grad_into(nhwc(dy), y, p, g, free, hit)
     else:  # the device routes it inside its kernels, by these masks
-        for window, mask in zip(fused_device._windows(g), backend.fuse(fused_device._pool_masks)(*fused_device._windows(y))):
+        masks = backend.fuse(fused_device._pool_masks)(*fused_device._windows(y))
+        for window, mask in zip(fused_device._windows(g), masks):
             window[...] = mask
     expected = numpy.zeros((2, 4, 4, 1))
     expected[:, 0::2, 0::2] = 1.0

@@ -29,7 +29,8 @@ def test_report_architecture_has_the_expected_parameters_and_keys():
     assert list(ours) == list(twin.state_dict())
     for k, v in twin.state_dict().items():
         assert ours[k].shape == tuple(v.shape), k
-    assert list(ours)[:5] == ["conv1.0.weight", "conv1.0.bias", "conv1.1.weight", "conv1.1.bias", "conv1.1.running_mean"]
+    assert list(ours)[:5] == ["conv1.0.weight", "conv1.0.bias", "conv1.1.weight", "conv1.1.bias",
+                              "conv1.1.running_mean"]
     assert list(ours)[-2:] == ["classifier.2.weight", "classifier.2.bias"]
 
 
@@ -146,7 +147,8 @@ def test_bad_arguments_are_rejected():
             ResNet9(**bad)
 
 
-@pytest.mark.parametrize(("image_size", "head"), [((32, 32), "max"), ((16, 20), "max"), ((8, 8), "avg"), ((9, 30), "avg")])
+@pytest.mark.parametrize(("image_size", "head"),
+                         [((32, 32), "max"), ((16, 20), "max"), ((8, 8), "avg"), ((9, 30), "avg")])
 def test_other_image_sizes_match_the_twin(image_size, head):
     net = to_float64(ResNet9(width=1 / 16, head=head, image_size=image_size, rng=0))
     twin = TorchResNet9(width=1 / 16, head=head, image_size=image_size)

@@ -226,7 +226,8 @@ def _reduction_source(cp, kernel, kwargs, args):
     if len(ins) == 1 and isinstance(ins[0], cp.ndarray):
         out = cp.ndarray(tuple(shape[i] for i in out_axis), numpy.float32)
         assert _can_use_cub_block_reduction(ins, [out], reduce_axis, out_axis) is None, (
-            f"{kernel.name}: CuPy would build this reduction with CUB, whose source this test cannot generate without a device"
+            f"{kernel.name}: CuPy would build this reduction with CUB, whose source this test cannot generate "
+            "without a device"
         )
     kernel._cached_codes.clear()
     try:

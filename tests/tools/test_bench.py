@@ -40,7 +40,8 @@ def test_cpu_line_names_model_cores_flags_and_openblas_settings(monkeypatch):
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     cpu = cpu_info()
     assert cpu["openblas_env"]["OPENBLAS_CORETYPE"] == "Haswell"
-    assert describe_cpu(dict(model="AMD EPYC", cores=2, flags=["avx2", "avx512f"], openblas_env={"OPENBLAS_CORETYPE": "Haswell"})) == (
+    cpu = dict(model="AMD EPYC", cores=2, flags=["avx2", "avx512f"], openblas_env={"OPENBLAS_CORETYPE": "Haswell"})
+    assert describe_cpu(cpu) == (
         "AMD EPYC, 2 cores, avx2 avx512f; OPENBLAS_CORETYPE=Haswell"
     )
     assert describe_cpu(dict(model="Intel Xeon", cores=4, flags=[], openblas_env={})) == "Intel Xeon, 4 cores"
@@ -62,7 +63,8 @@ def test_profile_times_every_stage_of_both_frameworks(tmp_path):
     (row,) = result["rows"]
     rows = row["profile"]
     stages = ["conv1", "conv2", "res1", "conv3", "conv4", "res2", "classifier"]
-    assert [(s, p) for s, p, _ in rows[:-2]] == [(s, "forward") for s in stages] + [(s, "backward") for s in stages[::-1]]
+    assert [(s, p) for s, p, _ in rows[:-2]] == ([(s, "forward") for s in stages]
+                                                 + [(s, "backward") for s in stages[::-1]])
     assert all(ms["xpnet"] > 0 for _, _, ms in rows[:-1])
     assert all(ms["torch"] > 0 for s, _, ms in rows[:-2] if s != "conv1")
     step = rows[-1][2]
@@ -73,7 +75,8 @@ def test_profile_times_every_stage_of_both_frameworks(tmp_path):
 def test_dry_run_counts_launches_and_syncs_without_a_gpu(tmp_path, capsys):
     from xpnet import backend
 
-    assert main(["--backend", "cupy", "--dry-run", "--width", "0.0625", "--batch-sizes", "2", "4", "--out", str(tmp_path)]) == 0
+    assert main(["--backend", "cupy", "--dry-run", "--width", "0.0625", "--batch-sizes", "2", "4",
+                 "--out", str(tmp_path)]) == 0
     assert backend.name() == "numpy"
     result = json.loads((tmp_path / "launches.json").read_text())
     small, large = result["rows"]

@@ -51,7 +51,8 @@ def test_quick_report_writes_tables_json_and_figures(quick):
     md = (quick / "report.md").read_text()
     for heading in ("4.1.1 Comparison", "4.1.2 Ablation", "4.2 Efficiency"):
         assert heading in md
-    for figure in ("99.67", "99.38", "99.46", "99.21", "99.65", "99.43", "99.19", "99.20", "48,994.08 s", "1,508.85 s", "203.93 s"):
+    for figure in ("99.67", "99.38", "99.46", "99.21", "99.65", "99.43", "99.19", "99.20", "48,994.08 s", "1,508.85 s",
+                   "203.93 s"):
         assert figure in md, figure
     for label, arch, _, key in ABLATION_ROWS:
         assert f"| {label} | {arch} | {PUBLISHED['ablation'][key]:.2f} | " in md
@@ -63,7 +64,8 @@ def test_quick_report_writes_tables_json_and_figures(quick):
     assert set(rep["runs"]) == set(RUNS)
     # Every table cell is the mean and spread of the run folders' own results.
     for row in rep["tables"]["ablation"] + rep["tables"]["accuracy"]:
-        accs = [json.loads((quick / f"{row['run']}-seed{s}" / "summary.json").read_text())["test_accuracy"] for s in (0, 1)]
+        accs = [json.loads((quick / f"{row['run']}-seed{s}" / "summary.json").read_text())["test_accuracy"]
+                for s in (0, 1)]
         assert row["test"]["values"] == accs
         assert row["test"]["mean"] == pytest.approx(numpy.mean(accs))
         assert row["test"]["sd"] == pytest.approx(numpy.std(accs, ddof=1))
@@ -76,7 +78,8 @@ def test_quick_report_writes_tables_json_and_figures(quick):
         assert meta["config"]["framework"] == RUNS[name]["framework"]
         assert meta["config"]["seed"] == 1 and meta["config"]["batch_size"] == 8 and meta["config"]["lr"] == 1e-3
     for w in rep["tables"]["twins"]:
-        a = [rep["runs"][w["xpnet"]][s]["test_accuracy"] - rep["runs"][w["torch"]][s]["test_accuracy"] for s in ("0", "1")]
+        a = [rep["runs"][w["xpnet"]][s]["test_accuracy"] - rep["runs"][w["torch"]][s]["test_accuracy"]
+             for s in ("0", "1")]
         assert w["gap"]["values"] == pytest.approx(a)
     rows = rep["efficiency"]["rows"]
     assert rows["xpnet-cpu"]["measured"] and rows["torch-cpu"]["measured"]
@@ -87,7 +90,8 @@ def test_quick_report_writes_tables_json_and_figures(quick):
 
 def test_a_second_call_skips_finished_runs(capsys, quick, data_dir):
     before = {p: p.stat().st_mtime_ns for p in quick.glob("*/last.safetensors")}
-    code, out, _ = _run(capsys, "--quick", "--data-dir", data_dir, "--out", quick, "--efficiency-steps", 0, "--no-plots")
+    code, out, _ = _run(capsys, "--quick", "--data-dir", data_dir, "--out", quick, "--efficiency-steps", 0,
+                        "--no-plots")
     assert code == 0
     assert out.count("finished before: skipped") == 2 * len(RUNS)
     assert {p: p.stat().st_mtime_ns for p in quick.glob("*/last.safetensors")} == before
@@ -108,7 +112,8 @@ def test_ctrl_c_stops_cleanly_and_the_next_call_resumes_exactly(capsys, monkeypa
     monkeypatch.setattr(train_mod.XpnetRunner, "step", interrupted_step)
     flags = ["--quick", "--seeds", 1, "--data-dir", data_dir, "--out", tmp_path, "--efficiency-steps", 0, "--no-plots"]
     code, _, err = _run(capsys, *flags)
-    assert code == 130 and err.strip().splitlines() == ["xpnet report: interrupted; run the same command again to resume"]
+    assert code == 130
+    assert err.strip().splitlines() == ["xpnet report: interrupted; run the same command again to resume"]
     _, meta = checkpoint.load(tmp_path / "xpnet-sgd-seed0" / "last.safetensors")
     assert (meta["epoch"], meta["batch"]) == (0, 5)
     monkeypatch.setattr(train_mod.XpnetRunner, "step", real_step)

@@ -77,7 +77,8 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     t.add_argument("--lr", type=positive_float, default=d.lr, help="peak learning rate")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="optimizer")
     t.add_argument("--momentum", type=nonneg_float, default=d.momentum, help="SGD momentum (Nesterov)")
-    t.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay, help="L2 (sgd, adam) or decoupled (adamw) weight decay")
+    t.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay,
+                   help="L2 (sgd, adam) or decoupled (adamw) weight decay")
     t.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule")
     t.add_argument("--label-smoothing", type=probability, default=d.label_smoothing, help="label smoothing of the loss")
     t.add_argument("--augment", type=nonneg_int, default=d.augment, help="random shifts of up to N pixels")
@@ -86,7 +87,8 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     t.add_argument("--res-blocks", type=int, choices=(2, 3), default=d.res_blocks, help="residual blocks")
     t.add_argument("--head", choices=("max", "avg"), default=d.head, help="pooling before the classifier")
     t.add_argument("--dropout", type=probability, default=d.dropout, help="dropout before the linear layer")
-    t.add_argument("--train-subset", type=nonneg_int, default=d.train_subset, help="use the first N training images (0: all)")
+    t.add_argument("--train-subset", type=nonneg_int, default=d.train_subset,
+                   help="use the first N training images (0: all)")
     t.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size, help="test-set batch size")
     t.add_argument("--seed", type=int, default=d.seed, help="seed of the one random generator")
     t.add_argument("--resume", type=Path, default=None, metavar="CHECKPOINT",

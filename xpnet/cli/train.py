@@ -31,7 +31,7 @@ def _check_batch(cfg, data, warn):
         raise UserError(f"--train-subset {cfg.train_subset} exceeds the {n_total} training images")
     n = cfg.train_subset or n_total
     if cfg.batch_size > n:
-        used = f"the {n} training images of --train-subset {cfg.train_subset}" if cfg.train_subset else f"the {n} training images"
+        used = f"the {n} training images" + (f" of --train-subset {cfg.train_subset}" if cfg.train_subset else "")
         raise UserError(f"--batch-size {cfg.batch_size} exceeds {used}")
     if backend.name() != "numpy" or cfg.batch_size <= max(memory.PROBES):
         return

@@ -12,14 +12,15 @@ input-gradient steps.
   channel and its square while a GEMM chunk is still in cache; those sums are the batch
   statistics. Each chunk sums its deviations from its own mean ``a`` (sum z = sum d + r a,
   sum z^2 = sum d^2 + 2a sum d + r a^2, combined in float64): raw float32 sums of z^2 lose the
-  variance to cancellation where a channel's mean is large against its spread. Then normalise + ReLU + pool run in small chunks.
+  variance to cancellation where a channel's mean is large against its spread. Then normalise +
+  ReLU + pool run in small chunks.
 * Backward: the ReLU/pool mask is rebuilt from the output ``y`` and pooled ``p`` (a window's
   gradient goes to the first position equal to its maximum, and only where that maximum is
   positive), so no index array is stored. A pooled block on the CPU does not even keep ``y``:
-  the backward remakes it, chunk by chunk, from ``z`` and BatchNorm's scale and shift. BatchNorm's backward becomes ``dz = a*g + b*z + c``
-  with per-channel a, b, c, formed chunk by chunk just before that chunk's weight and input
-  gradients. Its sum of g*z is taken around the batch mean, sum g*(z - mean), for the same
-  reason.
+  the backward remakes it, chunk by chunk, from ``z`` and BatchNorm's scale and shift.
+  BatchNorm's backward becomes ``dz = a*g + b*z + c`` with per-channel a, b, c, formed chunk by
+  chunk just before that chunk's weight and input gradients. Its sum of g*z is taken around the
+  batch mean, sum g*(z - mean), for the same reason.
 * Forward (eval): BatchNorm folds into the convolution's weights and one per-channel shift.
 * Synchronised BatchNorm over data-parallel ranks: the four per-channel sums above (sum z and
   sum z^2 in the forward, sum g and sum g*z in the backward) and the count go through the

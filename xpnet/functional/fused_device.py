@@ -20,8 +20,8 @@ launches, not the arithmetic, so the body is laid out around launches:
 * Backward: one reduction gives sum(g) and sum(g*(z - mean)) (complex again), with the ReLU/pool
   mask g made inline; one kernel writes dz = a*g + b*z + c with the coefficients made inline
   from those sums; one per-channel kernel adds dgamma and dbeta into the parameters' gradients
-  (the conv bias's gradient, sum(dz), is zero: BatchNorm cancels any shift of z). dW is one GEMM, written straight into the weight's gradient after
-  ``zero_grad``; dx is one GEMM, a gather and a 9-tap sum.
+  (the conv bias's gradient, sum(dz), is zero: BatchNorm cancels any shift of z). dW is one GEMM,
+  written straight into the weight's gradient after ``zero_grad``; dx is one GEMM, a gather and a 9-tap sum.
 
 Arrays are NCHW-shaped at the interface, channels-last in memory.
 """
@@ -262,7 +262,10 @@ def train_forward(x, w, gamma, beta, eps, pool, ws, reduce_sums=None, running=No
         )
         var = None
     zh = z.reshape(n, h, wd, o)
-    out = backend.fuse(_affine_relu_pool)(*_windows(zh), scale, shift) if pool else backend.fuse(_affine_relu)(zh, scale, shift)
+    if pool:
+        out = backend.fuse(_affine_relu_pool)(*_windows(zh), scale, shift)
+    else:
+        out = backend.fuse(_affine_relu)(zh, scale, shift)
     cache = (x, w, gamma, zh, None if pool else out, pool, mean, inv_std, scale, shift)
     return nchw(out), cache, mean, var
 

@@ -85,7 +85,8 @@ class OutOfMemoryError(MemoryError):
     def __init__(self, size, total, limit=0):
         self.size, self.total, self.limit = size, total, limit
         super().__init__(
-            f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes, limit set to: {limit:,} bytes)."
+            f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes, "
+            f"limit set to: {limit:,} bytes)."
         )
 
 
@@ -174,7 +175,8 @@ def _wrap(r, name):
 def _check_keywords(qualname, allowed, kwargs):
     for k in kwargs:
         if k not in allowed:
-            raise TypeError(f"{qualname}() got an unexpected keyword argument {k!r} (CuPy {cupy_api.VERSION} has no such keyword)")
+            raise TypeError(f"{qualname}() got an unexpected keyword argument {k!r} "
+                            f"(CuPy {cupy_api.VERSION} has no such keyword)")
 
 
 def _ufunc(name):

@@ -336,7 +336,8 @@ def run(args) -> dict:
     except ImportError:
         torch = None
     if torch is None and not args.no_torch:
-        raise SystemExit("xpnet bench: error: PyTorch is needed for the comparison (pip install 'xpnet[test]'), or pass --no-torch")
+        raise SystemExit("xpnet bench: error: PyTorch is needed for the comparison (pip install 'xpnet[test]'), "
+                         "or pass --no-torch")
     device = "cuda" if args.backend == "cupy" else "cpu"
     if torch is not None and not args.no_torch and device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("xpnet bench: error: torch has no CUDA here; pass --no-torch to time CuPy alone")
@@ -385,7 +386,8 @@ def run(args) -> dict:
         width=args.width,
         threads=threads,
         kernel_threads=kernel_threads,
-        blas=[{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")} for i in threadpool_info()],
+        blas=[{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+              for i in threadpool_info()],
         cpu=cpu_info(),
         torch=None if torch is None else torch.__version__,
         numpy=numpy.__version__,
@@ -463,7 +465,8 @@ def build_parser():
     p.add_argument("--backend", choices=backend.BACKENDS, default="numpy", help="array backend")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 64, 128], help="batch sizes to time")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model")
-    p.add_argument("--threads", type=int, default=0, help="threads for BLAS, torch and the xpnet kernels (0: all cores)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads for BLAS, torch and the xpnet kernels (0: all cores)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
     p.add_argument("--steps", type=int, default=3, help="steps per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per framework first")

@@ -145,7 +145,8 @@ def count_torch(width, batch, seed=0):
         events = prof.events()
         result[name], result[f"{name}_by_name"] = _torch_launches(events)
         result[f"{name}_leaf_ops"] = sum(
-            1 for e in events if e.name.startswith("aten::") and not any(c.name.startswith("aten::") for c in e.cpu_children)
+            1 for e in events
+            if e.name.startswith("aten::") and not any(c.name.startswith("aten::") for c in e.cpu_children)
         )
     return result
 
@@ -176,7 +177,8 @@ def markdown(result) -> str:
         t, e = r["xpnet"]["train"], r["xpnet"]["eval"]
         cells = [str(r["batch"]), str(t["ops"]), str(t["syncs"]), str(t["to_host"] + t["to_device"])]
         if has_torch:
-            cells += [str(r["torch"]["train"]), f"{t['ops'] / r['torch']['train']:.2f}", str(r["torch"]["train_leaf_ops"])]
+            cells += [str(r["torch"]["train"]), f"{t['ops'] / r['torch']['train']:.2f}",
+                      str(r["torch"]["train_leaf_ops"])]
         cells += [str(e["ops"])] + ([str(r["torch"]["eval"])] if has_torch else [])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -68,7 +68,8 @@ ABLATION_ROWS = (  # (label, architecture as the report words it, run, published
     ("Baseline", "Add residual directly - 2 ResBlock - MaxPooling (SGD)", "xpnet-sgd", "baseline"),
     ("Variant 1", "Add residual directly - 2 ResBlock - AvgPooling (SGD)", "avg-head", "variant1"),
     ("Variant 2", "Add residual through a Conv layer - 2 ResBlock - MaxPooling (SGD)", "conv-shortcut", "variant2"),
-    ("Variant 3", "Add residual through a Conv layer - 3 ResBlock - MaxPooling (SGD)", "conv-shortcut-3-blocks", "variant3"),
+    ("Variant 3", "Add residual through a Conv layer - 3 ResBlock - MaxPooling (SGD)", "conv-shortcut-3-blocks",
+     "variant3"),
     ("Variant 4", "Add residual directly - 2 ResBlock - MaxPooling (Adam)", "xpnet-adam", "variant4"),
 )
 
@@ -346,7 +347,8 @@ def markdown(report: dict) -> str:
         sd = "" if g["sd"] is None else f" ± {100 * g['sd']:.2f}"
         spread = w["spread"]["sd"]
         lines.append(
-            f"- Test accuracy of {w['xpnet']} minus its twin {w['torch']}, same seed: {100 * g['mean']:+.2f}{sd} points "
+            f"- Test accuracy of {w['xpnet']} minus its twin {w['torch']}, same seed: "
+            f"{100 * g['mean']:+.2f}{sd} points "
             f"(per seed: {', '.join(f'{100 * v:+.2f}' for v in g['values'])}); seed-to-seed spread of "
             f"{w['xpnet']}: {'n/a' if spread is None else f'{100 * spread:.2f}'} points."
         )
@@ -385,7 +387,8 @@ def markdown(report: dict) -> str:
     if eff:
         lines.append("")
         lines.append(
-            f"Projected: the mean time of {eff['steps']} timed training steps (after {eff['warmup']} untimed ones) and of "
+            f"Projected: the mean time of {eff['steps']} timed training steps (after {eff['warmup']} untimed ones) "
+            f"and of "
             f"{eff['eval_batches']} evaluation batch(es), each on {eff['job']}, times "
             f"{eff['train_steps_per_epoch']:,} steps and {eff['eval_batches_per_epoch']} evaluation batches per "
             f"epoch, times {eff['epochs']} epochs. Not a whole run."
@@ -423,7 +426,8 @@ def figures(out: Path, results: dict, tables_: dict) -> list[Path]:
     plt = _pyplot()
     written = []
     panels = [(f"{a} and its twin", (a, b)) for a, b in TWINS]
-    panels.append(("ablation variants", ("xpnet-sgd", "avg-head", "conv-shortcut", "conv-shortcut-3-blocks", "xpnet-adam")))
+    panels.append(("ablation variants",
+                   ("xpnet-sgd", "avg-head", "conv-shortcut", "conv-shortcut-3-blocks", "xpnet-adam")))
     panels.append(("every run", tuple(RUNS)))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     colours = {name: f"C{i}" for i, name in enumerate(RUNS)}
@@ -531,7 +535,8 @@ def _machine() -> str:
 
 
 def _scale(recipe, cfg, seeds, test_subset, train_images, quick) -> str:
-    subset = f"the first {cfg.train_subset:,} training images" if cfg.train_subset else f"all {train_images:,} training images"
+    subset = (f"the first {cfg.train_subset:,} training images" if cfg.train_subset
+              else f"all {train_images:,} training images")
     test = f"the first {test_subset:,} test images" if test_subset else "the whole test set"
     width = "full width" if cfg.width == 1.0 else f"width {cfg.width:g}"
     return (f"{'--quick, ' if quick else ''}recipe `{recipe}` ({width}, {cfg.epochs} epoch(s), batch {cfg.batch_size}, "
@@ -567,16 +572,19 @@ def run(args, log=print, comm=None) -> dict | None:
     if test_subset:
         if test_subset > len(data.test_labels):
             raise ReportError(f"--test-subset {test_subset} exceeds the {len(data.test_labels)} test images")
-        data = MNIST(data.train_images, data.train_labels, data.test_images[:test_subset], data.test_labels[:test_subset])
+        data = MNIST(data.train_images, data.train_labels, data.test_images[:test_subset],
+                     data.test_labels[:test_subset])
     if grid[0][2].train_subset > len(data.train_labels):
-        raise ReportError(f"--train-subset {grid[0][2].train_subset} exceeds the {len(data.train_labels)} training images")
+        raise ReportError(f"--train-subset {grid[0][2].train_subset} exceeds the {len(data.train_labels)} "
+                          "training images")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     command = "xpnet report " + " ".join(args.argv)
     mine = grid[comm.rank :: comm.size]
     if comm.size > 1:
         # Runs are independent: each rank takes every size-th one, trained in one process.
-        log = (lambda line, say=log: say(f"[rank {comm.rank}] {line}"))
+        def log(line, say=log):
+            say(f"[rank {comm.rank}] {line}")
     log(f"report: {len(grid)} runs ({len(RUNS)} per seed, {seeds} seed(s)) into {out}"
         + (f"; {len(mine)} of them on this rank" if comm.size > 1 else ""))
 
@@ -589,7 +597,8 @@ def run(args, log=print, comm=None) -> dict | None:
         t0 = time.perf_counter()
         already = _finished(folder, cfg) is not None and (folder / "run.json").exists()
         try:
-            train_run(folder, cfg, data, test_subset, plots=not (args.no_plots or args.quick), log=lambda s: log("  " + s))
+            train_run(folder, cfg, data, test_subset, plots=not (args.no_plots or args.quick),
+                      log=lambda s: log("  " + s))
         except TrainingError as e:
             raise ReportError(f"{folder}: {e}") from e
         if already:
@@ -635,7 +644,8 @@ def run(args, log=print, comm=None) -> dict | None:
             configs={f"{n}-seed{s}": dataclasses.asdict(c) for n, s, c in grid},
         ),
         published=PUBLISHED,
-        runs={n: {str(s): {k: v for k, v in h.items() if k != "losses"} for s, h in r.items()} for n, r in results.items()},
+        runs={n: {str(s): {k: v for k, v in h.items() if k != "losses"} for s, h in r.items()}
+              for n, r in results.items()},
         tables=tables(results),
         efficiency=eff,
         measured_seconds=measured,

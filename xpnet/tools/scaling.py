@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
-    mpiexec = shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    mpiexec = shutil.which("mpiexec", path=path)
     if mpiexec is None:
         print("python -m xpnet.tools.scaling: error: no mpiexec found: pip install 'xpnet[mpi]'", file=sys.stderr)
         return 1
@@ -97,9 +98,12 @@ def main(argv=None) -> int:
         solo.append(_run(one, args.ranks * args.threads))
         multi.append(_run(ranks, args.threads))
     a, b = statistics.median(solo), statistics.median(multi)
-    print(f"batch {args.batch_size}, width {args.width}, sync-bn {args.sync_bn}, {args.steps} steps x {args.rounds} rounds")
-    print(f"1 process x {args.ranks * args.threads} threads: {a:.1f} img/s  (runs: {', '.join(f'{v:.1f}' for v in solo)})")
-    print(f"{args.ranks} ranks x {args.threads} threads: {b:.1f} img/s  (runs: {', '.join(f'{v:.1f}' for v in multi)})")
+    print(f"batch {args.batch_size}, width {args.width}, sync-bn {args.sync_bn}, "
+          f"{args.steps} steps x {args.rounds} rounds")
+    print(f"1 process x {args.ranks * args.threads} threads: {a:.1f} img/s  "
+          f"(runs: {', '.join(f'{v:.1f}' for v in solo)})")
+    print(f"{args.ranks} ranks x {args.threads} threads: {b:.1f} img/s  "
+          f"(runs: {', '.join(f'{v:.1f}' for v in multi)})")
     print(f"ratio (ranks / process): {b / a:.2f}")
     return 0
 
