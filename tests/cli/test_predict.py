@@ -156,7 +156,8 @@ def test_save_preprocessed_writes_what_the_network_saw(capsys, bar_model, tmp_pa
 
 
 def test_a_bomb_and_a_missing_file_are_a_line_each_and_the_others_are_answered(capsys, bar_model, tmp_path):
-    good = write(_scenes.inverted(numpy.pad(numpy.full((16, 4), 255, numpy.uint8), ((6, 6), (12, 12)))), tmp_path / "good.png")
+    good = write(_scenes.inverted(numpy.pad(numpy.full((16, 4), 255, numpy.uint8), ((6, 6), (12, 12)))),
+                 tmp_path / "good.png")
     (tmp_path / "bomb.png").write_bytes(png_bytes(30000, 30000, (bytes(3750) for _ in range(30000)), bit_depth=1))
     (tmp_path / "forged.png").write_bytes(png_bytes(30000, 30000, [bytes(10)] * 10))
     files = [tmp_path / "bomb.png", good, tmp_path / "missing.png", tmp_path / "forged.png", good]

@@ -68,7 +68,8 @@ def _answer(path, prepared, p, min_confidence):
     top = [] if p is None else [dict(digit=int(k), probability=round(float(p[k]), 6)) for k in numpy.argsort(-p)[:3]]
     reason = prepared.no_digit
     if reason is None and top[0]["probability"] < min_confidence:
-        reason = f"unsure: {top[0]['digit']} at {top[0]['probability']:.1%} is under --min-confidence {min_confidence:g}"
+        reason = (f"unsure: {top[0]['digit']} at {top[0]['probability']:.1%} "
+                  f"is under --min-confidence {min_confidence:g}")
     digit = reason is None
     result = dict(image=str(path), digit=digit, prediction=top[0]["digit"] if digit else None,
                   probability=top[0]["probability"] if digit else None, top3=top, reason=reason)

@@ -79,7 +79,8 @@ def _rows(k):
 
     def cross_entropy_rows(*args):
         xp = backend.xp()
-        cols, (labels, off, on, inv_n), grads, (loss, right, bad) = args[:k], args[k : k + 4], args[k + 4 : 2 * k + 4], args[2 * k + 4 :]
+        cols, (labels, off, on, inv_n) = args[:k], args[k : k + 4]
+        grads, (loss, right, bad) = args[k + 4 : 2 * k + 4], args[2 * k + 4 :]
         top, best = cols[0], labels.dtype.type(0) * labels
         for i in range(1, k):
             # Strictly greater: the first maximum wins, as argmax.

@@ -580,7 +580,8 @@ class ndarray:
         if _has_bool_array(key):
             _sync("setitem(bool mask)")
         _launch("setitem")
-        self._a[_wrapped_indices(_dev(key, "cupy.ndarray indexing"), self._a.shape)] = _dev(value, "cupy.ndarray assignment")
+        index = _wrapped_indices(_dev(key, "cupy.ndarray indexing"), self._a.shape)
+        self._a[index] = _dev(value, "cupy.ndarray assignment")
 
     # -- to the host: every one a synchronisation --
     def get(self, stream=None, order="C", out=None, blocking=True):
