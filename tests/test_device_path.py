@@ -91,6 +91,18 @@ def test_launches_do_not_grow_with_batch_or_width(fake_cupy):
     assert len(set(ops.values())) == 1, ops
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_full_width_step_keeps_the_launch_budget(optimizer):
+    """The budget of issue 22: at most 150 launches per train step at full width (PyTorch's
+    twin: about 110-160) and 60 per eval step, with one host read (the loss, for the log)."""
+    from xpnet.tools import launches
+
+    counts = launches.count_xpnet(1.0, 8, optimizer=optimizer)
+    assert counts["train"]["ops"] <= 150, counts["train_by_name"]
+    assert counts["eval"]["ops"] <= 60, counts["eval"]
+    assert counts["train"]["syncs"] == 1 and counts["eval"]["syncs"] == 0
+
+
 def test_chunks_and_threads_step_aside_on_the_device(fake_cupy):
     cp = backend.xp()
     previous = parallel.set_threads(4)

@@ -452,6 +452,10 @@ class _ShardedLoss:
     def backward(self):
         return self.loss_fn.backward(scale=self.comm._scale)
 
+    def hits(self, logits, labels):
+        """This rank's own count (the epoch's sums add the ranks' up)."""
+        return self.loss_fn.hits(logits, labels)
+
 
 def _flat_grads(params):
     """Re-point every ``Parameter.grad`` at a view of one flat buffer per dtype, so the gradient

@@ -61,7 +61,7 @@ def cross_entropy_forward(logits, labels, label_smoothing=0.0):
 
 def cross_entropy_backward(cache, scale=1.0):
     """-> dlogits: (N, K), the gradient of ``scale`` times the mean loss."""
-    if isinstance(cache[0], str):  # ("device", the gradient made with the forward)
+    if isinstance(cache[0], str):  # ("device", the gradient made with the forward, hits)
         grad = cache[1]
         return grad if scale == 1.0 else grad * grad.dtype.type(scale)
     logp, target = cache
@@ -118,4 +118,5 @@ def cross_entropy_sums(logits, labels, label_smoothing=0.0):
         *(logits[:, i] for i in range(k)), labels, s(label_smoothing / k), s(1.0 - label_smoothing), s(1.0 / n),
         *(grad[:, i] for i in range(k)), rows[0], rows[1], rows[2],
     )
-    return rows.sum(axis=1), ("device", grad)
+    sums = rows.sum(axis=1)
+    return sums, ("device", grad, sums[1])

@@ -23,6 +23,7 @@ import numpy
 
 from xpnet.functional import Workspace
 from xpnet.nn import (
+    BatchCounters,
     BatchNorm2d,
     Conv2d,
     ConvBlock,
@@ -123,6 +124,7 @@ class ResNet9(Sequential):
         tail.append(Linear(schema.head_features(c4, image_size, head), num_classes, rng=rng))
         stages["classifier"] = Sequential(*tail)
         super().__init__(stages)
+        object.__setattr__(self, "batch_counters", BatchCounters(self))
         object.__setattr__(
             self,
             "config",
@@ -133,3 +135,8 @@ class ResNet9(Sequential):
     def from_config(cls, model_config: dict, num_classes: int, rng=None):
         """The model a stored config describes, checked first (unknown keys, types, bounds)."""
         return cls(num_classes=num_classes, rng=rng, **schema.check(model_config, num_classes))
+
+    def forward(self, x):
+        if self.training:
+            self.batch_counters.count()
+        return super().forward(x)

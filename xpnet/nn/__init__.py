@@ -3,6 +3,7 @@
 from xpnet.nn.blocks import ConvBlock
 from xpnet.nn.layers import (
     AvgPool2d,
+    BatchCounters,
     BatchNorm2d,
     Conv2d,
     CrossEntropyLoss,
@@ -17,6 +18,7 @@ from xpnet.nn.module import Module, Parameter, Residual, Sequential
 
 __all__ = [
     "AvgPool2d",
+    "BatchCounters",
     "BatchNorm2d",
     "Conv2d",
     "ConvBlock",

@@ -70,7 +70,7 @@ class ConvBlock(Sequential):
             y, cache, _, _ = fused_device.train_forward(
                 x, conv.weight.data, bn.weight.data, bn.bias.data, bn.eps, pool, self.workspace, bn.reduce_sums, running
             )
-            bn.num_batches_tracked += 1
+            bn.count_batch()
         else:
             y, cache, mean, var = F.conv_bn_relu_train_forward(
                 x, conv.weight.data, bn.weight.data, bn.bias.data, bn.eps, pool, self.workspace, bn.reduce_sums

@@ -112,6 +112,7 @@ class BatchNorm2d(_Cached):
     """
 
     reduce_sums = None
+    counted_by = None  # the model whose forward counts this layer's batches, if one does
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
@@ -147,7 +148,13 @@ class BatchNorm2d(_Cached):
         backend.fuse(_running_update)(
             self.running_mean, self.running_var, mean, var, s(1.0 - mom), s(mom), s(mom * count / max(count - 1, 1))
         )
-        self.num_batches_tracked += 1
+        self.count_batch()
+
+    def count_batch(self):
+        """num_batches_tracked += 1, unless a model counts every BatchNorm's batches at once
+        (``share_batch_counters``)."""
+        if self.counted_by is None:
+            self.num_batches_tracked += 1
 
     def backward(self, dy):
         dx, dgamma, dbeta = F.batchnorm_backward(dy, self._take_cache(), self.reduce_sums)
@@ -157,6 +164,27 @@ class BatchNorm2d(_Cached):
 
     def extra_repr(self):
         return f"{self.weight.shape[0]}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchCounters:
+    """Every BatchNorm2d's ``num_batches_tracked`` of a model as views of one int64 array,
+    counted up at once by ``count()`` where the model's training-mode forward begins (one
+    launch on a GPU, instead of one per layer). Every BatchNorm of a model runs once per forward,
+    so all of them count alike."""
+
+    def __init__(self, model):
+        self.layers = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
+        xp = backend.xp() if not self.layers else backend.get_array_module(self.layers[0].running_mean)
+        self.counts = xp.zeros(len(self.layers), dtype=numpy.int64)
+        for i, bn in enumerate(self.layers):
+            view = self.counts[i : i + 1].reshape(())
+            view[...] = bn.num_batches_tracked
+            bn.register_buffer("num_batches_tracked", view)
+            object.__setattr__(bn, "counted_by", self)
+
+    def count(self):
+        if self.layers:
+            self.counts += 1
 
 
 class ReLU(_Cached):
@@ -280,9 +308,13 @@ class Linear(_Cached):
         return y
 
     def backward(self, dy):
-        dx, dw, db = F.linear_backward(dy, self._take_cache(), self.bias is not None)
-        self.weight.grad += dw
-        if self.bias is not None:
+        # Written straight into .grad after zero_grad (one launch less each on a GPU), else added.
+        dw_out = self.weight.grad if self.weight.take_zeroed() else None
+        db_out = self.bias.grad if self.bias is not None and self.bias.take_zeroed() else None
+        dx, dw, db = F.linear_backward(dy, self._take_cache(), self.bias is not None, dw_out, db_out)
+        if dw is not dw_out:
+            self.weight.grad += dw
+        if self.bias is not None and db is not db_out:
             self.bias.grad += db
         return dx
 
@@ -310,14 +342,16 @@ class CrossEntropyLoss:
 
     def __init__(self, label_smoothing=0.0):
         self.label_smoothing = float(label_smoothing)
-        self._cache = None
+        self._cache = self._hits = None
         self._bad_labels = None  # on a GPU: out-of-range labels seen since the last check
 
     def forward(self, logits, labels):
         if backend.get_array_module(logits, labels) is numpy:
             loss, self._cache = F.cross_entropy_forward(logits, labels, self.label_smoothing)
+            self._hits = None
             return loss
         sums, self._cache = F.cross_entropy_sums(logits, labels, self.label_smoothing)
+        self._hits = (logits, sums[1])
         # A view of the sums the loss kernel already made; added up in place, read once an epoch.
         if self._bad_labels is None:
             self._bad_labels = sums[2:].copy()
@@ -331,6 +365,14 @@ class CrossEntropyLoss:
         device count, a host sync: call it where the loop reads the device anyway, once an epoch."""
         bad, self._bad_labels = self._bad_labels, None
         return 0 if bad is None else int(bad[0])
+
+    def hits(self, logits, labels):
+        """The number of rows of ``logits`` (N, K) whose largest logit (the first, on ties) is the
+        label's, as a 0-d array on their backend: on a GPU the count the forward pass of these
+        logits already made (no launch)."""
+        if self._hits is not None and self._hits[0] is logits:
+            return self._hits[1]
+        return (logits.argmax(axis=1) == labels).sum()
 
     __call__ = forward
 

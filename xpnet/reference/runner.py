@@ -104,6 +104,9 @@ class TorchRunner:
         self._loss = self.loss_fn(logits, self._tensor(y))
         return float(self._loss.detach()), backend.to_device(logits.detach().cpu().numpy())
 
+    def hits(self, logits, y):
+        return (logits.argmax(axis=1) == y).sum()
+
     def backward(self) -> None:
         loss, self._loss = self._loss, None
         loss.backward()

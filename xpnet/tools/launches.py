@@ -36,9 +36,10 @@ TORCH_NO_LAUNCH = frozenset(
 )
 
 
-def count_xpnet(width, batch, res_blocks=2, seed=0):
+def count_xpnet(width, batch, res_blocks=2, seed=0, optimizer="sgd"):
     """Counts of one train step and one eval step of xpnet on the fake device:
-    {"train": {ops, syncs, to_host, to_device, float64}, "eval": {...}, "train_by_name": {...}}."""
+    {"train": {ops, syncs, to_host, to_device, float64}, "eval": {...}, "train_by_name": {...}}.
+    ``optimizer``: "sgd" (Nesterov momentum, weight decay) or "adam"."""
     from xpnet.testing import fakecupy
 
     with fakecupy.installed() as dev:
@@ -46,7 +47,10 @@ def count_xpnet(width, batch, res_blocks=2, seed=0):
         try:
             rng = numpy.random.default_rng(seed)
             model = ResNet9(width=width, res_blocks=res_blocks, rng=rng)
-            opt = optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            if optimizer == "adam":
+                opt = optim.Adam(model.named_parameters(), lr=1e-3, weight_decay=5e-4)
+            else:
+                opt = optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
             loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
             x = backend.to_device(rng.standard_normal((batch, 1, 28, 28)).astype(numpy.float32))
             y = backend.to_device(rng.integers(0, 10, batch))
@@ -57,7 +61,7 @@ def count_xpnet(width, batch, res_blocks=2, seed=0):
                 loss_fn(logits, y)
                 model.backward(loss_fn.backward())
                 opt.step()
-                return correct + (logits.argmax(axis=1) == y).sum()
+                return correct + loss_fn.hits(logits, y)
 
             model.train()
             correct = train_step(0)

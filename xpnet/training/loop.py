@@ -221,7 +221,7 @@ def fit(
                 done += 1
                 loss_sum += loss * len(y)
                 # Counted on the device: the loss is the step's one host synchronisation.
-                correct = correct + (logits.argmax(axis=1) == y).sum()
+                correct = correct + runner.hits(logits, y)
                 seen += len(y)
                 if bar is not None:
                     bar.update(1)

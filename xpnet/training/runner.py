@@ -107,6 +107,11 @@ class XpnetRunner:
         logits = self.model(x)
         return self.loss_fn(logits, y), logits
 
+    def hits(self, logits, y):
+        """The number of rows of the last ``forward``'s logits that predict y, as a 0-d array on
+        the current backend (no host read)."""
+        return self.loss_fn.hits(logits, y)
+
     def backward(self) -> None:
         self.model.backward(self.loss_fn.backward())
         self.comm.sync_grads()
