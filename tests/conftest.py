@@ -43,24 +43,18 @@ BACKEND_PARAMS = [
 def xp(request):
     """The array module of each available backend, selected for the duration of the test."""
     if request.param == "fake-cupy":
-        with fakecupy.installed():
-            yield backend.use("cupy")
-            backend.use("numpy")
+        with fakecupy.installed(), backend.using("cupy") as mod:
+            yield mod
         return
-    mod = backend.use(request.param)
-    yield mod
-    backend.use("numpy")
+    with backend.using(request.param) as mod:
+        yield mod
 
 
 @pytest.fixture
 def fake_cupy():
     """The fake device selected as the cupy backend; yields its counters."""
-    with fakecupy.installed() as dev:
-        backend.use("cupy")
-        try:
-            yield dev.counts
-        finally:
-            backend.use("numpy")
+    with fakecupy.installed() as dev, backend.using("cupy"):
+        yield dev.counts
 
 
 @pytest.fixture

@@ -81,3 +81,22 @@ def test_the_cuda_extras_bring_the_toolkit_a_driver_only_machine_lacks():
     for extra, package in (("cuda12", "cupy-cuda12x[ctk]"), ("cuda13", "cupy-cuda13x[ctk]")):
         lines = [r for r in requires("xpnet") if f'extra == "{extra}"' in r]
         assert any(r.replace(" ", "").startswith(package) for r in lines), lines
+
+
+def test_using_gives_back_the_backend_selected_before_even_on_error():
+    from xpnet.testing import fakecupy
+
+    with fakecupy.installed(), backend.using("cupy") as outer:
+        assert backend.name() == "cupy" and backend.xp() is outer
+        with backend.using("numpy") as inner:
+            assert inner is numpy and backend.name() == "numpy"
+        assert backend.xp() is outer  # the cupy it was, not a fresh import
+        with pytest.raises(ZeroDivisionError):
+            with backend.using("numpy"):
+                1 / 0
+        assert backend.name() == "cupy"
+        with pytest.raises(backend.BackendError):
+            with backend.using("tpu"):
+                pass
+        assert backend.xp() is outer
+    assert backend.name() == "numpy"

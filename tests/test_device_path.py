@@ -49,17 +49,13 @@ def _counted_step(counts, **kwargs):
 def test_train_and_eval_steps_match_numpy():
     results = {}
     for name in ("numpy", "fake-cupy"):
-        with fakecupy.installed():
-            backend.use("cupy" if name == "fake-cupy" else "numpy")
-            try:
-                model, opt, loss_fn, x, y = _model()
-                losses = [_step(model, opt, loss_fn, x, y) for _ in range(2)]
-                grads = {k: backend.asnumpy(p.grad) for k, p in model.named_parameters()}
-                model.eval()
-                logits = backend.asnumpy(model(x))
-                state = model.state_dict()
-            finally:
-                backend.use("numpy")
+        with fakecupy.installed(), backend.using("cupy" if name == "fake-cupy" else "numpy"):
+            model, opt, loss_fn, x, y = _model()
+            losses = [_step(model, opt, loss_fn, x, y) for _ in range(2)]
+            grads = {k: backend.asnumpy(p.grad) for k, p in model.named_parameters()}
+            model.eval()
+            logits = backend.asnumpy(model(x))
+            state = model.state_dict()
         results[name] = losses, grads, logits, state
     (l0, g0, z0, s0), (l1, g1, z1, s1) = results["numpy"], results["fake-cupy"]
     numpy.testing.assert_allclose(l1, l0, rtol=1e-5)

@@ -19,13 +19,15 @@ import math
 
 import numpy
 
+from xpnet.errors import XpnetError
+
 BACKENDS = ("numpy", "cupy")
 
 _current = numpy
 _fused = {}  # function -> its cupy.fuse form for the current backend, made on first use
 
 
-class BackendError(RuntimeError):
+class BackendError(XpnetError, RuntimeError):
     """The requested backend cannot be used here (no CuPy, no GPU, or mixed arrays)."""
 
 
@@ -57,6 +59,19 @@ def use(name: str):
     else:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     return _current
+
+
+@contextlib.contextmanager
+def using(name: str):
+    """Select the backend ``name`` for a ``with`` block (yielding its array module) and give back
+    the one selected before, however the block ends."""
+    global _current
+    previous = _current
+    try:
+        yield use(name)
+    finally:
+        _fused.clear()
+        _current = previous
 
 
 def xp():
@@ -135,13 +150,6 @@ def device_errors():
             f"the GPU ran out of memory ({' '.join(str(e).split())}); use a smaller batch size "
             f"(--batch-size, --eval-batch-size) or a narrower net (--width)"
         ) from None
-
-
-def seed(n: int) -> None:
-    """Seed the legacy global generators of both backends (for code outside xpnet's own RNGs)."""
-    numpy.random.seed(n)
-    if _current is not numpy:
-        _current.random.seed(n)
 
 
 # SplitMix64's constants: the golden-ratio increment and the two multipliers of its finaliser.

@@ -29,6 +29,8 @@ import zipfile
 import numpy
 
 from xpnet import backend
+from xpnet.errors import XpnetError
+from xpnet.errors import one_line as _one_line
 
 # The dtypes xpnet stores (the package's own names); bfloat16 and complex have no NumPy twin here.
 _CODES = {
@@ -51,7 +53,7 @@ MAX_BYTES = 4 << 30
 MAX_META_DEPTH = 32
 
 
-class CheckpointError(ValueError):
+class CheckpointError(XpnetError, ValueError):
     """A checkpoint cannot be written or is not a safetensors file xpnet reads (names the file)."""
 
 
@@ -273,10 +275,6 @@ def _truncation(raw: bytes, n: int) -> str | None:
     if not isinstance(need, int) or need <= have:
         return None
     return f"truncated: its tensors need {need} bytes of data but the file holds {have}"
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300]
 
 
 def _refuse_foreign(path: str, raw: bytes) -> None:

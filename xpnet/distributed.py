@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy
 
 from xpnet import __version__, backend
+from xpnet.errors import XpnetError
 
 # Environment variables that MPI launchers set in every process they start, giving the world
 # size without initialising MPI: MPICH/Hydra and Intel MPI, Open MPI, MVAPICH. XPNET_MPI=1 forces
@@ -58,7 +59,7 @@ SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(XpnetError, RuntimeError):
     """A launch that cannot train, found alike on every rank; ``rank`` 0 reports it."""
 
     def __init__(self, message, rank=0):

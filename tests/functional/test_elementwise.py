@@ -114,3 +114,11 @@ def test_a_label_outside_the_classes_is_an_error_or_a_count(xp, bad):
     assert backend.asnumpy(sums)[2] == 1
     sums, _ = F.cross_entropy_sums(logits, xp.asarray([0, 1, 2, 2]))
     assert backend.asnumpy(sums)[2] == 0
+
+
+def test_softmax_matches_torch_and_survives_huge_logits(xp, rng):
+    logits = randn(xp, rng, 6, 10) * 3.0
+    expected = torch.softmax(torch.as_tensor(backend.asnumpy(logits)), dim=1).numpy()
+    assert_close(F.softmax(logits), expected, rtol=1e-5, atol=1e-7)
+    p = backend.asnumpy(F.softmax(xp.asarray([[1000.0, 0.0], [0.0, -1000.0]], dtype=numpy.float32)))
+    numpy.testing.assert_allclose(p, [[1.0, 0.0], [1.0, 0.0]], atol=1e-6)

@@ -64,31 +64,27 @@ def _record_kernels():
         lambda rng: Report2Net(channels=(8, 16, 32, 64), rng=rng),
     )
     kernels = {}
-    with fakecupy.installed() as dev:
-        backend.use("cupy")
-        try:
-            for make in nets:
-                rng = numpy.random.default_rng(0)
-                model = make(rng)
-                x = backend.to_device(rng.standard_normal((8, 1, 28, 28)).astype(numpy.float32))
-                y = backend.to_device(rng.integers(0, 10, 8))
-                loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
-                for opt in (
-                    optim.Adam(model.named_parameters(), lr=1e-3),
-                    optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4),
-                ):
-                    model.train()
-                    opt.zero_grad()
-                    logits = model(x)
-                    loss_fn(logits, y)
-                    model.backward(loss_fn.backward())
-                    opt.step()
-                    (logits.argmax(axis=1) == y).sum()
-                model.eval()
-                model(x).argmax(axis=1)
-            kernels.update(dev.kernels)
-        finally:
-            backend.use("numpy")
+    with fakecupy.installed() as dev, backend.using("cupy"):
+        for make in nets:
+            rng = numpy.random.default_rng(0)
+            model = make(rng)
+            x = backend.to_device(rng.standard_normal((8, 1, 28, 28)).astype(numpy.float32))
+            y = backend.to_device(rng.integers(0, 10, 8))
+            loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+            for opt in (
+                optim.Adam(model.named_parameters(), lr=1e-3),
+                optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4),
+            ):
+                model.train()
+                opt.zero_grad()
+                logits = model(x)
+                loss_fn(logits, y)
+                model.backward(loss_fn.backward())
+                opt.step()
+                (logits.argmax(axis=1) == y).sum()
+            model.eval()
+            model(x).argmax(axis=1)
+        kernels.update(dev.kernels)
     return list(kernels)
 
 

@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 from xpnet import backend
+from xpnet.errors import XpnetError
 from xpnet.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
 
 
-class UserError(Exception):
+class UserError(XpnetError):
     """An error to report as one line, without a traceback."""
 
 
@@ -176,19 +177,6 @@ def _check_data_dir(folder, may_create, origin):
         raise UserError(f"{origin} {folder}: no such folder{hint}")
 
 
-def _one_line_errors():
-    """The errors a user can cause, reported as one line without a traceback."""
-    from xpnet.checkpoint import CheckpointError
-    from xpnet.data import DataError
-    from xpnet.distributed import DistributedError
-    from xpnet.functional import LabelError
-    from xpnet.training.config import TrainingError
-    from xpnet.training.rundir import RunError
-
-    return (UserError, DataError, CheckpointError, TrainingError, RunError, backend.BackendError, DistributedError,
-            LabelError)
-
-
 def main(argv=None) -> int:
     from xpnet.cli import deps
 
@@ -229,7 +217,7 @@ def main(argv=None) -> int:
     try:
         with backend.device_errors():
             return commands[args.command](args)
-    except _one_line_errors() as e:
+    except XpnetError as e:
         if getattr(e, "rank", 0) == 0:  # a DistributedError comes on every rank: one line
             print(f"xpnet {args.command}: error: {e}", file=sys.stderr)
         return 1

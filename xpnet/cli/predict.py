@@ -26,10 +26,10 @@ def _probabilities(model, images):
     import numpy
 
     from xpnet.data import normalize
+    from xpnet.functional import softmax
 
     logits = backend.asnumpy(model(normalize(backend.to_device(images)))).astype(numpy.float64)
-    z = numpy.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    return softmax(logits)
 
 
 class _Saver:

@@ -7,7 +7,8 @@ import math
 import sys
 
 from xpnet import backend
-from xpnet.cli import UserError, _check_data_dir, _data_dir, _one_line_errors
+from xpnet.cli import UserError, _check_data_dir, _data_dir
+from xpnet.errors import XpnetError
 
 
 def _load_data(folder, may_create, origin):
@@ -69,7 +70,7 @@ def cmd_train(args) -> int:
     from xpnet import distributed
 
     comm = distributed.world()  # one process, or one rank of `mpiexec -n N xpnet train`
-    with comm.guard("xpnet train", (*_one_line_errors(), FileNotFoundError)):
+    with comm.guard("xpnet train", (XpnetError, FileNotFoundError)):
         return _train(args, comm)
 
 

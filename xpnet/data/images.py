@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy
 
+from xpnet.errors import XpnetError
+
 MAX_PIXELS = 64_000_000  # about 8000x8000: any camera's photo, not a 30000x30000 bomb
 WORK_SIDE = 1024  # larger images are box-reduced to about this first: a digit needs no more
 BOX = 20  # MNIST's digits fit a 20x20 box ...
@@ -50,7 +52,7 @@ MAX_PIECES = 4
 MAX_SOLID = 0.3
 
 
-class ImageError(ValueError):
+class ImageError(XpnetError, ValueError):
     """An image that cannot be read (one line naming it)."""
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy
 
 from xpnet import backend
+from xpnet.errors import XpnetError
+from xpnet.errors import one_line as _one_line
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -84,7 +86,7 @@ _IDX_DTYPES = {
 _HELP = "pass --data-dir or set XPNET_DATA to a folder that holds the four MNIST IDX files"
 
 
-class DataError(ValueError):
+class DataError(XpnetError, ValueError):
     """A data file is missing, malformed or could not be downloaded (one-line message naming it)."""
 
 
@@ -450,10 +452,6 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
     except OSError:
         pass
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300]
 
 
 def decompressed_sha256(path) -> str:

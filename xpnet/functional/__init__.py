@@ -27,6 +27,7 @@ from xpnet.functional.loss import (
     cross_entropy_backward,
     cross_entropy_forward,
     cross_entropy_sums,
+    softmax,
 )
 from xpnet.functional.normalization import (
     batchnorm_backward,
@@ -63,6 +64,7 @@ __all__ = [
     "LabelError",
     "check_labels",
     "cross_entropy_sums",
+    "softmax",
     "dropout_backward",
     "dropout_forward",
     "from_rows",

@@ -1,4 +1,4 @@
-"""Softmax cross-entropy, fused so its gradient is the simple softmax - target.
+"""Softmax cross-entropy, fused so its gradient is the simple softmax - target; softmax itself.
 
 On a GPU the whole of it is two launches: one kernel over the batch's rows, with the K classes'
 columns as K arguments (K is small), writes each row's loss, whether its prediction is right,
@@ -16,9 +16,10 @@ import numpy
 
 from xpnet import backend
 from xpnet.backend import get_array_module
+from xpnet.errors import XpnetError
 
 
-class LabelError(ValueError):
+class LabelError(XpnetError, ValueError):
     """A label outside [0, K): the data does not fit the model."""
 
 
@@ -33,6 +34,15 @@ def _log_softmax(logits):
     xp = get_array_module(logits)
     z = logits - logits.max(axis=1, keepdims=True)
     return z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+
+
+def softmax(logits):
+    """logits: (N, K) float -> probabilities (N, K), each row summing to 1 (computed from
+    ``logits - max`` so that no exp overflows)."""
+    xp = get_array_module(logits)
+    p = xp.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return p
 
 
 def _targets(labels, k, dtype, label_smoothing, xp):

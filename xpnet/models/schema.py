@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from xpnet.errors import XpnetError
+
 SHORTCUTS = ("identity", "conv")
 HEADS = ("max", "avg")
 RES_BLOCKS = (2, 3)
@@ -45,7 +47,7 @@ DEFAULTS = dict(
 )
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(XpnetError, ValueError):
     """A model config xpnet will not build (one line naming the field)."""
 
 

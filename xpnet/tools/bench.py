@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy
 
 from xpnet import backend, nn, optim
+from xpnet.errors import XpnetError
 from xpnet.functional import parallel
 from xpnet.tools.machine import blas_note, cpu_info, describe_cpu
 from xpnet.models import ResNet9
@@ -499,7 +500,7 @@ def main(argv=None) -> int:
     try:
         with backend.device_errors():
             result = run(args)
-    except backend.BackendError as e:
+    except XpnetError as e:
         print(f"xpnet bench: error: {e}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)

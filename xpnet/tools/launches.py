@@ -42,41 +42,37 @@ def count_xpnet(width, batch, res_blocks=2, seed=0, optimizer="sgd"):
     ``optimizer``: "sgd" (Nesterov momentum, weight decay) or "adam"."""
     from xpnet.testing import fakecupy
 
-    with fakecupy.installed() as dev:
-        backend.use("cupy")
-        try:
-            rng = numpy.random.default_rng(seed)
-            model = ResNet9(width=width, res_blocks=res_blocks, rng=rng)
-            if optimizer == "adam":
-                opt = optim.Adam(model.named_parameters(), lr=1e-3, weight_decay=5e-4)
-            else:
-                opt = optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-            loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
-            x = backend.to_device(rng.standard_normal((batch, 1, 28, 28)).astype(numpy.float32))
-            y = backend.to_device(rng.integers(0, 10, batch))
+    with fakecupy.installed() as dev, backend.using("cupy"):
+        rng = numpy.random.default_rng(seed)
+        model = ResNet9(width=width, res_blocks=res_blocks, rng=rng)
+        if optimizer == "adam":
+            opt = optim.Adam(model.named_parameters(), lr=1e-3, weight_decay=5e-4)
+        else:
+            opt = optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+        x = backend.to_device(rng.standard_normal((batch, 1, 28, 28)).astype(numpy.float32))
+        y = backend.to_device(rng.integers(0, 10, batch))
 
-            def train_step(correct):
-                opt.zero_grad()
-                logits = model(x)
-                loss_fn(logits, y)
-                model.backward(loss_fn.backward())
-                opt.step()
-                return correct + loss_fn.hits(logits, y)
+        def train_step(correct):
+            opt.zero_grad()
+            logits = model(x)
+            loss_fn(logits, y)
+            model.backward(loss_fn.backward())
+            opt.step()
+            return correct + loss_fn.hits(logits, y)
 
-            model.train()
-            correct = train_step(0)
-            before = dev.counts.snapshot()
-            dev.counts.by_name.clear()
-            train_step(correct)
-            train = dev.counts.since(before)
-            by_name = dict(dev.counts.by_name.most_common())
-            model.eval()
-            model(x)
-            before = dev.counts.snapshot()
-            model(x).argmax(axis=1)
-            evals = dev.counts.since(before)
-        finally:
-            backend.use("numpy")
+        model.train()
+        correct = train_step(0)
+        before = dev.counts.snapshot()
+        dev.counts.by_name.clear()
+        train_step(correct)
+        train = dev.counts.since(before)
+        by_name = dict(dev.counts.by_name.most_common())
+        model.eval()
+        model(x)
+        before = dev.counts.snapshot()
+        model(x).argmax(axis=1)
+        evals = dev.counts.since(before)
     return dict(train=train, eval=evals, train_by_name=by_name)
 
 

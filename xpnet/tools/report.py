@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy
 
 from xpnet import backend
+from xpnet.errors import XpnetError
 from xpnet.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
 
 # The report's published figures (percent; seconds for 8 epochs).
@@ -97,7 +98,7 @@ PASS_THROUGH = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "sched
                 "augment", "width", "dropout", "train_subset", "eval_batch_size")
 
 
-class ReportError(Exception):
+class ReportError(XpnetError):
     """A report that cannot go on: one line for the user."""
 
 
@@ -185,8 +186,9 @@ def _history(folder: Path) -> dict:
 # -- efficiency --------------------------------------------------------------------------------
 
 
-def time_steps(cfg, data, backend_name, steps, eval_batches, warmup) -> dict:
-    """Mean seconds of a training step and of an evaluation batch of ``cfg``'s run on its framework.
+def time_steps(cfg, data, steps, eval_batches, warmup) -> dict:
+    """Mean seconds of a training step and of an evaluation batch of ``cfg``'s run on its framework
+    and the current backend.
 
     The clock is read after a ``synchronize``; ``warmup`` untimed steps come first (PyTorch's
     first dozen steps on new shapes run several times slower than the rest).
@@ -194,7 +196,6 @@ def time_steps(cfg, data, backend_name, steps, eval_batches, warmup) -> dict:
     from xpnet.data import batches
     from xpnet.training.runner import build_runner, build_schedule
 
-    backend.use(backend_name)
     rng = numpy.random.default_rng(cfg.seed)
     runner = build_runner(cfg, 10, rng)
     schedule = build_schedule(cfg, math.ceil(len(data.train_labels) / cfg.batch_size))
@@ -227,24 +228,21 @@ def efficiency(cfg, data, steps, eval_batches, epochs, train_images, test_images
     """Projected seconds of ``epochs`` epochs (``train_images`` steps' worth each, and one
     evaluation of ``test_images``) on every framework and backend that is present here."""
     targets = (("xpnet", "numpy"), ("torch", "numpy"), ("xpnet", "cupy"), ("torch", "cupy"))
-    previous = backend.name()
     rows = {}
-    try:
-        for framework, backend_name in targets:
-            key = f"{framework}-{'cpu' if backend_name == 'numpy' else 'gpu'}"
-            why = _unavailable(framework, backend_name)
-            if why:
-                log(f"efficiency {key}: not measured: {why}")
-                rows[key] = dict(measured=False, why=why)
-                continue
-            log(f"efficiency {key}: timing {steps} training steps and {eval_batches} evaluation batches")
-            t = time_steps(dataclasses.replace(cfg, framework=framework), data, backend_name, steps, eval_batches,
+    for framework, backend_name in targets:
+        key = f"{framework}-{'cpu' if backend_name == 'numpy' else 'gpu'}"
+        why = _unavailable(framework, backend_name)
+        if why:
+            log(f"efficiency {key}: not measured: {why}")
+            rows[key] = dict(measured=False, why=why)
+            continue
+        log(f"efficiency {key}: timing {steps} training steps and {eval_batches} evaluation batches")
+        with backend.using(backend_name):
+            t = time_steps(dataclasses.replace(cfg, framework=framework), data, steps, eval_batches,
                            warmup=10 if steps >= 20 else 2)
-            per_epoch = (math.ceil(train_images / cfg.batch_size) * t["step_seconds"]
-                         + math.ceil(test_images / cfg.eval_batch_size) * t["eval_batch_seconds"])
-            rows[key] = dict(measured=True, projected_seconds=epochs * per_epoch, **t)
-    finally:
-        backend.use(previous)
+        per_epoch = (math.ceil(train_images / cfg.batch_size) * t["step_seconds"]
+                     + math.ceil(test_images / cfg.eval_batch_size) * t["eval_batch_seconds"])
+        rows[key] = dict(measured=True, projected_seconds=epochs * per_epoch, **t)
     return rows
 
 
@@ -257,13 +255,11 @@ def _unavailable(framework, backend_name) -> str | None:
         if backend_name == "cupy" and not runner.cuda_available():
             return "torch has no CUDA device here"
     if backend_name == "cupy":
-        previous = backend.name()
         try:
-            backend.use("cupy")
+            with backend.using("cupy"):
+                pass
         except backend.BackendError as e:
             return str(e)
-        finally:
-            backend.use(previous)
     return None
 
 
@@ -662,20 +658,16 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    from xpnet.checkpoint import CheckpointError
-    from xpnet.data import DataError
-
     from xpnet import distributed
 
     try:
         comm = distributed.world()  # one process, or one rank of `mpiexec -n K xpnet report`
-        expected = (ReportError, DataError, CheckpointError, backend.BackendError)
-        with comm.guard("xpnet report", expected):
+        with comm.guard("xpnet report", XpnetError):
             run(args, log=lambda s: print(s, flush=True), comm=comm)
     except KeyboardInterrupt:
         print("xpnet report: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (ReportError, DataError, CheckpointError, backend.BackendError, distributed.DistributedError) as e:
+    except XpnetError as e:
         print(f"xpnet report: error: {e}", file=sys.stderr)
         return 1
     return 0

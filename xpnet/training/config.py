@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 
+from xpnet.errors import XpnetError
+
 FRAMEWORKS = ("xpnet", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 CHECKPOINT_EXT = ".safetensors"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(XpnetError, RuntimeError):
     """Training cannot go on (a non-finite loss, a checkpoint that does not fit)."""
 
 

@@ -25,6 +25,8 @@ import itertools
 import os
 from pathlib import Path
 
+from xpnet.errors import XpnetError
+
 # What a run writes; a folder holding any of the first four holds a run.
 RUN_FILES = ("last.safetensors", "best.safetensors", "metrics.csv", "summary.json", "losses.csv")
 FIGURES = ("curves.png", "failures.png", "confusion.png")
@@ -37,7 +39,7 @@ RESUME_MAY_CHANGE = ("--epochs", "--stop-after", "--data-dir", "--out", "--backe
 EXTENDABLE_SCHEDULES = ("constant",)
 
 
-class RunError(ValueError):
+class RunError(XpnetError, ValueError):
     """A run folder or resume request that xpnet refuses (one line, says what to do instead)."""
 
 

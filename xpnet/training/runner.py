@@ -7,7 +7,7 @@ import numpy
 
 from xpnet import backend, checkpoint, distributed, nn, optim
 from xpnet.data import batches
-from xpnet.functional import LabelError
+from xpnet.functional import LabelError, softmax
 from xpnet.models import build_model
 from xpnet.training.config import FRAMEWORKS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingError
 
@@ -47,17 +47,13 @@ def evaluate(model, images, labels, batch_size=500):
     """
     was_training = model.training
     model.eval()
-    xp = backend.xp()
     loss_fn = nn.CrossEntropyLoss()
     total, preds, probs = 0.0, [], []
     try:
         for x, y in batches(images, labels, batch_size, shuffle=False):
             logits = model(x)
             total += loss_fn(logits, y) * len(y)
-            z = logits - logits.max(axis=1, keepdims=True)
-            p = xp.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
-            probs.append(backend.asnumpy(p))
+            probs.append(backend.asnumpy(softmax(logits)))
             preds.append(backend.asnumpy(logits.argmax(axis=1)))
     finally:
         model.train(was_training)
