@@ -34,6 +34,42 @@ def test_smoke_run_writes_json_and_markdown(tmp_path, capsys):
     # Every table names the CPU it was measured on, first.
     assert result["cpu"]["model"] and result["cpu"]["cores"] >= 1
     assert md.startswith(f"CPU: {describe_cpu(result['cpu'])}\n")
+    # ... and the wait policy PyTorch's threads ran under (the tests set PASSIVE themselves).
+    assert result["omp_wait_policy"] == "PASSIVE (OMP_WAIT_POLICY)"
+    assert "PyTorch's OpenMP wait policy: PASSIVE (OMP_WAIT_POLICY)" in md
+
+
+def _policy_in_fresh_python(code, **env):
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split("\n")[:2]
+
+
+SHOW = "import os\nfrom xpnet.tools.machine import passive_omp_wait\n{before}print(passive_omp_wait())\nprint(os.environ['OMP_WAIT_POLICY'])"
+
+
+def test_torch_sleeps_while_it_waits_unless_the_user_chose():
+    assert _policy_in_fresh_python(SHOW.format(before="")) == ["PASSIVE (set by xpnet)", "PASSIVE"]
+    assert _policy_in_fresh_python(SHOW.format(before=""), OMP_WAIT_POLICY="active") == ["ACTIVE (OMP_WAIT_POLICY)", "active"]
+    late = _policy_in_fresh_python(SHOW.format(before="import torch\n"))
+    assert late[0].startswith("ACTIVE (torch was loaded before")
+    # xpnet train --framework torch sets it before it imports the twin.
+    code = "import os, sys\nfrom xpnet.cli.train import _need_framework\n_need_framework('torch')\n" \
+           "print('torch' in sys.modules)\nprint(os.environ['OMP_WAIT_POLICY'])"
+    assert _policy_in_fresh_python(code) == ["True", "PASSIVE"]
+
+
+def test_a_warning_when_the_load_average_says_other_work_runs():
+    from xpnet.tools.machine import load_note
+
+    note = load_note(cores=2, load=8.8)
+    assert "8.8 on 2 cores" in note and "\n" not in note
+    assert load_note(cores=2, load=0.4) is None and load_note(cores=16, load=6.0) is None
 
 
 def test_cpu_line_names_model_cores_flags_and_openblas_settings(monkeypatch):

@@ -60,6 +60,9 @@ def _read_checkpoint(path):
 
 def _need_framework(framework):
     if framework == "torch":
+        from xpnet.tools.machine import passive_omp_wait
+
+        passive_omp_wait()  # before torch starts its OpenMP threads: spinning ones starve on a busy machine
         try:
             import xpnet.reference  # noqa: F401
         except ImportError as e:

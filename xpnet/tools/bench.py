@@ -32,7 +32,7 @@ import numpy
 from xpnet import backend, nn, optim
 from xpnet.errors import XpnetError
 from xpnet.functional import parallel
-from xpnet.tools.machine import blas_note, cpu_info, describe_cpu
+from xpnet.tools.machine import blas_note, cpu_info, describe_cpu, load_note, passive_omp_wait
 from xpnet.models import ResNet9
 
 
@@ -332,6 +332,10 @@ def peak_memory_mib(framework, width, batch, backend_name, threads):
 
 def run(args) -> dict:
     backend.use(args.backend)
+    wait_policy = passive_omp_wait()  # before torch starts its OpenMP threads
+    note = load_note()
+    if note:
+        print(f"xpnet bench: warning: {note}", file=sys.stderr, flush=True)
     try:
         import torch
     except ImportError:
@@ -391,12 +395,21 @@ def run(args) -> dict:
               for i in threadpool_info()],
         cpu=cpu_info(),
         torch=None if torch is None else torch.__version__,
+        omp_wait_policy=None if torch is None or args.no_torch else wait_policy,
+        load_average=_load_average(),
         numpy=numpy.__version__,
         machine=platform.processor() or platform.machine(),
         sgemm_peak_gflops=peak,
         train_gflop_per_image=3 * flops_fwd / 1e9,
         rows=rows,
     )
+
+
+def _load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def _format_row(r):
@@ -437,6 +450,8 @@ def markdown(result) -> str:
         f"sgemm peak {result['sgemm_peak_gflops']:.0f} GFLOP/s, {result['train_gflop_per_image']:.2f} GFLOP per "
         f"training image, torch {result['torch']}, numpy {result['numpy']}",
         "",
+        *([f"PyTorch's OpenMP wait policy: {result['omp_wait_policy']}; load average at the end "
+           f"{result.get('load_average')}", ""] if result.get("omp_wait_policy") else []),
         "GFLOP/s count a direct convolution's multiply-adds; xpnet's Winograd layers do 2.25x fewer, "
         "so its rate is an effective one and may pass the sgemm peak.",
         "",

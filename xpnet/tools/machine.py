@@ -72,3 +72,40 @@ def blas_note(cpu=None, blas=None):
             return (f"note: OpenBLAS runs its {arch} kernels (OPENBLAS_CORETYPE={pinned}) on a CPU with "
                     "AVX-512; unset OPENBLAS_CORETYPE for faster GEMMs")
     return None
+
+
+def passive_omp_wait() -> str:
+    """Let PyTorch's OpenMP threads sleep while they wait for work, unless the user chose.
+
+    By default they spin; on a machine where other work runs, spinning threads take the cores
+    that the threads with work need, and PyTorch's figures fall many times below what the same
+    machine gives it unloaded (issue 19: a bench ratio of 38.5 became 0.95). OpenMP reads
+    ``OMP_WAIT_POLICY`` once, when torch's library loads, so call this before importing torch.
+    Sets ``OMP_WAIT_POLICY=PASSIVE`` unless the variable is set. -> the policy as the tables name
+    it: 'PASSIVE (set by xpnet)', 'ACTIVE (OMP_WAIT_POLICY)', with a note if torch had already
+    started under another one.
+    """
+    import sys
+
+    given = os.environ.get("OMP_WAIT_POLICY")
+    if given:
+        return f"{given.upper()} (OMP_WAIT_POLICY)"
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if "torch" in sys.modules:  # too late for this process: its OpenMP runtime has read the default
+        return "ACTIVE (torch was loaded before xpnet could set PASSIVE)"
+    return "PASSIVE (set by xpnet)"
+
+
+def load_note(cores=None, load=None):
+    """A one-line warning when the machine's 1-minute load average says other work is running
+    (timings are then noisy and the slower side is starved), else None."""
+    cores = parallel.cpu_count() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (OSError, AttributeError):  # not every system keeps one
+            return None
+    if load <= max(1.0, 0.5 * cores):
+        return None
+    return (f"the load average is {load:.1f} on {cores} cores: other work is running, so these timings "
+            "are noisy and lower than the machine gives an idle run")

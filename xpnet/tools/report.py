@@ -527,7 +527,7 @@ def _machine() -> str:
 
     wait = os.environ.get("OMP_WAIT_POLICY")
     return (f"{describe_cpu(cpu_info())}, {platform.system()}; xpnet kernel threads "
-            f"{parallel.threads()}{f', OMP_WAIT_POLICY={wait}' if wait else ''}")
+            f"{parallel.threads()}{f', PyTorch OpenMP wait policy {wait}' if wait else ''}")
 
 
 def _scale(recipe, cfg, seeds, test_subset, train_images, quick) -> str:
@@ -557,7 +557,11 @@ def run(args, log=print, comm=None) -> dict | None:
     overrides = {k: v for k, v in quick.items() if k in PASS_THROUGH}
     overrides.update({k: getattr(args, k) for k in PASS_THROUGH if getattr(args, k) is not None})
     grid = run_configs(args.recipe, overrides, seeds)
+    wait_policy = None
     if any(cfg.framework == "torch" for _, _, cfg in grid):
+        from xpnet.tools.machine import passive_omp_wait
+
+        wait_policy = passive_omp_wait()  # before torch starts its OpenMP threads
         try:
             import xpnet.reference  # noqa: F401
         except ImportError as e:
@@ -632,7 +636,7 @@ def run(args, log=print, comm=None) -> dict | None:
     report = dict(
         settings=dict(
             recipe=args.recipe, quick=args.quick, seeds=seeds, test_subset=test_subset,
-            backend=args.backend, command=command, machine=_machine(),
+            backend=args.backend, command=command, machine=_machine(), omp_wait_policy=wait_policy,
             when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             scale=_scale(args.recipe, cfg0, seeds, test_subset, len(data.train_labels), args.quick),
             run_scale=f"{'full width' if cfg0.width == 1.0 else f'width {cfg0.width:g}'}, {cfg0.epochs} epoch(s)"
