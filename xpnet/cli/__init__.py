@@ -203,6 +203,7 @@ def main(argv=None) -> int:
     preset = _preset_of(argv) if argv and argv[0] == "train" else "default"
     parser = build_parser(preset)
     args = parser.parse_args(argv)
+    args.argv = list(argv)
     if args.command == "train":
         args.explicit = _explicit(argv, preset)
     absent = deps.missing(args.command, plots=not getattr(args, "no_plots", False))

@@ -128,11 +128,14 @@ def _train(args, comm) -> int:
             note = blas_note()
             if note:
                 print(note, flush=True)
+    from xpnet.training.provenance import provenance
+
     try:
         summary = fit(
             None if args.resume else cfg, data, out, resume=args.resume, epochs=epochs,
             stop_after=args.stop_after, plots=not args.no_plots, log=lambda s: print(s, flush=True),
             extra_meta={"data_dir": str(folder.resolve())}, comm=comm,
+            provenance=provenance(folder, getattr(args, "argv", None)) if comm.is_root else None,
         )
     except KeyboardInterrupt:
         return 130

@@ -114,6 +114,7 @@ def fit(
     plots=True,
     extra_meta=None,
     comm=None,
+    provenance=None,
 ) -> dict:
     """Train on ``data`` (an ``xpnet.data.MNIST``) and write results into ``out_dir``.
 
@@ -122,7 +123,8 @@ def fit(
     ends this call after that many epochs while the schedule still spans the whole run, so
     "stop after 1, resume" equals one uninterrupted run. Returns the summary dict (also in
     summary.json). ``extra_meta``: more JSON-able entries for every checkpoint's metadata (the CLI
-    stores the data folder there). Raises TrainingError on a non-finite loss; the last good
+    stores the data folder there). ``provenance``: what produced the run (see
+    ``xpnet.training.provenance``), kept in summary.json. Raises TrainingError on a non-finite loss; the last good
     checkpoint stays.
 
     comm: the data-parallel communicator (``xpnet.distributed``; default: one process). Every
@@ -288,6 +290,7 @@ def fit(
             config=dataclasses.asdict(cfg),
             model_config=cfg.model_config(),
             parameters=runner.parameters,
+            **({"provenance": provenance} if provenance else {}),
         )
         if comm.is_root:
             _write_json(out_dir / "summary.json", summary)
