@@ -1,4 +1,4 @@
-"""Figures of a run: loss and accuracy curves, a grid of misclassified digits, a confusion matrix.
+"""Figures of a run: loss curves from every step and accuracy per epoch, a grid of misclassified digits, a confusion matrix.
 
 Needs matplotlib, a dependency of xpnet; drawn off-screen with the Agg backend.
 """
@@ -26,21 +26,82 @@ def confusion_matrix(labels, preds, num_classes):
     return m
 
 
-def curves(path, history):
-    """Train and test loss and accuracy per epoch, from metrics rows."""
+def read_losses(path):
+    """losses.csv -> (steps (S,) int, losses (S,) float), or None when there is no such file."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+    if not rows:
+        return None
+    steps, losses = zip(*rows)
+    return numpy.asarray(steps), numpy.asarray(losses)
+
+
+def smooth(values, window):
+    """A centred moving average of ``values`` (S,) over ``window`` steps, shrinking at the ends
+    -> (S,) floats."""
+    v = numpy.asarray(values, dtype=numpy.float64)
+    window = max(1, min(int(window), len(v)))
+    c = numpy.concatenate([[0.0], numpy.cumsum(v)])
+    i = numpy.arange(len(v))
+    lo = numpy.clip(i - window // 2, 0, len(v))
+    hi = numpy.clip(i - window // 2 + window, 0, len(v))
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def curves_figure(history, losses=None, steps_per_epoch=None):
+    """The training curves as a matplotlib Figure.
+
+    Left: the training loss of every step (``losses``: (steps, values) from losses.csv; faint)
+    and its moving average, the test loss at each epoch's end (markers), and the epoch
+    boundaries (dotted). Right: train and test accuracy per epoch, each test point labelled
+    with its value. Without per-step losses the left panel falls back to per-epoch train loss.
+    """
     plt = _pyplot()
-    epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    ax1.plot(epochs, [r["test_loss"] for r in history], "s-", label="test")
-    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax2.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
-    ax2.plot(epochs, [100 * r["test_accuracy"] for r in history], "s-", label="test")
-    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    epochs = numpy.array([r["epoch"] for r in history], dtype=numpy.float64)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if losses is not None and len(losses[0]) > 1:
+        steps, values = losses
+        per_epoch = steps_per_epoch or max(1, round((int(steps.max()) + 1) / max(1, len(history))))
+        x = (steps + 1) / per_epoch  # in epochs: step k of epoch e ends at e - 1 + (k + 1) / per_epoch
+        window = max(5, len(values) // 50)
+        ax1.plot(x, values, color="tab:blue", alpha=0.25, linewidth=0.7, label="train loss, every step")
+        ax1.plot(x, smooth(values, window), color="tab:blue", linewidth=1.8,
+                 label=f"train loss, mean of {window} steps")
+    else:
+        ax1.plot(epochs, [r["train_loss"] for r in history], "o-", color="tab:blue", label="train loss (epoch mean)")
+    ax1.plot(epochs, [r["test_loss"] for r in history], "s", color="tab:orange", markersize=7, label="test loss")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    ax2.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", color="tab:blue", label="train")
+    test = [100 * r["test_accuracy"] for r in history]
+    ax2.plot(epochs, test, "s-", color="tab:orange", label="test")
+    for e, a in zip(epochs, test):
+        ax2.annotate(f"{a:.2f}%", (e, a), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8,
+                     color="tab:orange")
+    best = max(range(len(test)), key=test.__getitem__) if test else None
+    title = "Accuracy" if best is None else f"Accuracy (best test {test[best]:.2f}% at epoch {int(epochs[best])})"
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
+    ax2.margins(y=0.15)  # room for the labels above the points
+    last = float(epochs.max()) if len(epochs) else 1.0
     for ax in (ax1, ax2):
+        for e in range(1, int(last)):
+            ax.axvline(e, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_xlim(0 if ax is ax1 and losses is not None else 0.5, last + 0.25)
+        ax.set_xticks(range(1, int(last) + 1) if last <= 20 else ax.get_xticks())
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def curves(path, history, losses=None, steps_per_epoch=None):
+    """curves.png: see ``curves_figure``."""
+    plt = _pyplot()
+    fig = curves_figure(history, losses, steps_per_epoch)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -83,6 +144,6 @@ def confusion(path, labels, preds, num_classes):
 def write_all(out_dir, history, images, labels, preds, num_classes):
     """curves.png, failures.png and confusion.png into ``out_dir``."""
     out_dir = Path(out_dir)
-    curves(out_dir / "curves.png", history)
+    curves(out_dir / "curves.png", history, read_losses(out_dir / "losses.csv"))
     failures(out_dir / "failures.png", images, labels, preds)
     confusion(out_dir / "confusion.png", labels, preds, num_classes)

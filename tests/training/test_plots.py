@@ -1,0 +1,55 @@
+"""What the run's figures draw (line data, labels, limits), not their pixels."""
+
+import numpy
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from xpnet.training import plots  # noqa: E402
+
+
+def history(n=3):
+    return [dict(epoch=e, train_loss=1.0 / e, test_loss=0.8 / e, train_accuracy=0.9 + 0.02 * e,
+                 test_accuracy=0.91 + 0.02 * e) for e in range(1, n + 1)]
+
+
+def test_curves_draw_every_step_smoothed_with_epoch_boundaries_and_test_points(tmp_path):
+    rng = numpy.random.default_rng(0)
+    steps = numpy.arange(300)
+    losses = 2.0 * numpy.exp(-steps / 80) + rng.normal(0, 0.1, 300)
+    fig = plots.curves_figure(history(3), (steps, losses))
+    loss_ax, acc_ax = fig.axes
+    raw, smoothed, test = loss_ax.get_lines()[:3]
+    assert numpy.allclose(raw.get_ydata(), losses) and numpy.allclose(raw.get_xdata(), (steps + 1) / 100)
+    # The smoothed line follows the data with less noise.
+    s = smoothed.get_ydata()
+    assert len(s) == 300 and numpy.std(numpy.diff(s)) < 0.3 * numpy.std(numpy.diff(losses))
+    assert numpy.abs(s - 2.0 * numpy.exp(-steps / 80)).mean() < 0.05
+    assert list(test.get_xdata()) == [1, 2, 3] and numpy.allclose(test.get_ydata(), [0.8, 0.4, 0.8 / 3])
+    for ax in (loss_ax, acc_ax):
+        boundaries = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":")
+        assert boundaries == [1, 2]
+        lo, hi = ax.get_xlim()
+        assert lo <= 0.5 and hi >= 3
+    labels = [t.get_text() for t in acc_ax.texts]
+    assert labels == ["93.00%", "95.00%", "97.00%"]
+    assert "best test 97.00% at epoch 3" in acc_ax.get_title()
+    lo, hi = acc_ax.get_ylim()
+    assert lo < 92 and hi > 97.5  # the points and their labels inside the frame
+    assert {t.get_text() for t in loss_ax.get_legend().get_texts()} >= {"test loss", "train loss, every step"}
+
+
+def test_smooth_is_a_centred_mean_that_keeps_the_length():
+    assert numpy.allclose(plots.smooth([0, 0, 3, 0, 0], 3), [0, 1, 1, 1, 0])
+    assert numpy.allclose(plots.smooth([1, 2, 3], 1), [1, 2, 3])
+    assert len(plots.smooth([2, 4], 10)) == 2
+
+
+def test_write_all_reads_the_runs_losses_csv(tmp_path):
+    (tmp_path / "losses.csv").write_text("step,loss\n" + "".join(f"{i},{1 + i % 3}\n" for i in range(20)))
+    steps, values = plots.read_losses(tmp_path / "losses.csv")
+    assert list(steps) == list(range(20)) and values[:3].tolist() == [1, 2, 3]
+    assert plots.read_losses(tmp_path / "none.csv") is None
+    images = numpy.zeros((4, 28, 28), numpy.uint8)
+    plots.write_all(tmp_path, history(2), images, numpy.array([0, 1, 2, 3]), numpy.array([0, 1, 3, 3]), 10)
+    assert all((tmp_path / f).stat().st_size > 0 for f in ("curves.png", "failures.png", "confusion.png"))
