@@ -208,3 +208,39 @@ def test_without_torch_the_report_is_one_line_naming_the_extra(tmp_path, data_di
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "xpnet[reference]" in lines[0], out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_report_figures_draw_one_colour_per_variant_and_the_data_inside_the_frame():
+    from xpnet.tools import report as R
+
+    rng = numpy.random.default_rng(0)
+    results = {n: {s: {"losses": list(2.3 * numpy.exp(-numpy.arange(300) / 80) + rng.normal(0, 0.05, 300))}
+                   for s in (0, 1)} for n in R.RUNS}
+    fig = R.loss_figure(results)
+    for ax in fig.axes:
+        assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+        lines = [ln for ln in ax.get_lines() if ln.get_label() and not ln.get_label().startswith("_")]
+        for line in ax.get_lines():
+            assert max(line.get_ydata()) <= ax.get_ylim()[1]
+        labels = [ln.get_label() for ln in lines]
+        assert len(labels) == len(set(labels))
+    twin_ax = fig.axes[0]
+    by_label = {ln.get_label(): ln for ln in twin_ax.get_lines() if not ln.get_label().startswith("_")}
+    ours, twin = by_label["xpnet, SGD"], by_label["PyTorch twin, SGD (dashed)"]
+    assert ours.get_color() == twin.get_color() and twin.get_linestyle() == "--" and ours.get_linestyle() == "-"
+    variants = fig.axes[2]
+    colours = [ln.get_color() for ln in variants.get_lines() if not ln.get_label().startswith("_")]
+    assert len(colours) == 5 and len(set(colours)) == 5  # one colour per variant
+    assert len(variants.get_lines()) == 10  # every seed drawn
+
+    rows = [dict(label=label, architecture=arch, run=run, published=R.PUBLISHED["ablation"][key],
+                 test=dict(mean=0.985 + 0.002 * i, sd=0.001, values=[])) for i, (label, arch, run, key) in enumerate(R.ABLATION_ROWS)]
+    ax = R.ablation_figure(rows).axes[0]
+    lo, hi = ax.get_ylim()
+    published = [r["published"] for r in rows]
+    assert lo < 98.5 - 0.1 and hi > max(published) and hi - lo < 3  # around the data, not from 0 or 9 %
+    report_marks = [ln for ln in ax.get_lines() if ln.get_label() == "the report"][0]
+    assert list(report_marks.get_ydata()) == published
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[0].startswith("Baseline\nidentity shortcut") and "average pool" in ticks[1]
+    assert "conv shortcut\n3 blocks" in ticks[3] and ticks[4].endswith("Adam")
