@@ -50,12 +50,14 @@ def _policy_in_fresh_python(code, **env):
     return out.stdout.split("\n")[:2]
 
 
-SHOW = "import os\nfrom xpnet.tools.machine import passive_omp_wait\n{before}print(passive_omp_wait())\nprint(os.environ['OMP_WAIT_POLICY'])"
+SHOW = ("import os\nfrom xpnet.tools.machine import passive_omp_wait\n{before}print(passive_omp_wait())\n"
+        "print(os.environ['OMP_WAIT_POLICY'])")
 
 
 def test_torch_sleeps_while_it_waits_unless_the_user_chose():
     assert _policy_in_fresh_python(SHOW.format(before="")) == ["PASSIVE (set by xpnet)", "PASSIVE"]
-    assert _policy_in_fresh_python(SHOW.format(before=""), OMP_WAIT_POLICY="active") == ["ACTIVE (OMP_WAIT_POLICY)", "active"]
+    given = _policy_in_fresh_python(SHOW.format(before=""), OMP_WAIT_POLICY="active")
+    assert given == ["ACTIVE (OMP_WAIT_POLICY)", "active"]
     late = _policy_in_fresh_python(SHOW.format(before="import torch\n"))
     assert late[0].startswith("ACTIVE (torch was loaded before")
     # xpnet train --framework torch sets it before it imports the twin.

@@ -234,7 +234,8 @@ def test_report_figures_draw_one_colour_per_variant_and_the_data_inside_the_fram
     assert len(variants.get_lines()) == 10  # every seed drawn
 
     rows = [dict(label=label, architecture=arch, run=run, published=R.PUBLISHED["ablation"][key],
-                 test=dict(mean=0.985 + 0.002 * i, sd=0.001, values=[])) for i, (label, arch, run, key) in enumerate(R.ABLATION_ROWS)]
+                 test=dict(mean=0.985 + 0.002 * i, sd=0.001, values=[]))
+            for i, (label, arch, run, key) in enumerate(R.ABLATION_ROWS)]
     ax = R.ablation_figure(rows).axes[0]
     lo, hi = ax.get_ylim()
     published = [r["published"] for r in rows]

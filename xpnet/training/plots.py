@@ -1,4 +1,5 @@
-"""Figures of a run: loss curves from every step and accuracy per epoch, a grid of misclassified digits, a confusion matrix.
+"""Figures of a run: loss curves from every step and accuracy per epoch, a grid of misclassified
+digits, a confusion matrix.
 
 Needs matplotlib, a dependency of xpnet; drawn off-screen with the Agg backend.
 """
