@@ -457,6 +457,10 @@ class _ShardedLoss:
         """This rank's own count (the epoch's sums add the ranks' up)."""
         return self.loss_fn.hits(logits, labels)
 
+    def out_of_range_labels(self) -> int:
+        """This rank's count (the loop sums the ranks' with the epoch's totals)."""
+        return self.loss_fn.out_of_range_labels()
+
 
 def _flat_grads(params):
     """Re-point every ``Parameter.grad`` at a view of one flat buffer per dtype, so the gradient
