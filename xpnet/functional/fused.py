@@ -29,13 +29,16 @@ input-gradient steps.
 
 Arrays are NCHW-shaped, channels-last in memory, like the rest of ``xpnet.functional``. Pooling
 is floor-mode: odd edge rows and columns belong to no window and get no gradient.
+
+This module holds the public functions and their CPU body, as Chainer's ``forward_cpu``; each
+public function hands device arrays at once to the GPU body, ``fused_device`` (the same math laid
+out around kernel launches). What both share, the plan's choice and the argument checks, is here.
 """
 
 from __future__ import annotations
 
 import numpy
 
-from xpnet import backend
 from xpnet.backend import get_array_module
 from xpnet.functional import fused_device
 from xpnet.functional.conv import Im2col3x3
@@ -61,44 +64,35 @@ CONV3X3_METHOD = "auto"
 ELEMENTWISE_CHUNK_BYTES = 1 << 20
 
 
-def _sum_dtype(xp, dt):
-    """The dtype of the per-channel sums: float64 on the CPU, where it costs little and keeps the
-    statistics of large batches exact; the data's own dtype on a GPU, where float64 runs at a
-    fraction of the float32 rate and CuPy's tree reductions keep float32 sums accurate."""
-    return numpy.float64 if xp is numpy else dt
-
-
-# -- the elementwise steps as functions that ``backend.fuse`` makes one kernel each on CuPy --------
-#
-# On the CPU the passes below run chunk by chunk with ``out=`` buffers, which keeps them in cache;
-# on a GPU the whole batch is one chunk and each pass would be a kernel launch, so the device
-# runs these fused forms instead. Per-channel vectors take them on both backends (they are tiny).
+# The per-channel sums are float64 on the CPU, where it costs little and keeps the statistics of
+# large batches exact (the device body keeps float32, where float64 runs at a fraction of the rate).
+SUM_DTYPE = numpy.float64
 
 
 class _ColumnSums:
-    """Sums over the rows of (R, O) chunks, each thread's kept apart in ``dtype`` and combined in
-    thread order (so a fixed thread count gives the same bits every run). On the CPU a GEMV with
-    the caller's ``ones`` vector, which is faster than sum(axis=0) and makes no temporary; on a
-    GPU one reduction kernel per chunk, and no zero-filled accumulators to add into."""
+    """Sums over the rows of (R, O) chunks, each thread's kept apart in float64 and combined in
+    thread order (so a fixed thread count gives the same bits every run): a GEMV with the
+    caller's ``ones`` vector, faster than sum(axis=0), more accurate (BLAS keeps several partial
+    sums), and no temporary."""
 
-    def __init__(self, xp, threads, dtype, ones=None):
-        self.xp, self.dtype, self.ones = xp, dtype, ones
+    def __init__(self, threads, ones):
+        self.ones = ones
         self.parts = [None] * threads
 
     def add(self, t, a):
         """Add the column sums of a (R, O) from thread t."""
-        self.accumulate(t, _column_sum(self.xp, a, self.ones))
+        self.accumulate(t, self.ones[: a.shape[0]] @ a)
 
     def accumulate(self, t, v):
         """Add the (O,) vector v, already summed over thread t's rows."""
-        v = v.astype(self.dtype, copy=False)
+        v = v.astype(SUM_DTYPE, copy=False)
         if self.parts[t] is None:
             self.parts[t] = v
         else:
-            self.xp.add(self.parts[t], v, out=self.parts[t])
+            numpy.add(self.parts[t], v, out=self.parts[t])
 
     def total(self):
-        """(O,) in ``dtype``."""
+        """(O,) float64."""
         parts = [p for p in self.parts if p is not None]
         total = parts[0]
         for p in parts[1:]:
@@ -106,53 +100,21 @@ class _ColumnSums:
         return total
 
 
-def _column_sum(xp, a, ones):
-    """a: (R, O) -> (O,) sums over rows: a GEMV with the ``ones`` vector on the CPU, faster than
-    sum(axis=0) and more accurate (BLAS keeps several partial sums); one reduction on a GPU."""
-    return ones[: a.shape[0]] @ a if xp is numpy else a.sum(axis=0)
-
-
 def _bn_stats(s1, s2, gamma, beta, m, eps):
     """Per-channel sums of z and z^2 over m values -> mean, biased var, 1/std, and the scale and
     shift (gamma's dtype) that normalise and apply gamma, beta."""
-    # Constants typed from the arguments: a bare Python number could widen a fused kernel.
-    zero, one = eps.dtype.type(0), eps.dtype.type(1)
     mean = s1 / m
-    var = backend.xp().maximum(s2 / m - mean * mean, zero)
-    inv_std = one / backend.xp().sqrt(var + eps)
+    var = numpy.maximum(s2 / m - mean * mean, 0.0)
+    inv_std = 1.0 / numpy.sqrt(var + eps)
     scale = (gamma * inv_std).astype(gamma.dtype)
     shift = (beta - mean * scale).astype(gamma.dtype)
     return mean, var, inv_std, scale, shift
 
 
-def _affine_relu(z, scale, shift):
-    return backend.xp().maximum(z * scale + shift, z.dtype.type(0))
-
-
-def _max4(a, b, c, d):
-    xp = backend.xp()
-    return xp.maximum(xp.maximum(a, b), xp.maximum(c, d))
-
-
-def _relu_grad(dout, y, g):
-    backend.xp().multiply(dout, y > 0, g)
-
-
-def _pool_relu_grad(dout, p, y00, y01, y10, y11, g00, g01, g10, g11):
-    """Each 2x2 window's gradient to its first position (row-major) equal to the pooled maximum,
-    where that maximum is positive: the four taps' gradients written into g's strided views."""
-    xp = backend.xp()
-    free = p > 0
-    hit = (y00 == p) & free
-    xp.multiply(dout, hit, g00)
-    free = free ^ hit
-    hit = (y01 == p) & free
-    xp.multiply(dout, hit, g01)
-    free = free ^ hit
-    hit = (y10 == p) & free
-    xp.multiply(dout, hit, g10)
-    free = free ^ hit
-    xp.multiply(dout, (y11 == p) & free, g11)
+def _uncentered(a, sd, sdd, r):
+    """A chunk's r rows summed around their column means a -> the plain sums of z and z^2:
+    sum z = r a + sum d, sum z^2 = sum d^2 + a (2 sum d + r a)."""
+    return r * a + sd, sdd + a * (sd + sd + r * a)
 
 
 def _bn_backward_coefficients(sg, sgc, sgc_own, mean, inv_std, gamma, m):
@@ -166,37 +128,6 @@ def _bn_backward_coefficients(sg, sgc, sgc_own, mean, inv_std, gamma, m):
     cb = (-k * inv * dgamma / m).astype(gamma.dtype)
     cc = (k * (mean * inv * dgamma - sg) / m).astype(gamma.dtype)
     return inv * sgc_own, ca, cb, cc
-
-
-# The reductions below are ``xp.sum(..., axis=0)``, never the ``.sum`` method: CuPy's ordinary
-# fusion traces the function, not the method, and falls back silently to its experimental
-# ``new_fusion`` on anything it cannot trace (a cooperative kernel on about one SM's worth of
-# blocks). The fake device refuses the method for that reason.
-
-
-def _centered_sum(z, a):
-    return backend.xp().sum(z - a, axis=0)
-
-
-def _centered_square_sum(z, a):
-    d = z - a
-    return backend.xp().sum(d * d, axis=0)
-
-
-def _uncentered(a, sd, sdd, r):
-    """A chunk's r rows summed around their column means a -> the plain sums of z and z^2:
-    sum z = r a + sum d, sum z^2 = sum d^2 + a (2 sum d + r a)."""
-    return r * a + sd, sdd + a * (sd + sd + r * a)
-
-
-def _centered_dot(g, z, mean):
-    return backend.xp().sum(g * (z - mean), axis=0)
-
-
-def _bn_input_grad(g, z, ca, cb, cc):
-    g *= ca
-    g += z * cb
-    g += cc
 
 
 def _check(x, w):
@@ -271,20 +202,23 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
     ws = Workspace() if ws is None else ws
     if xp is not numpy:
         return fused_device.train_forward(x, w, gamma, beta, eps, pool, ws, reduce_sums)
+    return _train_forward_cpu(x, w, gamma, beta, eps, pool, ws, reduce_sums)
+
+
+def _train_forward_cpu(x, w, gamma, beta, eps, pool, ws, reduce_sums):
     xh = nhwc(x)
     n, h, wd, c = xh.shape
     o = w.shape[0]
     dt = w.dtype
-    plan = _plan(xp, n, h, wd, c, o, dt, ws)
+    plan = _plan(numpy, n, h, wd, c, o, dt, ws)
     wk = plan.weights(w)
-    ones = xp.ones(plan.nb * h * wd, dtype=dt) if xp is numpy else None
-    z = xp.empty((n, h, wd, o), dtype=dt)
-    # On the CPU, y is the output (without pooling) and until then holds each chunk's
-    # deviations. A pooled block keeps only its pooled output: its y lives a chunk at a time in
-    # scratch, and the backward pass remakes it from z. (The device makes y fused.)
-    y = xp.empty_like(z) if xp is numpy and not pool else None
-    acc = numpy.dtype(_sum_dtype(xp, dt)).type
-    s1, s2 = (_ColumnSums(xp, workers(xp), acc, ones) for _ in range(2))
+    ones = numpy.ones(plan.nb * h * wd, dtype=dt)
+    z = numpy.empty((n, h, wd, o), dtype=dt)
+    # y is the output (without pooling) and until then holds each chunk's deviations. A pooled
+    # block keeps only its pooled output: its y lives a chunk at a time in scratch, and the
+    # backward pass remakes it from z.
+    y = None if pool else numpy.empty_like(z)
+    s1, s2 = (_ColumnSums(workers(numpy), ones) for _ in range(2))
 
     def body(t, n0, n1):
         plan.forward_into(xh, n0, n1, wk, z[n0:n1], t)
@@ -292,28 +226,21 @@ def conv_bn_relu_train_forward(x, w, gamma, beta, eps=1e-5, pool=False, ws=None,
         zc = z[n0:n1].reshape(r, o)
         # Sums around the chunk's own mean a (d = z - a): raw float32 sums of z^2 lose the
         # variance to cancellation, and to drift over a flat image background.
-        a = _column_sum(xp, zc, ones) * (1.0 / r)
-        if xp is numpy:
-            d = y[n0:n1].reshape(r, o) if y is not None else ws.get(xp, f"bz.{t}", (plan.nb * h * wd, o), dt)[:r]
-            xp.subtract(zc, a, out=d)
-            sd = ones[:r] @ d
-            xp.multiply(d, d, out=d)
-            sdd = ones[:r] @ d
-        else:
-            sd, sdd = backend.fuse(_centered_sum)(zc, a), backend.fuse(_centered_square_sum)(zc, a)
-        part1, part2 = backend.fuse(_uncentered)(*(v.astype(acc, copy=False) for v in (a, sd, sdd)), acc(r))
+        a = (ones[:r] @ zc) * (1.0 / r)
+        d = y[n0:n1].reshape(r, o) if y is not None else ws.get(numpy, f"bz.{t}", (plan.nb * h * wd, o), dt)[:r]
+        numpy.subtract(zc, a, out=d)
+        sd = ones[:r] @ d
+        numpy.multiply(d, d, out=d)
+        sdd = ones[:r] @ d
+        part1, part2 = _uncentered(*(v.astype(SUM_DTYPE) for v in (a, sd, sdd)), float(r))
         s1.accumulate(t, part1)
         s2.accumulate(t, part2)
 
-    for_chunks(xp, n, plan.nb, body)
+    for_chunks(numpy, n, plan.nb, body)
     (s1, s2), m = sums_over_ranks(reduce_sums, (s1.total(), s2.total()), n * h * wd)
-    mean, var, inv_std, scale, shift = backend.fuse(_bn_stats)(s1, s2, gamma, beta, acc(m), acc(eps))
-    if xp is numpy:
-        p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
-        _affine_relu_pool(z, scale, shift, y, p, ws)
-    else:
-        y = backend.fuse(_affine_relu)(z, scale, shift)
-        p = backend.fuse(_max4)(*_windows(y)) if pool else None
+    mean, var, inv_std, scale, shift = _bn_stats(s1, s2, gamma, beta, float(m), float(eps))
+    p = numpy.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
+    _affine_relu_pool(z, scale, shift, y, p, ws)
     mean, var, inv_std = (a.astype(dt, copy=False) for a in (mean, var, inv_std))
     # The weights, not their plan form: the backward remakes that only if it needs the input
     # gradient, so the tap matrices of every layer are not held at once between the passes.
@@ -336,38 +263,32 @@ def conv_bn_relu_eval_forward(x, w, b, gamma, beta, running_mean, running_var, e
     n, h, wd, c = xh.shape
     o = w.shape[0]
     dt = w.dtype
-    scale = gamma / xp.sqrt(running_var + eps)
+    scale = gamma / numpy.sqrt(running_var + eps)
     shift = beta - running_mean * scale
     if b is not None:
         shift = shift + b * scale
-    plan = _plan(xp, n, h, wd, c, o, dt, ws)
+    plan = _plan(numpy, n, h, wd, c, o, dt, ws)
     wk = plan.weights(w * scale.reshape(o, 1, 1, 1))
     # With pooling only p is kept: each chunk's convolution goes to scratch and is pooled
     # before the shift and the ReLU, which commute with the max exactly (rounding is monotonic),
     # so they run on a quarter of the values.
-    y = None if pool else xp.empty((n, h, wd, o), dtype=dt)
-    p = xp.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
+    y = None if pool else numpy.empty((n, h, wd, o), dtype=dt)
+    p = numpy.empty((n, h // 2, wd // 2, o), dtype=dt) if pool else None
 
     def body(t, n0, n1):
         if p is None:
             out = y[n0:n1]
             plan.forward_into(xh, n0, n1, wk, out, t)
         else:
-            yc = ws.get(xp, f"bz.{t}", (plan.nb, h, wd, o), dt)[: n1 - n0]
+            yc = ws.get(numpy, f"bz.{t}", (plan.nb, h, wd, o), dt)[: n1 - n0]
             plan.forward_into(xh, n0, n1, wk, yc, t)
             out = p[n0:n1]
             _pool2_into(yc, out)
-        xp.add(out, shift, out=out)
-        xp.maximum(out, 0.0, out=out)
+        numpy.add(out, shift, out=out)
+        numpy.maximum(out, 0.0, out=out)
 
-    for_chunks(xp, n, plan.nb, body)
+    for_chunks(numpy, n, plan.nb, body)
     return nchw(y if p is None else p)
-
-
-def _windows(y):
-    """y: (n, H, W, C) -> its four (n, H//2, W//2, C) strided views, one per 2x2 window position."""
-    ho, wo = y.shape[1] // 2, y.shape[2] // 2
-    return [y[:, a : 2 * ho : 2, b : 2 * wo : 2] for a in (0, 1) for b in (0, 1)]
 
 
 def _relu_pool_grad_into(dout, y, p, g, free, hit):
@@ -377,29 +298,22 @@ def _relu_pool_grad_into(dout, y, p, g, free, hit):
     position (row-major, as PyTorch) equal to the pooled maximum, if that maximum is positive;
     ``free`` and ``hit`` are bool scratch of p's shape.
     """
-    xp = get_array_module(g)
-    if p is None and xp is not numpy:
-        backend.fuse(_relu_grad)(dout, y, g)
-        return
     if p is None:
-        xp.greater(y, 0.0, out=hit)
-        xp.multiply(dout, hit, out=g)
+        numpy.greater(y, 0.0, out=hit)
+        numpy.multiply(dout, hit, out=g)
         return
     ho, wo = p.shape[1], p.shape[2]
     if 2 * ho != g.shape[1]:
         g[:, 2 * ho :] = 0.0
     if 2 * wo != g.shape[2]:
         g[:, :, 2 * wo :] = 0.0
-    if xp is not numpy:
-        backend.fuse(_pool_relu_grad)(dout, p, *_windows(y), *_windows(g))
-        return
-    xp.greater(p, 0.0, out=free)
+    numpy.greater(p, 0.0, out=free)
     for t, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-        xp.equal(y[:, a : 2 * ho : 2, b : 2 * wo : 2], p, out=hit)
-        xp.logical_and(hit, free, out=hit)
+        numpy.equal(y[:, a : 2 * ho : 2, b : 2 * wo : 2], p, out=hit)
+        numpy.logical_and(hit, free, out=hit)
         if t < 3:
-            xp.logical_xor(free, hit, out=free)
-        xp.multiply(dout, hit, out=g[:, a : 2 * ho : 2, b : 2 * wo : 2])
+            numpy.logical_xor(free, hit, out=free)
+        numpy.multiply(dout, hit, out=g[:, a : 2 * ho : 2, b : 2 * wo : 2])
 
 
 def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
@@ -417,97 +331,92 @@ def conv_bn_relu_backward(dout, cache, need_dx=True, ws=None, reduce_sums=None):
         grads = (xp.empty_like(w), xp.zeros(w.shape[0], dtype=w.dtype), xp.zeros(w.shape[0], dtype=w.dtype))
         dx = fused_device.backward(dout, cache, grads, True, need_dx, ws, reduce_sums)
         return dx, grads[0], xp.zeros_like(grads[1]), grads[1], grads[2]
-    x, w, gamma, z, y, p, mean, inv_std, scale, shift = cache
-    xh = nhwc(x)
-    douth = nhwc(dout)
+    x, w, gamma, z, _, _, mean, inv_std, _, _ = cache
     n, h, wd, o = z.shape
-    c = xh.shape[3]
-    dt = z.dtype
-    m = n * h * wd
-
+    plan = _plan(numpy, n, h, wd, x.shape[1], o, z.dtype, ws)
+    nb = chunk_size(numpy, n, h * wd * o * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
+    ones = numpy.ones(max(nb, plan.nb) * h * wd, dtype=z.dtype)
     # Pass 1: g (the ReLU input's gradient) and its per-channel sums sum(g), sum(g * (z - mean)).
-    nt = workers(xp)
-    g = xp.empty_like(z)
-    acc = numpy.dtype(_sum_dtype(xp, dt)).type
-    nb = chunk_size(xp, n, h * wd * o * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
-    plan = _plan(xp, n, h, wd, c, o, dt, ws)
-    ones = xp.ones(max(nb, plan.nb) * h * wd, dtype=dt) if xp is numpy else None
-    sg, sgz, db = (_ColumnSums(xp, nt, acc, ones) for _ in range(3))
+    g, sg, sgz = _relu_grad_sums(nhwc(dout), cache, nb, ones, ws)
+    (sg_all, sgz_all), m = sums_over_ranks(reduce_sums, (sg, sgz), n * h * wd)
+    # BatchNorm's backward, dz = gamma*inv_std*(g - mean(g) - xhat*mean(g*xhat)), as a*g + b*z + c.
+    dgamma, *coefficients = _bn_backward_coefficients(sg_all, sgz_all, sgz, mean, inv_std, gamma, float(m))
+    # Pass 2, per chunk of images: dz in place of g, then this chunk's share of dW and dx.
+    dx, dw, db = _dz_and_conv_grads(nhwc(x), w, z, g, coefficients, plan, ones, need_dx, ws)
+    dt = z.dtype
+    return dx, dw, db.astype(dt, copy=False), dgamma.astype(dt, copy=False), sg.astype(dt, copy=False)
+
+
+def _relu_grad_sums(douth, cache, nb, ones, ws):
+    """Backward pass 1, chunk by chunk: g (N, H, W, O), the gradient at the ReLU's input, and
+    its per-channel sums sum(g), sum(g * (z - mean)) (O,) float64."""
+    _, _, _, z, y, p, mean, _, scale, shift = cache
+    n, h, wd, o = z.shape
+    g = numpy.empty_like(z)
+    sg, sgz = (_ColumnSums(workers(numpy), ones) for _ in range(2))
     mask_shape = (nb, h // 2, wd // 2, o) if p is not None else (nb, h, wd, o)
 
-    def pass1(t, n0, n1):
-        k = n1 - n0
-        r = k * h * wd
-        on_cpu = xp is numpy
-        free = ws.get(xp, f"free.{t}", mask_shape, bool)[:k] if on_cpu else None
-        hit = ws.get(xp, f"hit.{t}", mask_shape, bool)[:k] if on_cpu else None
-        pc = None if p is None else p[n0:n1]
+    def body(t, n0, n1):
+        k, r = n1 - n0, (n1 - n0) * h * wd
+        free = ws.get(numpy, f"free.{t}", mask_shape, bool)[:k]
+        hit = ws.get(numpy, f"hit.{t}", mask_shape, bool)[:k]
         if y is None:
             # The forward kept no y: remake it in g, without the ReLU, which changes nothing
             # where the pooled maximum is positive, the only place the mask looks. The mask then
             # reads each window position of g before it writes that position's gradient.
             yc = g[n0:n1]
-            xp.multiply(z[n0:n1], scale, out=yc)
-            xp.add(yc, shift, out=yc)
+            numpy.multiply(z[n0:n1], scale, out=yc)
+            numpy.add(yc, shift, out=yc)
         else:
             yc = y[n0:n1]
-        _relu_pool_grad_into(douth[n0:n1], yc, pc, g[n0:n1], free, hit)
+        _relu_pool_grad_into(douth[n0:n1], yc, None if p is None else p[n0:n1], g[n0:n1], free, hit)
         gc = g[n0:n1].reshape(r, o)
         sg.add(t, gc)
-        if xp is numpy:
-            gzc = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)[:r]  # pass 2's scratch, free until then
-            xp.subtract(z[n0:n1].reshape(r, o), mean, out=gzc)
-            xp.multiply(gzc, gc, out=gzc)
-            sgz.add(t, gzc)
-        else:
-            sgz.accumulate(t, backend.fuse(_centered_dot)(gc, z[n0:n1].reshape(r, o), mean))
+        gzc = ws.get(numpy, f"bz.{t}", (nb * h * wd, o), z.dtype)[:r]  # pass 2's scratch, free until then
+        numpy.subtract(z[n0:n1].reshape(r, o), mean, out=gzc)
+        numpy.multiply(gzc, gc, out=gzc)
+        sgz.add(t, gzc)
 
-    for_chunks(xp, n, nb, pass1)
-    sg, sgz = sg.total(), sgz.total()
-    (sg_all, sgz_all), m = sums_over_ranks(reduce_sums, (sg, sgz), m)
+    for_chunks(numpy, n, nb, body)
+    return g, sg.total(), sgz.total()
 
-    # BatchNorm's backward, dz = gamma*inv_std*(g - mean(g) - xhat*mean(g*xhat)), as a*g + b*z + c.
-    dgamma, ca, cb, cc = backend.fuse(_bn_backward_coefficients)(
-        sg_all, sgz_all, sgz, mean, inv_std, gamma, acc(m)
-    )
 
-    # Pass 2, per chunk of images: dz in place of g, then this chunk's share of dW and dx.
-    nb = plan.nb
-    dws = xp.empty((nt, *plan.dw_shape), dtype=dt)  # per-thread partial weight gradients
+def _dz_and_conv_grads(xh, w, z, g, coefficients, plan, ones, need_dx, ws):
+    """Backward pass 2, chunk by chunk: dz = a*g + b*z + c in place of g, then each chunk's share
+    of dW and dx. -> (dx (N, C, H, W) or None, dw (O, C, 3, 3), db (O,) float64)."""
+    ca, cb, cc = coefficients
+    n, h, wd, o = z.shape
+    nt, nb, dt = workers(numpy), plan.nb, z.dtype
+    db = _ColumnSums(nt, ones)
+    dws = numpy.empty((nt, *plan.dw_shape), dtype=dt)  # per-thread partial weight gradients
     started = [False] * nt
     parts = [None] * nt
-    dx = xp.empty((n, h, wd, c), dtype=dt) if need_dx else None
+    dx = numpy.empty((n, h, wd, xh.shape[3]), dtype=dt) if need_dx else None
     wk = plan.weights(w) if need_dx else None
 
-    def pass2(t, n0, n1):
+    def body(t, n0, n1):
         r = (n1 - n0) * h * wd
         dz = g[n0:n1].reshape(r, o)
-        if xp is numpy:
-            bz = ws.get(xp, f"bz.{t}", (nb * h * wd, o), dt)
-            xp.multiply(z[n0:n1].reshape(r, o), cb, out=bz[:r])
-            xp.multiply(dz, ca, out=dz)
-            xp.add(dz, bz[:r], out=dz)
-            xp.add(dz, cc, out=dz)
-        else:
-            backend.fuse(_bn_input_grad)(dz, z[n0:n1].reshape(r, o), ca, cb, cc)
+        bz = ws.get(numpy, f"bz.{t}", (nb * h * wd, o), dt)
+        numpy.multiply(z[n0:n1].reshape(r, o), cb, out=bz[:r])
+        numpy.multiply(dz, ca, out=dz)
+        numpy.add(dz, bz[:r], out=dz)
+        numpy.add(dz, cc, out=dz)
         db.add(t, dz)
         # A thread's later chunks add into its first one's result, through scratch of this call
         # (a workspace buffer would hold the largest layer's weight gradient per thread for good).
         if not started[t]:
             part = dws[t]
         else:
-            part = parts[t] = xp.empty(plan.dw_shape, dtype=dt) if parts[t] is None else parts[t]
+            part = parts[t] = numpy.empty(plan.dw_shape, dtype=dt) if parts[t] is None else parts[t]
         plan.backward_into(xh, g[n0:n1], n0, n1, wk, part, None if dx is None else dx[n0:n1], t)
         if started[t]:
             dws[t] += part
         started[t] = True
 
-    for_chunks(xp, n, nb, pass2)
+    for_chunks(numpy, n, nb, body)
     used = [t for t in range(nt) if started[t]]
     dwmat = dws[used[0]]
     for t in used[1:]:
         dwmat += dws[t]
-    db = db.total()
-    dw = plan.dw_finish(dwmat)
-    dx = None if dx is None else nchw(dx)
-    return dx, dw, db.astype(dt, copy=False), dgamma.astype(dt, copy=False), sg.astype(dt, copy=False)
+    return None if dx is None else nchw(dx), plan.dw_finish(dwmat), db.total()
