@@ -191,3 +191,66 @@ def test_an_out_of_range_gather_wraps_as_cupys_does(cp):
     a = cp.asarray(numpy.arange(6, dtype=numpy.float32).reshape(2, 3))
     got = a[cp.arange(2), cp.asarray(numpy.array([3, -1]))]
     numpy.testing.assert_array_equal(backend.asnumpy(got), [0.0, 5.0])
+
+
+def _shifted(u, v, s):
+    return u - v * s
+
+
+def _double_then_shift(cp, a, b, shift):
+    """A little step with an in-place write, a new array, a fused kernel and an indexed copy."""
+    t = a * 2.0
+    b += t
+    c = backend.fuse(_shifted)(b, t, shift)
+    a[1:] = c[:-1]
+    return c
+
+
+def test_a_capture_records_without_running_and_a_replay_runs_it(cp, fake_cupy):
+    f = numpy.float32
+    a = cp.asarray(numpy.arange(4, dtype=f))
+    b = cp.ones(4, dtype=f)
+    shift = cp.asarray(numpy.full((), 0.5, dtype=f))  # a device scalar, updated between replays
+    ref_a, ref_b = numpy.arange(4, dtype=f), numpy.ones(4, dtype=f)
+    pool = cp.cuda.MemoryPool()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with cp.cuda.using_allocator(pool.malloc):
+        _double_then_shift(cp, a.copy(), b.copy(), shift)  # the warm-up makes the allocations
+        with stream:
+            stream.begin_capture()
+            c = _double_then_shift(cp, a, b, shift)
+            graph = stream.end_capture()
+    # Nothing ran: the inputs are as they were, the new result holds garbage.
+    numpy.testing.assert_array_equal(a.get(), ref_a)
+    numpy.testing.assert_array_equal(b.get(), ref_b)
+    assert numpy.isnan(c.get()).all()
+    for k in range(3):
+        shift[...] = cp.asarray(numpy.full((), 0.5 + k, dtype=f))
+        before = fake_cupy.snapshot()
+        graph.launch(stream)
+        assert fake_cupy.since(before)["ops"] == 1
+        t = ref_a * 2
+        ref_b += t
+        ref_c = ref_b - t * f(0.5 + k)
+        ref_a[1:] = ref_c[:-1]
+        numpy.testing.assert_array_equal(c.get(), ref_c)
+        numpy.testing.assert_array_equal(a.get(), ref_a)
+
+
+def test_a_capture_refuses_host_reads_host_copies_and_new_allocations(cp):
+    a = cp.ones(4, dtype=numpy.float32)
+    stream = cp.cuda.Stream(non_blocking=True)
+    pool = cp.cuda.MemoryPool()
+    with cp.cuda.using_allocator(pool.malloc):
+        a * 2.0  # the warm-up: one 16-byte result
+        for bad, match in (
+            (lambda: float(a.sum()), "host read"),
+            (lambda: cp.asarray(numpy.ones(4, dtype=numpy.float32)), "host-to-device"),
+            (lambda: (a * 2.0, a * 3.0), "did not make"),  # the second result is new
+            (lambda: cp.ones(8, dtype=numpy.float32), "did not make"),
+        ):
+            with stream:
+                stream.begin_capture()
+                with pytest.raises(fakecupy.GraphCaptureError, match=match):
+                    bad()
+                stream.end_capture()

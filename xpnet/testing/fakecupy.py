@@ -64,6 +64,7 @@ class Counts:
 
     def reset(self):
         self.ops = self.syncs = self.to_host = self.to_device = self.float64 = 0
+        self.graph_ops = 0  # launches replayed inside CUDA graphs (one host launch each graph)
         self.by_name = collections.Counter()
         self.float64_names = collections.Counter()
 
@@ -99,9 +100,199 @@ def _launch(name, n=1):
 def _sync(name):
     if _fusing:
         raise TypeError(f"cupy.fuse: {name} needs a value on the host, which a fused kernel cannot give")
+    if _capture[0] is not None:
+        raise GraphCaptureError(f"{name}: a host read during CUDA-graph capture (nothing has run yet)")
     counts.syncs += 1
     counts.to_host += 1
     counts.by_name[name] += 1
+
+
+# -- CUDA graphs ------------------------------------------------------------------------------
+#
+# Between ``stream.begin_capture()`` and ``stream.end_capture()`` nothing runs on a GPU: each
+# launch is recorded, with the buffers it reads and writes, into a graph that ``launch()``
+# replays. The fake device does the same. A launching operation under capture is worked out (to
+# learn its result's shape) and then undone, so the caller sees no effect; its new result holds
+# garbage (NaN, or all ones) until a replay; the recording keeps the operation with its buffers.
+# A host read, a host-to-device copy, or an allocation that the warm-up step before the capture
+# did not make (through the same private ``MemoryPool``) is a GraphCaptureError, as such a
+# graph would be wrong or fail on a GPU.
+
+
+class GraphCaptureError(RuntimeError):
+    """Something a captured CUDA graph cannot hold."""
+
+
+_capture = [None]  # the _Graph being recorded, if any
+
+
+def _payloads(values, found):
+    for v in values:
+        if isinstance(v, ndarray):
+            found.append(v._a)
+        elif isinstance(v, (list, tuple)):
+            _payloads(v, found)
+        elif isinstance(v, dict):
+            _payloads(v.values(), found)
+    return found
+
+
+def _garbage(a):
+    a[...] = numpy.nan if a.dtype.kind in "fc" else 1
+
+
+def _results(r):
+    """The result payloads of an operation's return value, in order."""
+    out = []
+    for v in r if isinstance(r, tuple) else (r,):
+        if isinstance(v, ndarray):
+            out.append(v._a)
+        elif isinstance(v, numpy.ndarray):
+            out.append(v)
+    return out
+
+
+def _exec(thunk, *operands):
+    """Run one launching operation ``thunk()`` on ``operands`` (every device array it reads or
+    writes): now, or under capture recorded for replay, its effects undone."""
+    graph = _capture[0]
+    if graph is None or _fusing:
+        r = thunk()
+        _allocated(_results(r), operands)
+        return r
+    touched = _payloads(operands, [])
+    saved = [a.copy() for a in touched]
+    r = thunk()
+    for a, before in zip(touched, saved):
+        a[...] = before
+    results = _results(r)
+    fresh = [i for i, v in enumerate(results) if not any(v is a for a in touched)]
+    for i in fresh:
+        _garbage(results[i])
+        graph.pool.serve(results[i].nbytes)
+    graph.ops.append((thunk, [(i, results[i]) for i in fresh]))
+    return r
+
+
+def _alloc(r):
+    """An allocation that launches nothing (``empty``): under capture, one the warm-up made."""
+    if isinstance(r, numpy.ndarray) and not _fusing:
+        if _capture[0] is not None:
+            _capture[0].pool.serve(r.nbytes)
+        else:
+            _allocated([r])
+    return r
+
+
+def _allocated(results, operands=()):
+    """New device buffers made outside capture: a private pool in use remembers their sizes."""
+    pool = _allocator[0]
+    if pool is None:
+        return
+    touched = _payloads(operands, [])
+    for v in results:
+        if v.base is None and not any(v is a for a in touched):
+            pool.note(v.nbytes)
+
+
+class _Graph:
+    """``cupy.cuda.Graph``: what a capture recorded; ``launch`` replays it (one launch)."""
+
+    def __init__(self, pool):
+        self.pool, self.ops = pool, []
+
+    def launch(self, stream=None):
+        if _capture[0] is not None:
+            raise GraphCaptureError("Graph.launch during a capture")
+        counts.ops += 1
+        counts.by_name["graph.launch"] += 1
+        counts.graph_ops += len(self.ops)
+        for thunk, fresh in self.ops:
+            results = _results(thunk())
+            for i, target in fresh:
+                target[...] = results[i]
+
+    def upload(self, stream=None):
+        pass
+
+
+class MemoryPool:
+    """``cupy.cuda.MemoryPool`` as a graph's private pool: with ``using_allocator(pool.malloc)``
+    it remembers the sizes of the buffers made outside capture (the warm-up step), and serves a
+    capture only those: an allocation it never made would be a fresh cudaMalloc inside the
+    graph, or a block the graph shares with whoever allocates next."""
+
+    def __init__(self, allocator=None):
+        self.blocks = collections.Counter()
+
+    def malloc(self, size):
+        raise NotImplementedError("the fake device allocates through its arrays")
+
+    def note(self, nbytes):
+        self.blocks[nbytes] += 1
+
+    def serve(self, nbytes):
+        if self.blocks[nbytes] <= 0:
+            raise GraphCaptureError(
+                f"an allocation of {nbytes:,} bytes during CUDA-graph capture that the warm-up step did not make"
+            )
+        self.blocks[nbytes] -= 1
+
+    def used_bytes(self):
+        return 0
+
+    def total_bytes(self):
+        return 0
+
+    def free_all_blocks(self, stream=None):
+        pass
+
+
+_allocator = [None]  # the private MemoryPool in use (using_allocator), if any
+
+
+@contextlib.contextmanager
+def using_allocator(allocator=None):
+    """``cupy.cuda.using_allocator(pool.malloc)``: allocations go through ``pool`` meanwhile."""
+    previous = _allocator[0]
+    _allocator[0] = getattr(allocator, "__self__", None) if allocator is not None else None
+    try:
+        yield
+    finally:
+        _allocator[0] = previous
+
+
+class _CaptureStream:
+    """``cupy.cuda.Stream``: work queued in it (``with stream:``) can be captured into a graph."""
+
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+        self._graph = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def synchronize(self):
+        _sync("stream.synchronize")
+
+    def begin_capture(self, mode=None):
+        if _capture[0] is not None:
+            raise GraphCaptureError("begin_capture: a capture is already under way")
+        pool = _allocator[0]
+        self._graph = _capture[0] = _Graph(pool if pool is not None else MemoryPool())
+        return None
+
+    def end_capture(self):
+        graph, self._graph = self._graph, None
+        if graph is None or _capture[0] is not graph:
+            raise GraphCaptureError("end_capture without begin_capture on this stream")
+        _capture[0] = None
+        return graph
+
+    def is_capturing(self):
+        return self._graph is not None
 
 
 class _Trace:
@@ -199,7 +390,7 @@ def _ufunc(name):
             # CuPy allocates a ufunc's result in C order, whatever the inputs' layout (NumPy
             # keeps theirs): a channels-last input gives a result that is not.
             kw["order"] = "C"
-        r = npf(*a, **kw)
+        r = _exec(lambda: npf(*a, **kw), args, kwargs)
         if out is not None:
             return out
         r = _wrap(r, name)
@@ -224,7 +415,7 @@ def _function(name, impl=None):
         out = kwargs.get("out")
         kw = {k: _dev(v, where) for k, v in kwargs.items()}
         _launch(name, launches)
-        r = npf(*a, **kw)
+        r = _exec(lambda: npf(*a, **kw), args, kwargs) if launches else _alloc(npf(*a, **kw))
         if out is not None:
             return out
         r = _wrap(r, name)
@@ -265,7 +456,9 @@ def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
         if r is a._a and not copy:
             return a
         _launch("asarray")
-        return _wrap(numpy.array(r, order=order or "K"), "asarray")
+        return _wrap(_exec(lambda: numpy.array(r, order=order or "K"), a), "asarray")
+    if _capture[0] is not None:
+        raise GraphCaptureError("cupy.asarray(host data): a host-to-device copy during CUDA-graph capture")
     counts.to_device += 1
     counts.by_name["asarray(host)"] += 1
     return _wrap(numpy.array(a, dtype=dtype, order=order or "K"), "asarray")
@@ -274,7 +467,9 @@ def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
     if isinstance(obj, ndarray):
         _launch("array")
-        return _wrap(numpy.array(obj._a, dtype=dtype, order=order, ndmin=ndmin), "array")
+        return _wrap(_exec(lambda: numpy.array(obj._a, dtype=dtype, order=order, ndmin=ndmin), obj), "array")
+    if _capture[0] is not None:
+        raise GraphCaptureError("cupy.array(host data): a host-to-device copy during CUDA-graph capture")
     counts.to_device += 1
     counts.by_name["array(host)"] += 1
     return _wrap(numpy.array(obj, dtype=dtype, order=order, ndmin=ndmin), "array")
@@ -309,7 +504,7 @@ def fuse(*args, **kwargs):
                 _refuse(f"a function named {name!r}: a kernel's name must be a C identifier")
             _launch(f"fuse:{fn.__name__}")
             _record(fn, a)
-            return _traced(fn, a)
+            return _exec(lambda: _traced(fn, a), a)
 
         fused.__name__ = fn.__name__
         fused.__wrapped__ = fn
@@ -401,7 +596,8 @@ def _method(name, launches=1):
         _check_keywords(f"cupy.ndarray.{name}", allowed, kwargs)
         where = f"cupy.ndarray.{name}"
         out = kwargs.get("out")
-        r = getattr(self._a, name)(*_dev(args, where), **{k: _dev(v, where) for k, v in kwargs.items()})
+        a, kw = _dev(args, where), {k: _dev(v, where) for k, v in kwargs.items()}
+        r = _exec(lambda: getattr(self._a, name)(*a, **kw), self, args, kwargs)
         _launch(name, launches)
         return out if out is not None else _wrap(r, name)
 
@@ -520,6 +716,7 @@ class ndarray:
         r = self._a.reshape(*shape, order=order)
         if not numpy.may_share_memory(r, self._a):
             _launch("reshape(copy)")
+            r = _exec(lambda: self._a.reshape(*shape, order=order).copy(), self)
         return _wrap(r, "reshape")
 
     @_unfusable
@@ -527,6 +724,7 @@ class ndarray:
         r = self._a.ravel(order)
         if not numpy.may_share_memory(r, self._a):
             _launch("ravel(copy)")
+            r = _exec(lambda: self._a.ravel(order).copy(), self)
         return _wrap(r, "ravel")
 
     # -- device work --
@@ -539,21 +737,21 @@ class ndarray:
         if not copy and numpy.dtype(dtype) == self._a.dtype:
             return self
         _launch("astype")
-        r = _wrap(self._a.astype(dtype, order=order or "K"), "astype")
+        r = _wrap(_exec(lambda: self._a.astype(dtype, order=order or "K"), self), "astype")
         return _trace[0].mark(r) if post else r
 
     def copy(self, order="C"):
         if _fusing:
             return _ns().copy(self)
         _launch("copy")
-        return _wrap(self._a.copy(order), "copy")
+        return _wrap(_exec(lambda: self._a.copy(order), self), "copy")
 
     @_unfusable
     def fill(self, value):
         if isinstance(value, (numpy.ndarray, ndarray)):
             raise TypeError("ndarray.fill takes a scalar")
         _launch("fill")
-        self._a.fill(value)
+        _exec(lambda: self._a.fill(value), self)
 
     def __getitem__(self, key):
         if _fusing:
@@ -563,6 +761,7 @@ class ndarray:
         k = _wrapped_indices(_dev(key, "cupy.ndarray indexing"), self._a.shape)
         if not _is_basic(k):
             _launch("getitem(gather)")
+            return _wrap(_exec(lambda: self._a[k], self, key), "getitem")
         return _wrap(self._a[k], "getitem")
 
     def __setitem__(self, key, value):
@@ -581,7 +780,12 @@ class ndarray:
             _sync("setitem(bool mask)")
         _launch("setitem")
         index = _wrapped_indices(_dev(key, "cupy.ndarray indexing"), self._a.shape)
-        self._a[index] = _dev(value, "cupy.ndarray assignment")
+        v = _dev(value, "cupy.ndarray assignment")
+
+        def assign():
+            self._a[index] = v
+
+        _exec(assign, self, key, value)
 
     # -- to the host: every one a synchronisation --
     def get(self, stream=None, order="C", out=None, blocking=True):
@@ -725,7 +929,8 @@ def _cuda_namespace():
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
     memory = types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError)
     return types.SimpleNamespace(
-        runtime=runtime, memory=memory, Device=_Device, get_current_stream=lambda: _Stream()
+        runtime=runtime, memory=memory, Device=_Device, get_current_stream=lambda: _Stream(),
+        Stream=_CaptureStream, Graph=_Graph, MemoryPool=MemoryPool, using_allocator=using_allocator,
     )
 
 
@@ -775,6 +980,7 @@ def installed():
         yield fake
     finally:
         _limit[0] = 0
+        _capture[0] = _allocator[0] = None
         if previous is None:
             sys.modules.pop("cupy", None)
         else:
