@@ -1,4 +1,4 @@
-"""The scripts in benchmarks/tools that the README's figures cite still run (tiny settings)."""
+"""The scripts in benchmarks/tools that the figures of docs/ and benchmarks/ cite still run (tiny settings)."""
 
 import subprocess
 import sys

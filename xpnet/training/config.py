@@ -60,7 +60,7 @@ class TrainConfig:
 # Named recipes: flag values that ``xpnet train --preset NAME`` starts from (explicit flags win).
 # "default" is TrainConfig's own defaults, the recipe for the report's architecture; "fast" is the
 # quickest run found to pass 99.5 % on the 2-core CPU: a quarter of the width (a 16x cheaper step)
-# for two epochs (the README's results list the runs that chose it).
+# for two epochs (docs/results.md lists the runs that chose it).
 PRESETS = {
     "default": {},
     "fast": dict(width=0.25, epochs=2),
