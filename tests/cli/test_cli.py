@@ -232,7 +232,7 @@ def test_help_shows_every_default_and_the_presets_own(capsys):
 
 def _documented_commands(*names):
     """The `xpnet ...` commands of the ```bash blocks of these Markdown files (a line's part after
-    `&&` too), comments and line continuations removed."""
+    `&&`, or after a launcher such as mpiexec, too), comments and line continuations removed."""
     repo = Path(__file__).resolve().parents[2]
     lines = []
     for name in names:
@@ -240,15 +240,17 @@ def _documented_commands(*names):
         for block in re.findall(r"^```bash\n(.*?)^```", text, re.M | re.S):
             for line in block.replace("\\\n", " ").splitlines():
                 for part in line.split("#")[0].split("&&"):
-                    if re.match(r"(\.venv/bin/)?xpnet ", part.strip()):
-                        lines.append(part.strip())
+                    # After a launcher or an environment too: mpiexec -n 2 xpnet ..., env ... xpnet ...
+                    command = re.search(r"(?:^|\s)((?:\.venv/bin/)?xpnet\s.*)$", part.strip())
+                    if command:
+                        lines.append(command.group(1))
     return lines
 
 
 def test_readme_commands_parse(monkeypatch):
-    """Every `xpnet ...` line of the README's and docs/usage.md's command blocks is a valid command
-    line (run here with the commands stubbed; the slow ones are described there, the quick ones run
-    in other tests)."""
+    """Every `xpnet ...` command of the command blocks of the README, docs/ and benchmarks/ is a valid
+    command line (run here with the commands stubbed; the slow ones are described there, the quick
+    ones run in other tests)."""
     import shlex
 
     import xpnet.cli.evaluate
@@ -257,8 +259,10 @@ def test_readme_commands_parse(monkeypatch):
     import xpnet.tools.bench
     import xpnet.tools.report
 
-    lines = _documented_commands("README.md", "docs/usage.md")
-    assert len(lines) >= 20 and any(line.startswith(".venv/bin/xpnet train") for line in lines)
+    repo = Path(__file__).resolve().parents[2]
+    pages = ["README.md", "benchmarks/README.md", *(str(p.relative_to(repo)) for p in (repo / "docs").glob("*.md"))]
+    lines = _documented_commands(*pages)
+    assert len(lines) >= 30 and any(line.startswith(".venv/bin/xpnet train") for line in lines)
     seen = []
     for name in ("train", "evaluate", "predict"):
         monkeypatch.setattr(getattr(xpnet.cli, name), f"cmd_{name}", lambda args: seen.append(args.command) or 0)
