@@ -86,6 +86,7 @@ class Optimizer:
             raise ValueError("optimizer got an empty parameter list")
         self.lr = float(lr)
         self.steps = 0
+        self.scalars = None  # the per-step scalars on the device (``device_scalars``), if kept there
         self.flat = _flatten(list(self.params.values()))
         if self.flat is None:
             self.state = {
@@ -98,6 +99,22 @@ class Optimizer:
             self.flat_state = {s: get_array_module(self.flat.data).zeros_like(self.flat.data) for s in self.slots}
             views = {s: self.flat.views(a) for s, a in self.flat_state.items()}
             self.state = {name: {s: views[s][i] for s in self.slots} for i, name in enumerate(self.params)}
+
+    def device_scalars(self) -> None:
+        """Keep the per-step scalars (the learning rate; Adam's bias corrections and decay) in a
+        device array from now on, read by the update kernels, so that a CUDA graph replaying
+        ``step`` sees each step's values: ``load_scalars`` writes them, outside the graph."""
+        xp = get_array_module(next(iter(self.params.values())).data)
+        dtype = next(iter(self.params.values())).data.dtype
+        self.scalars = xp.zeros(len(self._step_scalars(1)), dtype=dtype)
+
+    def load_scalars(self, step: int) -> None:
+        """Write the scalars of update number ``step`` (1-based) into the device array."""
+        host = numpy.asarray(self._step_scalars(step), dtype=self.scalars.dtype)
+        self.scalars[...] = get_array_module(self.scalars).asarray(host)
+
+    def _step_scalars(self, step: int) -> list[float]:
+        return [self.lr]
 
     def zero_grad(self) -> None:
         if self.flat is not None:
@@ -150,7 +167,7 @@ class SGD(Optimizer):
 
     def _update(self, p, state):
         s = p.data.dtype.type  # scalars in the parameter's dtype: float32 math for float32 weights
-        lr, wd = s(self.lr), s(self.weight_decay)
+        lr, wd = s(self.lr) if self.scalars is None else self.scalars[0], s(self.weight_decay)
         if not self.momentum:
             backend.fuse(_sgd)(p.data, p.grad, lr, wd)
             return
@@ -172,16 +189,24 @@ class Adam(Optimizer):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
-    def _update(self, p, state):
-        bc1 = 1.0 - self.beta1**self.steps
-        bc2 = 1.0 - self.beta2**self.steps
+    def _step_scalars(self, step):
+        """[lr / bias correction 1, 1 / sqrt(bias correction 2), decoupled decay] of update ``step``."""
+        bc1 = 1.0 - self.beta1**step
+        bc2 = 1.0 - self.beta2**step
         decay = 1.0 - self.lr * self.weight_decay if self.decoupled else 1.0
+        return [self.lr / bc1, 1.0 / math.sqrt(bc2), decay]
+
+    def _update(self, p, state):
         wd = 0.0 if self.decoupled else self.weight_decay
         s = p.data.dtype.type
+        if self.scalars is None:
+            lr_bc1, inv_sqrt_bc2, decay = (s(v) for v in self._step_scalars(self.steps))
+        else:
+            lr_bc1, inv_sqrt_bc2, decay = (self.scalars[i] for i in range(3))
         backend.fuse(_adam)(
-            p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], s(self.lr / bc1), s(self.beta1),
-            s(self.beta2), s(1.0 - self.beta1), s(1.0 - self.beta2), s(1.0 / math.sqrt(bc2)),
-            s(self.eps), s(wd), s(decay),
+            p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], lr_bc1, s(self.beta1),
+            s(self.beta2), s(1.0 - self.beta1), s(1.0 - self.beta2), inv_sqrt_bc2,
+            s(self.eps), s(wd), decay,
         )
 
 

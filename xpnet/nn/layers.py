@@ -350,6 +350,11 @@ class CrossEntropyLoss:
             loss, self._cache = F.cross_entropy_forward(logits, labels, self.label_smoothing)
             self._hits = None
             return loss
+        return float(self.forward_sums(logits, labels)[0]) / logits.shape[0]
+
+    def forward_sums(self, logits, labels):
+        """The device form of ``forward``, with no host read -> a (3,) device array: the summed
+        loss, the hits (see ``hits``) and the out-of-range labels of this batch."""
         sums, self._cache = F.cross_entropy_sums(logits, labels, self.label_smoothing)
         self._hits = (logits, sums[1])
         # A view of the sums the loss kernel already made; added up in place, read once an epoch.
@@ -357,14 +362,18 @@ class CrossEntropyLoss:
             self._bad_labels = sums[2:].copy()
         else:
             self._bad_labels += sums[2:]
-        return float(sums[0]) / logits.shape[0]
+        return sums
 
     def out_of_range_labels(self) -> int:
         """How many labels outside [0, K) reached ``forward`` on a GPU since the last call, where
         they get no one-hot target (NumPy labels are checked in ``forward`` itself). Reads one
         device count, a host sync: call it where the loop reads the device anyway, once an epoch."""
-        bad, self._bad_labels = self._bad_labels, None
-        return 0 if bad is None else int(bad[0])
+        if self._bad_labels is None:
+            return 0
+        bad = int(self._bad_labels[0])
+        # Zeroed in place, not dropped: a CUDA graph that replays forward_sums adds into it.
+        self._bad_labels.fill(0)
+        return bad
 
     def hits(self, logits, labels):
         """The number of rows of ``logits`` (N, K) whose largest logit (the first, on ties) is the

@@ -762,7 +762,11 @@ class ndarray:
         if not _is_basic(k):
             _launch("getitem(gather)")
             return _wrap(_exec(lambda: self._a[k], self, key), "getitem")
-        return _wrap(self._a[k], "getitem")
+        r = self._a[k]
+        if isinstance(r, numpy.generic):
+            # CuPy's a[i] of a 1-d array is a 0-d view of its memory (NumPy's is a copy).
+            r = self._a[(*(k if isinstance(k, tuple) else (k,)), Ellipsis)]
+        return _wrap(r, "getitem")
 
     def __setitem__(self, key, value):
         if _fusing:
