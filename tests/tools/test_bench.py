@@ -91,8 +91,13 @@ def test_memory_probe_reports_a_number(tmp_path):
     assert row["xpnet_peak_mib"] >= 0 and row["torch_peak_mib"] >= 0
 
 
-def test_bad_arguments_exit_2(tmp_path):
-    assert main(["--batch-sizes", "0", "--out", str(tmp_path)]) == 2
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--batch-sizes", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "xpnet bench: error: argument --batch-sizes: must be a positive integer, got 0 " \
+        "(see xpnet bench --help)"
 
 
 def test_profile_times_every_stage_of_both_frameworks(tmp_path):

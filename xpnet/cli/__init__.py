@@ -8,6 +8,7 @@ everything else 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from xpnet import backend
 from xpnet.errors import XpnetError
-from xpnet.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
+from xpnet.cli.argtypes import OneLineParser, nonneg_float, nonneg_int, positive_float, positive_int, probability
 
 
 class UserError(XpnetError):
@@ -55,11 +56,12 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
 
     d = dataclasses.replace(TrainConfig(), **PRESETS.get(preset, {}))
     fmt = _HelpFormatter
-    parser = argparse.ArgumentParser(prog="xpnet", description="ResNet-9 on MNIST in NumPy/CuPy.")
+    parser = OneLineParser(prog="xpnet", description="ResNet-9 on MNIST in NumPy/CuPy.")
     parser.add_argument("--version", action="version", version=f"xpnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    recipes = "; ".join(f"{name}: " + (", ".join(f"{k} {v}" for k, v in values.items()) or "the report's recipe")
+    own = "the project's own recipe, shown below"
+    recipes = "; ".join(f"{name}: " + (", ".join(f"{k} {v}" for k, v in values.items()) or own)
                         for name, values in PRESETS.items())
     t = sub.add_parser("train", help="train ResNet-9 and write metrics, checkpoints and plots", formatter_class=fmt,
                        description="Train ResNet-9. The defaults shown are those of the chosen --preset.")
@@ -93,7 +95,8 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     t.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size, help="test-set batch size")
     t.add_argument("--seed", type=int, default=d.seed, help="seed of the one random generator")
     t.add_argument("--resume", type=Path, default=None, metavar="CHECKPOINT",
-                   help="continue that run exactly, in its folder and on its data; flags that would change "
+                   help="continue that run exactly, in its folder and on its data (a run folder: its "
+                   "last.safetensors); flags that would change "
                    "its recipe are refused, and --epochs may change only a constant schedule's length")
     t.add_argument("--stop-after", type=positive_int, default=None, metavar="N",
                    help="stop after N epochs of this invocation (default: none; the schedule still spans --epochs)")
@@ -101,7 +104,9 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     t.add_argument("--sync-bn", action="store_true",
                    help="under mpiexec: BatchNorm statistics over the global batch, not each rank's slice")
 
-    e = sub.add_parser("evaluate", help="test loss and accuracy of a checkpoint", formatter_class=fmt)
+    e = sub.add_parser("evaluate", help="test loss and accuracy of a checkpoint", formatter_class=fmt,
+                       description="The test loss and accuracy of a checkpoint's model on the MNIST test set "
+                       "(the t10k files of the data folder).")
     e.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors file written by xpnet train")
     _add_data_dir(e, "; only the two t10k files are needed")
     _add_backend(e)
@@ -168,6 +173,23 @@ def _data_dir(flag, stored=None):
     if os.environ.get("XPNET_DATA"):
         return Path(os.environ["XPNET_DATA"]), False, "$XPNET_DATA"
     return default_data_dir(), True, None
+
+
+@contextlib.contextmanager
+def data_hint(folder, origin):
+    """For a folder the user named, a failed download's hint says to fill that folder, not to
+    name one with --data-dir."""
+    from xpnet.data import DataError
+    from xpnet.data.mnist import _HELP
+
+    try:
+        yield
+    except DataError as e:
+        text = str(e)
+        if origin and text.endswith(_HELP):
+            raise DataError(f"{text[: -len(_HELP)]}copy the four MNIST IDX files into {folder}, the folder "
+                            f"{origin} names") from None
+        raise
 
 
 def _check_data_dir(folder, may_create, origin):

@@ -7,15 +7,39 @@ import argparse
 import math
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error is one line that points at --help, not a usage block
+    (its subcommands' parsers are of the same class)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:  # named after the subcommand they were given to, not the top parser
+            command = getattr(ns, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)\n")
+        return ns
+
+
+def _parse(cast, text, what):
+    """``cast(text)``, or argparse's error in the user's words (not the function's name)."""
+    try:
+        return cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
 def positive_int(text):
-    v = int(text)
+    v = _parse(int, text, "a positive integer")
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return v
 
 
 def nonneg_int(text):
-    v = int(text)
+    v = _parse(int, text, "a non-negative integer")
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
     return v
@@ -23,21 +47,21 @@ def nonneg_int(text):
 
 def seed(text):
     """A generator seed: a non-negative integer (NumPy refuses negative ones)."""
-    v = int(text)
+    v = _parse(int, text, "an integer in 0..2**128-1")
     if not 0 <= v < 2**128:
         raise argparse.ArgumentTypeError(f"must be an integer in 0..2**128-1, got {text}")
     return v
 
 
 def nonneg_float(text):
-    v = float(text)
+    v = _parse(float, text, "a finite non-negative number")
     if not (v >= 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"must be a finite non-negative number, got {text}")
     return v
 
 
 def positive_float(text):
-    v = float(text)
+    v = _parse(float, text, "a finite positive number")
     if not (v > 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
     return v
@@ -45,14 +69,14 @@ def positive_float(text):
 
 def momentum(text):
     """SGD momentum: in [0, 1); at 1 or above the velocity grows without bound."""
-    v = float(text)
+    v = _parse(float, text, "a number in [0, 1)")
     if not 0.0 <= v < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return v
 
 
 def probability(text):
-    v = float(text)
+    v = _parse(float, text, "a number in [0, 1)")
     if not 0.0 <= v < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return v

@@ -6,7 +6,7 @@ import json
 import sys
 
 from xpnet import backend
-from xpnet.cli import _check_data_dir, _data_dir
+from xpnet.cli import _check_data_dir, _data_dir, data_hint
 
 
 def cmd_evaluate(args) -> int:
@@ -17,7 +17,8 @@ def cmd_evaluate(args) -> int:
     model, _, meta = load_model(args.checkpoint)
     folder, may_create, origin = _data_dir(args.data_dir)
     _check_data_dir(folder, may_create, origin)
-    images, labels = load_split(folder, "test", download=True, progress=sys.stderr.isatty())
+    with data_hint(folder, origin):
+        images, labels = load_split(folder, "test", download=True, progress=sys.stderr.isatty())
     loss, acc, _, _ = evaluate(model, backend.to_device(images), backend.to_device(labels), args.batch_size)
     result = dict(test_loss=loss, test_accuracy=acc, test_images=int(len(labels)),
                   checkpoint=str(args.checkpoint), epoch=meta.get("epoch"))

@@ -7,7 +7,7 @@ import math
 import sys
 
 from xpnet import backend
-from xpnet.cli import UserError, _check_data_dir, _data_dir
+from xpnet.cli import UserError, _check_data_dir, _data_dir, data_hint
 from xpnet.errors import XpnetError
 
 
@@ -15,7 +15,8 @@ def _load_data(folder, may_create, origin):
     from xpnet.data import load_mnist
 
     _check_data_dir(folder, may_create, origin)
-    return load_mnist(folder, download=True, progress=sys.stderr.isatty())
+    with data_hint(folder, origin):
+        return load_mnist(folder, download=True, progress=sys.stderr.isatty())
 
 
 def _plural(n, word):
@@ -89,6 +90,10 @@ def _train(args, comm) -> int:
     named = set(PRESETS[args.preset]) if "preset" in args.explicit else set()
     given = {k: getattr(args, k) for k in fields if k in args.explicit or k in named}
     meta = None
+    if args.resume is not None and args.resume.is_dir():  # a run folder: continue from its last checkpoint
+        if not (args.resume / "last.safetensors").is_file():
+            raise UserError(f"--resume {args.resume}: a folder without a last.safetensors to resume")
+        args.resume = args.resume / "last.safetensors"
     if args.resume is None:
         cfg = TrainConfig(**{k: getattr(args, k) for k in fields})
         _need_framework(cfg.framework)

@@ -31,6 +31,7 @@ import numpy
 
 from xpnet import backend, nn, optim
 from xpnet.errors import XpnetError
+from xpnet.cli.argtypes import OneLineParser, nonneg_int, positive_float, positive_int
 from xpnet.functional import parallel
 from xpnet.tools.machine import blas_note, cpu_info, describe_cpu, load_note, passive_omp_wait
 from xpnet.models import ResNet9
@@ -474,18 +475,27 @@ def markdown(result) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, except a switch's False and an unset None."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser():
     # The module docstring's first paragraph without its reST markup.
-    p = argparse.ArgumentParser(prog="xpnet bench", description=__doc__.split("\n\n")[0].replace("``", ""),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog="xpnet bench", description=__doc__.split("\n\n")[0].replace("``", ""),
+                      formatter_class=_HelpFormatter)
     p.add_argument("--backend", choices=backend.BACKENDS, default="numpy", help="array backend")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 64, 128], help="batch sizes to time")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[8, 64, 128], help="batch sizes to time")
+    p.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier of the model")
+    p.add_argument("--threads", type=nonneg_int, default=0,
                    help="threads for BLAS, torch and the xpnet kernels (0: all cores)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
-    p.add_argument("--steps", type=int, default=3, help="steps per round")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per framework first")
+    p.add_argument("--rounds", type=positive_int, default=5, help="alternating rounds; the median is reported")
+    p.add_argument("--steps", type=positive_int, default=3, help="steps per round")
+    p.add_argument("--warmup", type=nonneg_int, default=2, help="untimed steps per framework first")
     p.add_argument("--no-torch", action="store_true", help="time xpnet alone")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument("--profile", action="store_true",

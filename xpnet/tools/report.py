@@ -33,7 +33,7 @@ import numpy
 
 from xpnet import backend
 from xpnet.errors import XpnetError
-from xpnet.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, probability
+from xpnet.cli.argtypes import OneLineParser, nonneg_float, nonneg_int, positive_float, positive_int, probability
 
 # The report's published figures (percent; seconds for 8 epochs).
 PUBLISHED = {
@@ -525,7 +525,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from xpnet.training.config import SCHEDULES
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="xpnet report",
         description="Train the report's grid (xpnet, its PyTorch twin, the ablation) over several seeds and "
         "write report.md, report.json and figures. Run it again to resume.",

@@ -63,8 +63,8 @@ def check_out(out, resume=None, overwrite=False) -> None:
     if overwrite or not holds_run(out):
         return
     last = out / RUN_FILES[0]
-    if resume is not None and last.exists() and _same_file(resume, last):
-        return
+    if resume is not None and last.exists() and (_same_file(resume, last) or _same_bytes(resume, last)):
+        return  # best equal to last, byte for byte, continues the same run
     if resume is not None and last.exists():
         raise RunError(
             f"{out} holds a later {last.name} that resuming {resume} there would overwrite; resume "
@@ -79,6 +79,15 @@ def clear(out, keep=None) -> None:
         path = Path(out) / name
         if path.exists() and not (keep is not None and _same_file(keep, path)):
             path.unlink()
+
+
+def _same_bytes(a, b) -> bool:
+    import filecmp
+
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 def _same_file(a, b) -> bool:
