@@ -99,8 +99,9 @@ def test_a_plain_install_runs_every_command(env):
     assert json.loads(out.stdout)["test_images"] == 50
     _ok([python, "-c", "from PIL import Image; import numpy; "
          f"Image.fromarray(numpy.zeros((20, 20), numpy.uint8)).save({str(work / 'x.png')!r})"])
-    out = _ok([xpnet, "predict", "--checkpoint", work / "run" / "best.safetensors", work / "x.png"], env=env_vars)
-    assert out.stdout.startswith(str(work / "x.png"))
+    # A blank image holds no digit: predict says so, with its own exit status.
+    out = _run([xpnet, "predict", "--checkpoint", work / "run" / "best.safetensors", work / "x.png"], env=env_vars)
+    assert out.returncode == 3 and out.stdout.strip() == f"{work / 'x.png'}: no digit (the image is blank)", out
     _ok([xpnet, "bench", "--smoke", "--no-torch", "--out", work / "bench"], cwd=work, env=env_vars)
     bench = json.loads((work / "bench" / "bench.json").read_text())
     assert bench["torch"] is None and bench["rows"][0]["xpnet_train_ips"] > 0

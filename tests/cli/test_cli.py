@@ -379,6 +379,11 @@ def test_new_runs_never_overwrite_another(capsys, trained, synthetic_dir, tmp_pa
     target.mkdir()
     for name in ("last.safetensors", "best.safetensors", "metrics.csv", "summary.json"):
         (target / name).write_bytes((trained / name).read_bytes())
+    # A best from an earlier epoch than last (a best byte-identical to last would resume).
+    early = tmp_path / "early"
+    assert run(capsys, "train", "--data-dir", synthetic_dir, "--out", early, "--epochs", "2", "--stop-after", "1",
+               *SMALL)[0] == 0
+    (target / "best.safetensors").write_bytes((early / "last.safetensors").read_bytes())
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     code, _, err = run(capsys, "train", "--data-dir", synthetic_dir, "--out", target, *SMALL)
     assert "holds another run" in _one_line_error(code, err)
