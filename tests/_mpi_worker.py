@@ -72,6 +72,25 @@ def rank_stops():
     print(f"rank {comm.rank} passed the allreduce", flush=True)
 
 
+def nccl_on_device():
+    """Each rank on the fake device of a two-GPU machine: its own GPU, and device sums by NCCL."""
+    from xpnet import backend
+    from xpnet.testing import fakecupy
+
+    with fakecupy.installed(gpus=2) as dev:
+        comm = distributed.world()
+        backend.use("cupy")
+        flat = backend.to_device(numpy.full(6, comm.rank + 1, dtype=numpy.float32))
+        before = dev.counts.snapshot()
+        comm.allreduce_(flat)  # the first one sets NCCL up
+        comm.allreduce_(flat)
+        spent = dev.counts.since(before)
+        print(f"rank {comm.rank}: gpu {backend.gpu_index()}, sums {backend.asnumpy(flat).tolist()}, "
+              f"host copies {spent['to_device'] + spent['to_host']}, nccl {dev.counts.by_name['nccl.allReduce']}",
+              flush=True)
+        backend.use("numpy")
+
+
 if __name__ == "__main__":
     {"rank_raises": rank_raises, "weights_diverge": weights_diverge, "interrupt_one_rank": interrupt_one_rank,
-     "rank_stops": rank_stops}[sys.argv[1]]()
+     "rank_stops": rank_stops, "nccl_on_device": nccl_on_device}[sys.argv[1]]()

@@ -100,3 +100,19 @@ def test_using_gives_back_the_backend_selected_before_even_on_error():
                 pass
         assert backend.xp() is outer
     assert backend.name() == "numpy"
+
+
+def test_a_rank_takes_the_gpu_of_its_local_rank():
+    # Under MPI, ranks on one machine share its GPUs round-robin (distributed.world binds them).
+    from xpnet.testing import fakecupy
+
+    with fakecupy.installed(gpus=3):
+        try:
+            backend.bind_local_rank(4)
+            backend.use("cupy")
+            assert backend.gpu_index() == 1
+            backend.bind_local_rank(2)
+            assert backend.gpu_index() == 2
+        finally:
+            backend.bind_local_rank(0)
+            backend.use("numpy")

@@ -397,3 +397,13 @@ def test_the_scaling_command_refuses_a_count_below_one(capsys):
         scaling.main(["--ranks", "0"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.splitlines()[-1].endswith("--ranks: must be a positive integer, got 0")
+
+
+@needs_mpi
+def test_on_gpus_each_rank_takes_its_own_and_nccl_sums_on_the_devices():
+    worker = str(Path(__file__).with_name("_mpi_worker.py"))
+    r = _mpirun(sys.executable, worker, "nccl_on_device", timeout=60)
+    assert r.returncode == 0, r.stderr
+    for rank in (0, 1):
+        # 1 + 2, then that summed again; no copy through the host; two NCCL calls.
+        assert f"rank {rank}: gpu {rank}, sums {[6.0] * 6}, host copies 0, nccl 2" in r.stdout, r.stdout

@@ -25,6 +25,7 @@ BACKENDS = ("numpy", "cupy")
 
 _current = numpy
 _fused = {}  # function -> its cupy.fuse form for the current backend, made on first use
+_local_rank = 0  # this process's rank among those on its machine (MPI): it uses GPU local_rank % count
 
 
 class BackendError(XpnetError, RuntimeError):
@@ -56,6 +57,7 @@ def use(name: str):
         _current = numpy
     elif name == "cupy":
         _current = _import_cupy()
+        _use_local_gpu()
     else:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     return _current
@@ -72,6 +74,45 @@ def using(name: str):
     finally:
         _fused.clear()
         _current = previous
+
+
+def bind_local_rank(local_rank: int) -> None:
+    """Under MPI: this process is the ``local_rank``-th on its machine, so on CuPy it uses GPU
+    ``local_rank % device count`` (now, or when the cupy backend is chosen)."""
+    global _local_rank
+    _local_rank = int(local_rank)
+    if _current is not numpy:
+        _use_local_gpu()
+
+
+def _use_local_gpu():
+    _current.cuda.Device(_local_rank % _current.cuda.runtime.getDeviceCount()).use()
+
+
+def gpu_index() -> int:
+    """The GPU this process uses (0 on NumPy)."""
+    return 0 if _current is numpy else int(_current.cuda.runtime.getDevice())
+
+
+def nccl_available() -> bool:
+    """Whether device arrays can be summed across processes by NCCL here (CuPy finds NCCL's
+    library: ``pip install nvidia-nccl-cu12``)."""
+    return _current is not numpy and bool(getattr(_current.cuda.nccl, "available", False))
+
+
+def nccl_allreduce(size: int, rank: int, bcast):
+    """A function that sums a contiguous float device array in place over ``size`` processes
+    through NCCL, this one being ``rank``; NCCL's unique id goes from rank 0 to the others by
+    ``bcast`` (the MPI broadcast). Every rank must call this together."""
+    nccl = _current.cuda.nccl
+    comm = nccl.NcclCommunicator(size, bcast(nccl.get_unique_id() if rank == 0 else None), rank)
+    types = {numpy.dtype(numpy.float32): nccl.NCCL_FLOAT32, numpy.dtype(numpy.float64): nccl.NCCL_FLOAT64}
+
+    def allreduce_(a):
+        ptr = a.data.ptr
+        comm.allReduce(ptr, ptr, a.size, types[a.dtype], nccl.NCCL_SUM, _current.cuda.get_current_stream().ptr)
+
+    return allreduce_
 
 
 def xp():

@@ -105,6 +105,7 @@ def world():
         return Solo()
     comm.share_cores()
     comm.watch(timeout)
+    backend.bind_local_rank(comm.local_rank)  # one GPU per rank on a machine with several
     return comm
 
 
@@ -241,6 +242,8 @@ class MPIWorld(Communicator):
         self.buckets = []
         self._scale = 1.0
         self._waiting = None  # (what, since) while in a watched collective
+        self._nccl = None  # the NCCL sum of device arrays, once set up (False: none)
+        self.local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
 
     def watch(self, timeout: float, prog: str = "xpnet train") -> None:
         """Start the watchdog: a collective that waits more than ``timeout`` seconds ends the
@@ -294,6 +297,10 @@ class MPIWorld(Communicator):
     # -- primitives ----------------------------------------------------------------------------
 
     def allreduce_(self, flat):
+        if backend.is_cupy_array(flat) and flat.flags.c_contiguous and self._device_sum():
+            with self._collective("an NCCL allreduce"):
+                self._nccl(flat)  # on the GPUs: no copy to the host and back
+            return
         with self._collective("an allreduce"):
             if backend.is_cupy_array(flat):
                 host = backend.asnumpy(flat)
@@ -301,6 +308,14 @@ class MPIWorld(Communicator):
                 flat[...] = backend.to_device(host)
             else:
                 self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
+
+    def _device_sum(self) -> bool:
+        """Whether device arrays are summed by NCCL: set up at the first device allreduce, which
+        every rank reaches together, if every rank has NCCL (else through the host, by MPI)."""
+        if self._nccl is None:
+            everywhere = all(self.allgather(backend.nccl_available()))
+            self._nccl = backend.nccl_allreduce(self.size, self.rank, self.bcast) if everywhere else False
+        return bool(self._nccl)
 
     def reduce_sums(self, a):
         self.allreduce_(a)

@@ -30,6 +30,7 @@ import collections
 import contextlib
 import sys
 import types
+import weakref
 
 import numpy
 
@@ -867,6 +868,7 @@ for _name, _uf in (("lt", "less"), ("le", "less_equal"), ("gt", "greater"), ("ge
 for _name in ("sum", "mean", "max", "min", "argmax", "argmin", "prod", "all", "any", "var", "std",
               "clip", "cumsum", "take", "repeat", "flatten"):
     setattr(ndarray, _name, _method(_name))
+ndarray.data = property(lambda self: _refuse("ndarray.data") if _fusing else _Pointer(self))
 ndarray.__module__ = "cupy"  # as the real type reports itself; xpnet's backend looks at it
 del _name, _uf
 
@@ -875,15 +877,24 @@ del _name, _uf
 
 
 class _Stream:
+    ptr = 0  # the default stream's handle
+
     def synchronize(self):
         _sync("stream.synchronize")
 
 
+_gpus = [1]  # how many GPUs the fake machine has (installed(gpus=...))
+_device = [0]  # the current one
+
+
 class _Device:
     def __init__(self, device=None):
-        self.id = 0 if device is None else int(device)
+        self.id = _device[0] if device is None else int(device)
+        if not 0 <= self.id < _gpus[0]:
+            raise RuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal {self.id}")
 
     def use(self):
+        _device[0] = self.id
         return self
 
     def synchronize(self):
@@ -929,12 +940,68 @@ def _random_namespace():
     return types.SimpleNamespace(default_rng=_Generator, seed=lambda seed=None: None)
 
 
+class _Pointer:
+    """``ndarray.data``: the address of an array's first element, as ``cupy.cuda.MemoryPointer``."""
+
+    def __init__(self, array):
+        self.ptr = array._a.__array_interface__["data"][0]
+        _pointed[self.ptr] = array
+
+
+_pointed = weakref.WeakValueDictionary()  # address -> the array whose data it is
+
+
+class _NcclCommunicator:
+    """``cupy.cuda.nccl.NcclCommunicator`` on the fake device: an in-place sum over the ranks of
+    ``MPI.COMM_WORLD`` (the processes an MPI launcher started), one launch and no host copy, as
+    NCCL sums device memory on the devices."""
+
+    def __init__(self, ndev, comm_id, rank):
+        from mpi4py import MPI
+
+        if not isinstance(comm_id, bytes) or len(comm_id) != 128:
+            raise ValueError("NCCL unique id: 128 bytes from nccl.get_unique_id() on one rank")
+        self.comm = MPI.COMM_WORLD
+        if (ndev, rank) != (self.comm.Get_size(), self.comm.Get_rank()):
+            raise ValueError(f"NcclCommunicator({ndev}, ..., {rank}) in a world of {self.comm.Get_size()}")
+        if len(set(self.comm.allgather(comm_id))) != 1:
+            raise RuntimeError("ncclInvalidUsage: the ranks passed different unique ids")
+
+    def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):  # noqa: N802 (NCCL's name)
+        from mpi4py import MPI
+
+        send, recv = _pointed.get(sendbuf), _pointed.get(recvbuf)
+        if send is None or recv is None:
+            raise RuntimeError("ncclInvalidArgument: a buffer that is no device array's data")
+        if send.size != count or recv.size != count or not recv.flags.c_contiguous:
+            raise RuntimeError("ncclInvalidArgument: count and buffers do not match (contiguous arrays only)")
+        if (datatype, op) != (_NCCL_TYPES[send.dtype.type], _NCCL["NCCL_SUM"]):
+            raise RuntimeError("ncclInvalidArgument: datatype or op")
+        _launch("nccl.allReduce")
+        total = numpy.array(send._a)
+        self.comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+        recv._a[...] = total
+
+
+_NCCL = {"NCCL_FLOAT32": 7, "NCCL_FLOAT64": 8, "NCCL_SUM": 0}
+_NCCL_TYPES = {numpy.float32: 7, numpy.float64: 8}
+
+
+def _unique_id():
+    return bytes(numpy.random.default_rng().integers(0, 256, 128, dtype=numpy.uint8))
+
+
+def _nccl_namespace():
+    return types.SimpleNamespace(available=True, get_unique_id=_unique_id, NcclCommunicator=_NcclCommunicator, **_NCCL)
+
+
 def _cuda_namespace():
-    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: _gpus[0], getDevice=lambda: _device[0])
     memory = types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError)
     return types.SimpleNamespace(
         runtime=runtime, memory=memory, Device=_Device, get_current_stream=lambda: _Stream(),
         Stream=_CaptureStream, Graph=_Graph, MemoryPool=MemoryPool, using_allocator=using_allocator,
+        nccl=_nccl_namespace(),
     )
 
 
@@ -971,14 +1038,16 @@ def _ns():
 
 
 @contextlib.contextmanager
-def installed():
-    """Put a fresh fake device in ``sys.modules["cupy"]`` for the duration (counters reset);
-    yields it. ``backend.use("cupy")`` then selects it."""
+def installed(gpus=1):
+    """Put a fresh fake device in ``sys.modules["cupy"]`` for the duration (counters reset), on
+    a machine with ``gpus`` GPUs (device 0 current); yields it. ``backend.use("cupy")`` then
+    selects it."""
     previous = sys.modules.get("cupy")
     fake = FakeCuPy()
     counts.reset()
     kernels.clear()
     _limit[0] = 0
+    _gpus[0], _device[0] = gpus, 0
     sys.modules["cupy"] = fake
     try:
         yield fake
