@@ -208,18 +208,26 @@ def _splitmix_uniform(i, seed):
     return (z >> numpy.uint64(40)).astype(numpy.float32) * numpy.float32(2.0**-24)
 
 
-def uniform(rng: numpy.random.Generator, shape, dtype=numpy.float32):
+def draw_seed(rng: numpy.random.Generator):
+    """The 64-bit seed ``uniform`` draws from ``rng`` for one call on CuPy."""
+    return numpy.uint64(int(rng.integers(2**63)))
+
+
+def uniform(rng: numpy.random.Generator, shape, dtype=numpy.float32, seed=None):
     """Uniform [0, 1) samples of ``shape`` on the current backend, drawn from the host ``rng``.
 
     The host generator is the only random state, so one seed and one ``rng.bit_generator.state``
     reproduce a run on either backend. On CuPy only a 64-bit seed crosses, as a kernel argument:
     the samples are a counter-based hash of their index and that seed, two launches (an arange
     and one fused kernel), where a ``cupy.random`` generator per call would also set up cuRAND
-    states with a kernel of their own.
+    states with a kernel of their own. ``seed``: on CuPy, a 0-d uint64 device array holding the
+    seed to use instead of drawing one (a CUDA graph's, loaded before each replay with
+    ``draw_seed``, so the graph's masks are the ones an eager run draws).
     """
     if _current is numpy:
         return rng.random(shape, dtype=dtype)
-    seed = numpy.uint64(int(rng.integers(2**63)))
+    if seed is None:
+        seed = draw_seed(rng)
     n = math.prod(shape)
     u = fuse(_splitmix_uniform)(_current.arange(n, dtype=numpy.uint64), seed)
     return u.reshape(shape).astype(dtype, copy=False)

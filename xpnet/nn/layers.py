@@ -274,12 +274,23 @@ class Dropout(_Cached):
             raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         self.p = float(p)
         object.__setattr__(self, "rng", numpy.random.default_rng() if rng is None else rng)
+        # On a GPU, a device scalar that holds the next mask's seed (``load_seed``) in place of a
+        # draw inside forward: what a replayed CUDA graph reads.
+        object.__setattr__(self, "device_seed", None)
+
+    def load_seed(self):
+        """Draw the next forward's seed from ``rng`` into ``device_seed`` (made on first use)."""
+        xp = backend.xp()
+        if self.device_seed is None:
+            object.__setattr__(self, "device_seed", xp.zeros((), dtype=numpy.uint64))
+        self.device_seed[...] = xp.asarray(backend.draw_seed(self.rng))
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
             self._keep(None)
             return x
-        y, mask = F.dropout_forward(x, self.p, backend.uniform(self.rng, x.shape, x.dtype))
+        u = backend.uniform(self.rng, x.shape, x.dtype, seed=self.device_seed)
+        y, mask = F.dropout_forward(x, self.p, u)
         self._keep(mask)
         return y
 

@@ -14,7 +14,9 @@ once and replays them with one launch. What a graph needs, and how this step giv
   steps, before the next checkpoint).
 * Nothing that changes from step to step baked into the graph as a kernel argument: the
   learning rate and Adam's bias corrections live in a device array that ``load_scalars``
-  updates before each replay; the batch is copied into the graph's own input buffers.
+  updates before each replay, and so does each dropout layer's seed (``load_seed``, drawn from
+  the same host generator as an eager step draws it); the batch is copied into the graph's own
+  input buffers.
 * One graph per batch shape (the last, partial batch of an epoch has its own).
 
 On the fake device (``xpnet.testing.fakecupy``) the same code is checked without a GPU: a
@@ -57,8 +59,7 @@ class GraphedStep:
         xp = backend.xp()
         if xp.__name__ == "numpy":
             raise GraphError("CUDA graphs need the cupy backend (--backend cupy)")
-        if any(isinstance(m, Dropout) and m.p > 0 for m in model.modules()):
-            raise GraphError("a CUDA-graph step does not draw dropout masks yet: use --dropout 0 or no --cuda-graph")
+        self.dropouts = [m for m in model.modules() if isinstance(m, Dropout) and m.p > 0]
         self.xp, self.model, self.opt, self.loss_fn = xp, model, opt, loss_fn
         self.pool = xp.cuda.MemoryPool()
         self.stream = xp.cuda.Stream(non_blocking=True)
@@ -77,6 +78,8 @@ class GraphedStep:
         xp, opt = self.xp, self.opt
         opt.lr = float(lr)
         opt.load_scalars(opt.steps + 1)
+        for m in self.dropouts:
+            m.load_seed()
         key = (x.shape, y.shape, x.dtype.str, y.dtype.str)
         g = self.shapes.get(key)
         if g is None:
