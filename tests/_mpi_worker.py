@@ -91,6 +91,16 @@ def nccl_on_device():
         backend.use("numpy")
 
 
+def train_on_device():
+    """``xpnet train --backend cupy`` under mpiexec on the fake device of a two-GPU machine."""
+    from xpnet.cli import main
+    from xpnet.testing import fakecupy
+
+    with fakecupy.installed(gpus=2) as dev:
+        code = main(["train", "--backend", "cupy", *sys.argv[2:]])
+        print(f"exit {code}, nccl sums {dev.counts.by_name['nccl.allReduce']}", flush=True)
+
+
 if __name__ == "__main__":
     {"rank_raises": rank_raises, "weights_diverge": weights_diverge, "interrupt_one_rank": interrupt_one_rank,
-     "rank_stops": rank_stops, "nccl_on_device": nccl_on_device}[sys.argv[1]]()
+     "rank_stops": rank_stops, "nccl_on_device": nccl_on_device, "train_on_device": train_on_device}[sys.argv[1]]()

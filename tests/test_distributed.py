@@ -407,3 +407,16 @@ def test_on_gpus_each_rank_takes_its_own_and_nccl_sums_on_the_devices():
     for rank in (0, 1):
         # 1 + 2, then that summed again; no copy through the host; two NCCL calls.
         assert f"rank {rank}: gpu {rank}, sums {[6.0] * 6}, host copies 0, nccl 2" in r.stdout, r.stdout
+
+
+@needs_mpi
+def test_two_ranks_on_gpus_with_sync_bn_equal_one_process(tmp_path, digits, reference):
+    # The gradients and the synchronised BatchNorm's sums go through NCCL on the fake device.
+    worker = str(Path(__file__).with_name("_mpi_worker.py"))
+    r = _mpirun(sys.executable, worker, "train_on_device", "--data-dir", str(digits), "--out", str(tmp_path / "gpu"),
+                "--epochs", "2", "--sync-bn", *SMALL, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("exit 0, nccl sums ") == 2, r.stdout
+    assert "nccl sums 0" not in r.stdout
+    weights, _ = _weights(tmp_path / "gpu" / "last.safetensors")
+    assert _rel_diff(weights, reference[0]) < EQUAL
