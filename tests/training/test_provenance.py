@@ -3,6 +3,7 @@ checksums, the backend, threads and CPU, the command line."""
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 
@@ -32,6 +33,7 @@ def test_a_run_records_what_produced_it(tmp_path, capsys):
     assert p["backend"] == "numpy" and p["threads"] >= 1
     assert p["cpu_model"] == cpu_info()["model"] and p["cpu_cores"] == cpu_info()["cores"]
     assert p["git_commit"] == git_commit()
+    assert p["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY")
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="no git")

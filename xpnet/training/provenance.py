@@ -1,10 +1,11 @@
 """What produced a run folder, recorded in its ``summary.json``: the xpnet version and, run from a
 clone, its git commit; the data folder and the SHA-256 of each of its files; the backend, the
-kernel threads and the CPU model; the command line."""
+kernel threads, the CPU model and PyTorch's OpenMP wait policy; the command line."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -59,4 +60,6 @@ def provenance(data_dir=None, argv=None) -> dict:
         threads=parallel.threads(),
         cpu_model=cpu["model"],
         cpu_cores=cpu["cores"],
+        # How PyTorch's OpenMP threads waited, for a --framework torch run (xpnet sets PASSIVE).
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
     )
