@@ -6,7 +6,7 @@ import pytest
 
 from xpnet import backend, nn, optim
 from xpnet.models import ResNet9
-from xpnet.training.graphs import GraphError, GraphedStep
+from xpnet.training.graphs import GraphedForward, GraphError, GraphedStep
 
 K = 5
 
@@ -94,3 +94,19 @@ def test_graphs_need_the_device():
     model, opt, loss_fn, _ = _setup("sgd")
     with pytest.raises(GraphError, match="cupy"):
         GraphedStep(model, opt, loss_fn)
+
+
+def test_a_replayed_eval_forward_equals_the_eager_one_after_updates(fake_cupy):
+    model, opt, loss_fn, batches = _setup("sgd")
+    forward = GraphedForward(model)
+    for k, (x, y) in enumerate(batches):
+        model.eval()
+        got = forward(x).get()
+        want = model(x).get()
+        numpy.testing.assert_array_equal(got, want)
+        model.train()  # an update in place between evaluations: the graph reads the new weights
+        opt.zero_grad()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+    assert len(forward.shapes) == 2

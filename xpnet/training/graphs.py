@@ -17,7 +17,8 @@ once and replays them with one launch. What a graph needs, and how this step giv
   updates before each replay, and so does each dropout layer's seed (``load_seed``, drawn from
   the same host generator as an eager step draws it); the batch is copied into the graph's own
   input buffers.
-* One graph per batch shape (the last, partial batch of an epoch has its own).
+* One graph per batch shape (the last, partial batch of an epoch has its own); evaluation's
+  forward is a graph of its own (``GraphedForward``).
 
 On the fake device (``xpnet.testing.fakecupy``) the same code is checked without a GPU: a
 capture records without running, a replay re-runs the recording, and a host read, a host copy
@@ -37,13 +38,12 @@ class GraphError(RuntimeError):
 
 
 class _Shape:
-    """One batch shape's graph, input buffers and outputs."""
+    """One batch shape's graph, input buffers and output."""
 
-    def __init__(self, xp, x, y):
+    def __init__(self, xp, x, y=None):
         self.x = xp.empty_like(x)
-        self.y = xp.empty_like(y)
-        self.graph = None
-        self.sums = None
+        self.y = None if y is None else xp.empty_like(y)
+        self.graph = self.sums = self.out = None
 
 
 class GraphedStep:
@@ -103,3 +103,40 @@ class GraphedStep:
         g.graph.launch(self.stream)
         opt.steps += 1
         return g.sums
+
+
+class GraphedForward:
+    """``forward(x) -> logits``: ``model``'s forward (in the mode it is in, eval for
+    evaluation) as a replayed CUDA graph per batch shape. The graph reads the weights and running
+    statistics where they live, so updates made in place between replays are seen. The result
+    is the graph's output buffer, overwritten by the next replay of that shape."""
+
+    def __init__(self, model):
+        xp = backend.xp()
+        if xp.__name__ == "numpy":
+            raise GraphError("CUDA graphs need the cupy backend (--backend cupy)")
+        self.xp, self.model = xp, model
+        self.pool = xp.cuda.MemoryPool()
+        self.stream = xp.cuda.Stream(non_blocking=True)
+        self.shapes = {}
+
+    def __call__(self, x):
+        xp = self.xp
+        key = (x.shape, x.dtype.str)
+        g = self.shapes.get(key)
+        if g is None:
+            with xp.cuda.using_allocator(self.pool.malloc):
+                g = _Shape(xp, x)
+                g.x[...] = x
+                warm = self.model(g.x)
+                with self.stream:
+                    self.stream.begin_capture()
+                    try:
+                        g.out = self.model(g.x)
+                    finally:
+                        g.graph = self.stream.end_capture()
+            self.shapes[key] = g
+            return warm
+        g.x[...] = x
+        g.graph.launch(self.stream)
+        return g.out
