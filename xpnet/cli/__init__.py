@@ -16,7 +16,8 @@ from pathlib import Path
 
 from xpnet import backend
 from xpnet.errors import XpnetError
-from xpnet.cli.argtypes import OneLineParser, nonneg_float, nonneg_int, positive_float, positive_int, probability
+from xpnet.cli.argtypes import (OneLineParser, momentum, nonneg_float, nonneg_int, positive_float, positive_int,
+                                probability, seed, width)
 
 
 class UserError(XpnetError):
@@ -79,13 +80,13 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="training batch size")
     t.add_argument("--lr", type=positive_float, default=d.lr, help="peak learning rate")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="optimizer")
-    t.add_argument("--momentum", type=nonneg_float, default=d.momentum, help="SGD momentum (Nesterov)")
+    t.add_argument("--momentum", type=momentum, default=d.momentum, help="SGD momentum (Nesterov)")
     t.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay,
                    help="L2 (sgd, adam) or decoupled (adamw) weight decay")
     t.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule")
     t.add_argument("--label-smoothing", type=probability, default=d.label_smoothing, help="label smoothing of the loss")
     t.add_argument("--augment", type=nonneg_int, default=d.augment, help="random shifts of up to N pixels")
-    t.add_argument("--width", type=positive_float, default=d.width, help="channel multiplier")
+    t.add_argument("--width", type=width, default=d.width, help="channel multiplier")
     t.add_argument("--shortcut", choices=("identity", "conv"), default=d.shortcut, help="residual skip path")
     t.add_argument("--res-blocks", type=int, choices=(2, 3), default=d.res_blocks, help="residual blocks")
     t.add_argument("--head", choices=("max", "avg"), default=d.head, help="pooling before the classifier")
@@ -93,7 +94,7 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     t.add_argument("--train-subset", type=nonneg_int, default=d.train_subset,
                    help="use the first N training images (0: all)")
     t.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size, help="test-set batch size")
-    t.add_argument("--seed", type=int, default=d.seed, help="seed of the one random generator")
+    t.add_argument("--seed", type=seed, default=d.seed, help="seed of the one random generator")
     t.add_argument("--resume", type=Path, default=None, metavar="CHECKPOINT",
                    help="continue that run exactly, in its folder and on its data (a run folder: its "
                    "last.safetensors); flags that would change "
@@ -162,6 +163,9 @@ def _explicit(argv, preset) -> set:
     return set(vars(parser.parse_args(argv))) - {"command"}
 
 
+STORED_DATA_DIR = "the run's data folder (stored in its checkpoint)"
+
+
 def _data_dir(flag, stored=None):
     """-> (folder, whether xpnet may create it for a download, what named it)."""
     from xpnet.data import default_data_dir
@@ -169,7 +173,9 @@ def _data_dir(flag, stored=None):
     if flag is not None:
         return Path(flag), False, "--data-dir"
     if stored:
-        return Path(stored), False, "the run's data folder (stored in its checkpoint)"
+        if _same_place(stored, default_data_dir()):
+            return default_data_dir(), True, None
+        return Path(stored), False, STORED_DATA_DIR
     if os.environ.get("XPNET_DATA"):
         return Path(os.environ["XPNET_DATA"]), False, "$XPNET_DATA"
     return default_data_dir(), True, None
@@ -190,6 +196,13 @@ def data_hint(folder, origin):
             raise DataError(f"{text[: -len(_HELP)]}copy the four MNIST IDX files into {folder}, the folder "
                             f"{origin} names") from None
         raise
+
+
+def _same_place(a, b) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def _check_data_dir(folder, may_create, origin):
@@ -247,4 +260,13 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         print(f"xpnet {args.command}: error: {e.filename or e}: no such file", file=sys.stderr)
         return 1
+    except OSError as e:
+        # What the system refuses while writing results (a full disk, a read-only folder): one line
+        # naming the path.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"xpnet {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"xpnet {args.command}: interrupted", file=sys.stderr)
+        return 130
 

@@ -67,6 +67,16 @@ def positive_float(text):
     return v
 
 
+def width(text):
+    """A channel multiplier: positive, finite, at most the model schema's bound."""
+    from xpnet.models.schema import MAX_WIDTH
+
+    v = positive_float(text)
+    if v > MAX_WIDTH:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_WIDTH:g}, got {text}")
+    return v
+
+
 def momentum(text):
     """SGD momentum: in [0, 1); at 1 or above the velocity grows without bound."""
     v = _parse(float, text, "a number in [0, 1)")

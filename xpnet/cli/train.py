@@ -7,7 +7,7 @@ import math
 import sys
 
 from xpnet import backend
-from xpnet.cli import UserError, _check_data_dir, _data_dir, data_hint
+from xpnet.cli import STORED_DATA_DIR, UserError, _check_data_dir, _data_dir, data_hint
 from xpnet.errors import XpnetError
 
 
@@ -15,8 +15,14 @@ def _load_data(folder, may_create, origin):
     from xpnet.data import load_mnist
 
     _check_data_dir(folder, may_create, origin)
+    # A folder stored in a checkpoint is never downloaded into (it could name any folder at all);
+    # a stored default folder comes back from _data_dir as the default, which may be.
     with data_hint(folder, origin):
-        return load_mnist(folder, download=True, progress=sys.stderr.isatty())
+        return load_mnist(folder, download=origin != STORED_DATA_DIR, progress=sys.stderr.isatty())
+
+
+def _size(hw):
+    return "x".join(str(d) for d in hw)
 
 
 def _plural(n, word):
@@ -52,11 +58,11 @@ def _check_batch(cfg, data, warn):
 
 
 def _read_checkpoint(path):
-    from xpnet import checkpoint
+    from xpnet.training.runner import read_run
 
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise UserError(f"--resume: no such checkpoint: {path}")
-    return checkpoint.load(path)
+    return read_run(path)
 
 
 def _need_framework(framework):
@@ -79,7 +85,6 @@ def cmd_train(args) -> int:
 
 
 def _train(args, comm) -> int:
-    from xpnet import checkpoint
     from xpnet.training import rundir as runs
     from xpnet.training.config import PRESETS, TrainConfig
     from xpnet.training.loop import fit
@@ -95,15 +100,17 @@ def _train(args, comm) -> int:
             raise UserError(f"--resume {args.resume}: a folder without a last.safetensors to resume")
         args.resume = args.resume / "last.safetensors"
     if args.resume is None:
-        cfg = TrainConfig(**{k: getattr(args, k) for k in fields})
+        cfg = TrainConfig(**{k: getattr(args, k) for k in fields}).check(flags=True)
         _need_framework(cfg.framework)
+        if cfg.sync_bn and comm.size == 1:
+            print("xpnet train: warning: --sync-bn does nothing in one process; it is for mpiexec -n N xpnet train",
+                  file=sys.stderr, flush=True)
         out = args.out or runs.fresh_folder()
         runs.check_out(out, overwrite=args.overwrite)
         folder, may_create, origin = _data_dir(args.data_dir)
     else:
-        _, meta = comm.from_root(_read_checkpoint, args.resume)  # rank 0 reads, the others are told
-        if "config" not in meta or "step" not in meta:
-            raise checkpoint.CheckpointError(f"{args.resume}: not an xpnet training checkpoint (no config)")
+        # Rank 0 reads and checks every field, the others are told.
+        _, meta = comm.from_root(_read_checkpoint, args.resume)
         problem = runs.conflicts(meta["config"], {k: v for k, v in given.items() if k != "epochs"})
         if problem:
             raise UserError(problem)
@@ -113,6 +120,14 @@ def _train(args, comm) -> int:
         folder, may_create, origin = _data_dir(args.data_dir, meta.get("data_dir"))
     out = comm.bcast(out)  # rank 0 names the folder it alone writes into
     data = comm.root_first(_load_data, folder, may_create, origin)
+    if meta is None:
+        # The classifier follows the images' size; one the network cannot take is refused here.
+        cfg = dataclasses.replace(cfg, image_size=data.image_shape).check(flags=True)
+    elif tuple(cfg.image_size) != data.image_shape:
+        raise UserError(
+            f"the run being resumed trained on {_size(cfg.image_size)} images, but {folder} holds "
+            f"{_size(data.image_shape)} images"
+        )
     _check_batch(cfg, data, lambda line: print(f"xpnet train: warning: {line}", file=sys.stderr, flush=True))
     epochs = None
     if meta is not None and "epochs" in given:

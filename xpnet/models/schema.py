@@ -21,6 +21,7 @@ import numbers
 
 from xpnet.errors import XpnetError
 
+
 SHORTCUTS = ("identity", "conv")
 HEADS = ("max", "avg")
 RES_BLOCKS = (2, 3)

@@ -4,6 +4,8 @@ the command line offers."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 from xpnet.errors import XpnetError
 
@@ -15,6 +17,20 @@ CHECKPOINT_EXT = ".safetensors"
 
 class TrainingError(XpnetError, RuntimeError):
     """Training cannot go on (a non-finite loss, a checkpoint that does not fit)."""
+
+
+class ConfigError(XpnetError, ValueError):
+    """A run's config that xpnet will not train (one line naming the field)."""
+
+
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 1 << 20
+# Integer fields: (lowest, highest).
+_INTS = dict(epochs=(1, MAX_EPOCHS), batch_size=(1, MAX_BATCH), augment=(0, 64), train_subset=(0, 1 << 40),
+             seed=(0, 2**128 - 1), eval_batch_size=(1, MAX_BATCH))
+# Real fields: (lowest, highest, whether the lowest itself is allowed); all must be finite.
+_REALS = dict(lr=(0.0, math.inf, False), momentum=(0.0, 1.0, True), weight_decay=(0.0, math.inf, True),
+              label_smoothing=(0.0, 1.0, True))
 
 
 @dataclasses.dataclass
@@ -41,6 +57,12 @@ class TrainConfig:
     eval_batch_size: int = 200
     sync_bn: bool = False
     framework: str = "xpnet"
+    # The data's (H, W), which the classifier follows: set from the data, not by a flag.
+    image_size: tuple = (28, 28)
+
+    def __post_init__(self):
+        if isinstance(self.image_size, list):
+            self.image_size = tuple(self.image_size)
 
     def model_config(self) -> dict:
         return dict(
@@ -49,12 +71,56 @@ class TrainConfig:
             res_blocks=self.res_blocks,
             head=self.head,
             dropout=self.dropout,
+            image_size=list(self.image_size),
         )
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def check(self, flags: bool = False) -> TrainConfig:
+        """Every field of its type and within bounds (the model's through ``models.schema``), or
+        ConfigError naming the first bad one: as ``config.NAME`` (a stored config), or as its flag
+        ``--NAME`` with ``flags``. Returns self."""
+        from xpnet.models import schema
+
+        def name(field):
+            return f"--{field.replace('_', '-')}" if flags else f"config.{field}"
+
+        for field, (low, high) in _INTS.items():
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not low <= v <= high:
+                top = f"2**{high.bit_length()}-1" if high > 10**12 else f"{high}"
+                raise ConfigError(f"{name(field)} must be an integer in {low}..{top}, got {_short(v)}")
+        for field, (low, high, closed) in _REALS.items():
+            v = getattr(self, field)
+            ok = (not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+                  and (low <= v if closed else low < v) and v < high)
+            if not ok:
+                where = f"{'[' if closed else '('}{low:g}, {high:g})"
+                raise ConfigError(f"{name(field)} must be a finite number in {where}, got {_short(v)}")
+        for field, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("framework", FRAMEWORKS)):
+            v = getattr(self, field)
+            if not isinstance(v, str) or v not in choices:
+                raise ConfigError(f"{name(field)} must be one of {', '.join(choices)}, got {_short(v)}")
+        for field in ("nesterov", "sync_bn"):
+            if not isinstance(getattr(self, field), bool):
+                raise ConfigError(f"{name(field)} must be true or false, got {_short(getattr(self, field))}")
+        try:
+            schema.check(self.model_config(), prefix="config")
+        except schema.ModelConfigError as e:
+            text = str(e)
+            if flags:  # the flag names the user typed
+                for field in ("width", "shortcut", "res_blocks", "head", "dropout"):
+                    text = text.replace(f"config.{field}", name(field))
+            raise ConfigError(text) from None
+        return self
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # Named recipes: flag values that ``xpnet train --preset NAME`` starts from (explicit flags win).

@@ -28,7 +28,7 @@ import numpy
 from xpnet import backend, checkpoint, distributed
 from xpnet.data import batches
 from xpnet.training.config import CHECKPOINT_EXT, TrainConfig, TrainingError
-from xpnet.training.runner import build_runner, build_schedule, save_state
+from xpnet.training.runner import build_runner, build_schedule, read_run, save_state
 
 # lr is the epoch's last learning rate; lr_mean and lr_max show what the schedule did within it.
 METRICS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr",
@@ -170,10 +170,12 @@ def fit(
     rng = numpy.random.default_rng(None if cfg is None else cfg.seed)
     start_epoch, start_batch, history, best, rng_state = 0, 0, [], -1.0, None
     if resume is not None:
-        arrays, meta = comm.from_root(checkpoint.load, resume)  # rank 0 reads, the others are told
-        if "config" not in meta or "num_classes" not in meta:
-            raise checkpoint.CheckpointError(f"{resume}: not an xpnet training checkpoint (no config)")
+        arrays, meta = comm.from_root(read_run, resume)  # rank 0 reads and checks, the others are told
         cfg = TrainConfig.from_dict(meta["config"])
+        if tuple(cfg.image_size) != data.image_shape:
+            raise TrainingError(
+                f"{resume}: the run trained on {cfg.image_size} images, the data holds {data.image_shape}"
+            )
         if epochs is not None:
             cfg.epochs = int(epochs)
         start_epoch, start_batch = int(meta["epoch"]), int(meta["batch"])
@@ -181,6 +183,7 @@ def fit(
         rng_state = meta["rng_state"]
         # Built from our generator, so dropout draws from it; its state is restored below.
         runner = build_runner(cfg, int(meta["num_classes"]), rng)
+        checkpoint.check_tensors(resume, arrays, runner.state()[0], prefix="")
         try:
             runner.load_state(arrays, meta["optimizer_state"])
         except checkpoint.CheckpointError as e:
@@ -188,6 +191,8 @@ def fit(
     else:
         if epochs is not None:
             cfg = dataclasses.replace(cfg, epochs=int(epochs))
+        # The classifier follows the images' size.
+        cfg = dataclasses.replace(cfg, image_size=data.image_shape)
         runner = build_runner(cfg, num_classes, rng)
 
     train_images, train_labels = data.train_images, data.train_labels

@@ -9,7 +9,7 @@ from xpnet import backend, checkpoint, distributed, nn, optim
 from xpnet.data import batches
 from xpnet.functional import LabelError, softmax
 from xpnet.models import build_model
-from xpnet.training.config import FRAMEWORKS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingError
+from xpnet.training.config import FRAMEWORKS, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, TrainingError
 
 
 def build_optimizer(cfg: TrainConfig, model) -> optim.Optimizer:
@@ -167,11 +167,22 @@ def load_model(path, rng=None, read=checkpoint.load):
     """-> (model in eval mode on the current backend, checkpoint arrays, meta); ``read(path)``
     gives the arrays and meta."""
     arrays, meta = read(path)
-    if "model_config" not in meta or "num_classes" not in meta:
-        raise checkpoint.CheckpointError(f"{path}: not an xpnet training checkpoint (no model config)")
+    # The stored config is checked against the model's schema before anything is allocated, and
+    # the tensors against the model (dtype, shape, finite) before they are copied in.
+    checkpoint.check_run_meta(path, meta)
     model = build_model(meta["model_config"], meta["num_classes"], numpy.random.default_rng(rng))
-    try:
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-    except (KeyError, ValueError) as e:
-        raise checkpoint.CheckpointError(f"{path}: weights do not fit the model config ({e})") from e
+    checkpoint.check_tensors(path, arrays, model.state_dict())
+    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
     return model.eval(), arrays, meta
+
+
+def read_run(path):
+    """A training checkpoint to resume -> (arrays, meta), its metadata checked field by field
+    (``checkpoint.check_run_meta`` and the run's config, ``TrainConfig.check``)."""
+    arrays, meta = checkpoint.load(path)
+    checkpoint.check_run_meta(path, meta, resume=True)
+    try:
+        TrainConfig.from_dict(meta["config"]).check()
+    except (ConfigError, TypeError) as e:
+        raise checkpoint.CheckpointError(f"{path}: {e}") from None
+    return arrays, meta
