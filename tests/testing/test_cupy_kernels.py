@@ -58,33 +58,49 @@ FLOAT64 = re.compile(r"\.f64\b")
 def _record_kernels():
     """{(fused function, argument specs)} from a train step (Adam, then SGD with Nesterov momentum
     and weight decay) and an eval step of ResNet-9 (at a width where the net has both im2col and
-    Winograd convolutions) and of the second report's net, on the fake device."""
+    Winograd convolutions) and of the second report's net, eager and as replayed CUDA graphs
+    (``xpnet.training.graphs``, whose optimizer reads its scalars from the device), on the fake
+    device."""
+    from xpnet.training.graphs import GraphedForward, GraphedStep
+
     nets = (
         lambda rng: ResNet9(width=0.25, rng=rng),
         lambda rng: Report2Net(channels=(8, 16, 32, 64), rng=rng),
     )
     kernels = {}
-    with fakecupy.installed() as dev, backend.using("cupy"):
-        for make in nets:
-            rng = numpy.random.default_rng(0)
-            model = make(rng)
-            x = backend.to_device(rng.standard_normal((8, 1, 28, 28)).astype(numpy.float32))
-            y = backend.to_device(rng.integers(0, 10, 8))
-            loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
-            for opt in (
-                optim.Adam(model.named_parameters(), lr=1e-3),
-                optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4),
-            ):
-                model.train()
-                opt.zero_grad()
-                logits = model(x)
-                loss_fn(logits, y)
-                model.backward(loss_fn.backward())
-                opt.step()
-                (logits.argmax(axis=1) == y).sum()
-            model.eval()
-            model(x).argmax(axis=1)
-        kernels.update(dev.kernels)
+    with fakecupy.installed() as dev:
+        backend.use("cupy")
+        try:
+            for make in nets:
+                rng = numpy.random.default_rng(0)
+                model = make(rng)
+                x = backend.to_device(rng.standard_normal((8, 1, 28, 28)).astype(numpy.float32))
+                y = backend.to_device(rng.integers(0, 10, 8))
+                loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+                sgd = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+                for make_opt in (
+                    lambda: optim.Adam(model.named_parameters(), lr=1e-3),
+                    lambda: optim.SGD(model.named_parameters(), **sgd),
+                ):
+                    opt = make_opt()
+                    model.train()
+                    opt.zero_grad()
+                    logits = model(x)
+                    loss_fn(logits, y)
+                    model.backward(loss_fn.backward())
+                    opt.step()
+                    loss_fn.hits(logits, y)
+                    step = GraphedStep(model, make_opt(), loss_fn)
+                    for lr in (0.01, 0.005):  # a warm-up and capture, then a replay
+                        step(x, y, lr)
+                model.eval()
+                model(x).argmax(axis=1)
+                forward = GraphedForward(model)
+                forward(x)
+                forward(x)
+            kernels.update(dev.kernels)
+        finally:
+            backend.use("numpy")
     return list(kernels)
 
 
