@@ -91,8 +91,11 @@ def main(argv=None) -> int:
         problems = stale(text)
         print("\n".join(problems) or f"{args.doc}: the launch table matches the dry-run")
         return 1 if problems else 0
+    _span(text)  # the markers are there before the minutes the dry-runs take
+    new = block()
+    text = args.doc.read_text()  # as it is now: it may have been edited meanwhile
     start, end = _span(text)
-    args.doc.write_text(text[:start] + block() + text[end:])
+    args.doc.write_text(text[:start] + new + text[end:])
     print(f"written: the launch table in {args.doc}")
     return 0
 
