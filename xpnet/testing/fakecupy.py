@@ -978,6 +978,9 @@ class _NcclCommunicator:
             raise RuntimeError("ncclInvalidArgument: count and buffers do not match (contiguous arrays only)")
         if (datatype, op) != (_NCCL_TYPES[send.dtype.type], _NCCL["NCCL_SUM"]):
             raise RuntimeError("ncclInvalidArgument: datatype or op")
+        if _capture[0] is not None:
+            # NCCL can be captured on a GPU, but the fake device would sum now, not at replay.
+            raise GraphCaptureError("nccl.allReduce during CUDA-graph capture: the fake device cannot record it")
         _launch("nccl.allReduce")
         total = numpy.array(send._a)
         self.comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
