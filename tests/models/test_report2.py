@@ -39,7 +39,7 @@ def test_initialisation_is_the_reports():
 
 
 def test_bad_arguments_are_rejected():
-    for bad in (dict(ties="random"), dict(image_size=(3, 28)), dict(dropout=1.0)):
+    for bad in (dict(ties="random"), dict(image_size=(3, 28)), dict(dropout=1.0), dict(channels=(4, 16))):
         with pytest.raises(ValueError):
             Report2Net(**bad)
 

@@ -5,8 +5,16 @@ import math
 
 import pytest
 
-from xpnet.models import ResNet9
-from xpnet.models.schema import DEFAULTS, ModelConfigError, check, head_features, min_image_side
+from xpnet.models import Report2Net, ResNet9
+from xpnet.models.schema import (
+    DEFAULTS,
+    REPORT2_DEFAULTS,
+    ModelConfigError,
+    arch,
+    check,
+    head_features,
+    min_image_side,
+)
 
 
 def test_defaults_pass_and_are_filled_in():
@@ -71,3 +79,33 @@ def test_from_config_builds_nothing_when_the_config_is_bad():
 def test_smallest_sides():
     assert min_image_side("max") == 16 and min_image_side("avg") == 8
     assert head_features(8, (28, 28), "max") == 8 and head_features(8, (32, 33), "max") == 32
+
+
+def test_arch_picks_the_network_and_its_fields():
+    assert arch({}) == "resnet9" and arch(dict(arch="resnet9")) == "resnet9"
+    assert check(dict(arch="resnet9"), 10) == {**DEFAULTS}
+    assert check(dict(arch="report2"), 10) == {**REPORT2_DEFAULTS}
+    assert check(dict(arch="report2", ties="share", dropout=0.99))["ties"] == "share"
+    net = Report2Net.from_config(dict(arch="report2", dropout=0.5, image_size=[32, 32]), 10, rng=0)
+    assert net.classifier[-1].weight.data.shape == (10, 64 * 8 * 8)
+
+
+@pytest.mark.parametrize(
+    ("config", "num_classes", "field"),
+    [
+        (dict(arch="resnet10"), 10, "arch must be one of resnet9, report2"),
+        (dict(arch=["report2"]), 10, "arch"),
+        (dict(arch="report2", width=0.5), 10, "unknown key"),
+        (dict(arch="resnet9", ties="share"), 10, "unknown key"),
+        (dict(arch="report2", ties="random"), 10, "ties"),
+        (dict(arch="report2", dropout=1.0), 10, "dropout"),
+        (dict(arch="report2", channels=[4, 16, 32]), 10, "channels"),
+        (dict(arch="report2", image_size=[3, 28]), 10, "too small"),
+        (dict(arch="report2", image_size=[1024, 1024], channels=[4, 16, 32, 1024]), 10, "linear layer"),
+        (dict(arch="report2"), 10**6, "num_classes"),
+    ],
+)
+def test_bad_report2_fields_are_one_line_naming_the_field(config, num_classes, field):
+    with pytest.raises(ModelConfigError, match=field) as e:
+        check(config, num_classes)
+    assert "\n" not in str(e.value)

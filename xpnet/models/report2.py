@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy
 
 from xpnet import backend
+from xpnet.models import schema
 from xpnet.nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Residual, Sequential
 
 CHANNELS = (4, 16, 32, 64)
@@ -55,11 +56,12 @@ class Report2Net(Sequential):
 
     def __init__(self, num_classes=10, in_channels=1, dropout=0.9, ties="first", channels=CHANNELS,
                  image_size=(28, 28), rng=None):
-        h, w = image_size
-        if min(h, w) < 4:
-            raise ValueError(f"images of {h}x{w} pixels are too small for this network: its 2 pools need 4x4")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        config = schema.check(
+            dict(arch="report2", in_channels=in_channels, dropout=dropout, ties=ties, channels=list(channels),
+                 image_size=list(image_size)),
+            num_classes, prefix="Report2Net",
+        )
+        h, w = config["image_size"]
         rng = numpy.random.default_rng(rng)
         # The layers draw their own (PyTorch-style uniform) weights from a throwaway generator;
         # the report's initialisation below replaces them, so ``rng`` sees only that draw.
@@ -91,9 +93,9 @@ class Report2Net(Sequential):
                 value = numpy.zeros(p.data.shape)
             p.data = backend.to_device(value.astype(numpy.float32))
             p.grad = backend.get_array_module(p.data).zeros_like(p.data)
-        object.__setattr__(
-            self,
-            "config",
-            dict(num_classes=num_classes, in_channels=in_channels, dropout=dropout, ties=ties,
-                 channels=list(channels), image_size=[h, w]),
-        )
+        object.__setattr__(self, "config", dict(num_classes=num_classes, **config))
+
+    @classmethod
+    def from_config(cls, model_config: dict, num_classes: int, rng=None):
+        """The model a stored config (``arch`` "report2") describes, checked first."""
+        return cls(num_classes=num_classes, rng=rng, **schema.check(model_config, num_classes))

@@ -9,6 +9,10 @@ itself checks the values it is given (a flag such as ``--width 100`` meets the s
 
     config = check(meta["model_config"], meta["num_classes"])   # ModelConfigError, one line
 
+``arch`` picks the network: "resnet9" (the first report's, the default, also for configs stored
+before the key existed) or "report2" (the second report's, ``Report2Net``); ``check`` returns the
+keyword arguments of that network's constructor, ``arch`` not among them.
+
 The bounds are generous for this network on 28x28 digits (four times the default width, at most
 1024 channels a layer, images up to 1024x1024) and small enough that no config can ask for more
 than about a gigabyte of weights.
@@ -22,6 +26,7 @@ import numbers
 from xpnet.errors import XpnetError
 
 
+ARCHS = ("resnet9", "report2")
 SHORTCUTS = ("identity", "conv")
 HEADS = ("max", "avg")
 RES_BLOCKS = (2, 3)
@@ -46,6 +51,19 @@ DEFAULTS = dict(
     channels=list(CHANNELS),
     image_size=[28, 28],
 )
+
+
+# The second report's network (``Report2Net``): channel counts and tie rule, no BatchNorm.
+REPORT2_DEFAULTS = dict(
+    in_channels=1,
+    dropout=0.9,
+    ties="first",
+    channels=[4, 16, 32, 64],
+    image_size=[28, 28],
+)
+MAXPOOL_TIES = ("first", "share")
+REPORT2_POOLS = 2
+MAX_LINEAR_WEIGHTS = 2**26
 
 
 class ModelConfigError(XpnetError, ValueError):
@@ -94,18 +112,30 @@ def head_features(channels: int, image_size, head: str) -> int:
     return channels * h * w
 
 
-def check(config, num_classes=None, prefix: str = "model_config") -> dict:
-    """``config`` (a dict of ResNet9's keyword arguments) with defaults filled in, each value
-    checked; ``num_classes`` too when given. Raises ModelConfigError naming the first bad field.
-    """
+def arch(config, prefix: str = "model_config") -> str:
+    """The network ``config`` names ("resnet9" where it names none)."""
     if not isinstance(config, dict):
         raise ModelConfigError(f"{prefix} must be a JSON object, got {type(config).__name__}")
-    unknown = sorted(str(k) for k in config if k not in DEFAULTS)
+    return _choice(config.get("arch", "resnet9"), f"{prefix}.arch", ARCHS)
+
+
+def _known(config, defaults, prefix):
+    unknown = sorted(str(k) for k in config if k not in defaults and k != "arch")
     if unknown:
         raise ModelConfigError(
-            f"{prefix} has unknown key(s) {', '.join(unknown)[:200]}; known: {', '.join(DEFAULTS)}"
+            f"{prefix} has unknown key(s) {', '.join(unknown)[:200]}; known: arch, {', '.join(defaults)}"
         )
-    c = {**DEFAULTS, **config}
+    return {**defaults, **{k: v for k, v in config.items() if k != "arch"}}
+
+
+def check(config, num_classes=None, prefix: str = "model_config") -> dict:
+    """``config`` (``arch`` and the keyword arguments of that network) -> the keyword arguments,
+    defaults filled in, each value checked; ``num_classes`` too when given. Raises
+    ModelConfigError naming the first bad field.
+    """
+    if arch(config, prefix) == "report2":
+        return _check_report2(config, num_classes, prefix)
+    c = _known(config, DEFAULTS, prefix)
     out = dict(
         in_channels=_int(c["in_channels"], f"{prefix}.in_channels", 1, MAX_IN_CHANNELS),
         width=_number(c["width"], f"{prefix}.width"),
@@ -136,6 +166,36 @@ def check(config, num_classes=None, prefix: str = "model_config") -> dict:
         )
     if num_classes is not None:
         _int(num_classes, "num_classes", 1, MAX_CLASSES)
+    return out
+
+
+def _check_report2(config, num_classes, prefix) -> dict:
+    c = _known(config, REPORT2_DEFAULTS, prefix)
+    out = dict(
+        in_channels=_int(c["in_channels"], f"{prefix}.in_channels", 1, MAX_IN_CHANNELS),
+        dropout=_number(c["dropout"], f"{prefix}.dropout"),
+        ties=_choice(c["ties"], f"{prefix}.ties", MAXPOOL_TIES),
+        channels=_ints(c["channels"], f"{prefix}.channels", 4, 1, MAX_CHANNELS),
+        image_size=_ints(c["image_size"], f"{prefix}.image_size", 2, 1, MAX_IMAGE_SIDE),
+    )
+    if not 0.0 <= out["dropout"] < 1.0:
+        raise ModelConfigError(f"{prefix}.dropout must be in [0, 1), got {out['dropout']:g}")
+    side = 2**REPORT2_POOLS
+    h, w = out["image_size"]
+    if min(h, w) < side:
+        raise ModelConfigError(
+            f"images of {h}x{w} pixels are too small for this network: its {REPORT2_POOLS} pools need "
+            f"at least {side}x{side}"
+        )
+    if num_classes is not None:
+        _int(num_classes, "num_classes", 1, MAX_CLASSES)
+    # Its linear layer takes every value the two pools leave, so big images make it big.
+    weights = out["channels"][3] * (h // side) * (w // side) * (MAX_CLASSES if num_classes is None else num_classes)
+    if weights > MAX_LINEAR_WEIGHTS:
+        raise ModelConfigError(
+            f"{prefix}: {h}x{w} images and {out['channels'][3]} channels give the linear layer {weights} weights, "
+            f"more than {MAX_LINEAR_WEIGHTS}"
+        )
     return out
 
 
