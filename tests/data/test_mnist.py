@@ -479,9 +479,21 @@ def test_normalize_stays_float32():
     numpy.testing.assert_allclose(x, (1.0 - mnist.MEAN) / mnist.STD, rtol=1e-6)
 
 
+def test_raw_inputs_keep_the_pixel_values():
+    images = id_images(6)
+    x = mnist.normalize(images, "raw")
+    assert x.dtype == numpy.float32 and x.shape == (6, 1, 5, 7)
+    numpy.testing.assert_array_equal(x[:, 0], images.astype(numpy.float32))
+    got = numpy.concatenate([x for x, _ in mnist.batches(images, numpy.arange(6), 4, shuffle=False, inputs="raw")])
+    numpy.testing.assert_array_equal(got[:, 0], images)
+    with pytest.raises(ValueError, match="inputs"):
+        mnist.normalize(images, "minmax")
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
+        ({"inputs": "minmax"}, "inputs"),
         ({"batch_size": 0}, "batch_size"),
         ({"augment": -1}, "augment"),
         ({"rng": None}, "rng"),

@@ -1,6 +1,7 @@
 """Datasets: MNIST (and any IDX set laid out like it), read from disk or downloaded, and batched."""
 
 from xpnet.data.mnist import (
+    INPUTS,
     MEAN,
     MNIST,
     STD,
@@ -18,6 +19,7 @@ from xpnet.data.mnist import (
 )
 
 __all__ = [
+    "INPUTS",
     "MEAN",
     "MNIST",
     "STD",

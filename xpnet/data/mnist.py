@@ -44,6 +44,8 @@ FILES = {
 # Mean and standard deviation of the MNIST training pixels scaled to [0, 1] (the usual constants).
 MEAN = 0.1307
 STD = 0.3081
+# How pixels reach the network: standardised (MEAN, STD) or raw 0-255 values.
+INPUTS = ("standard", "raw")
 
 NUM_CLASSES = 10
 
@@ -485,13 +487,19 @@ def verify(data_dir) -> bool:
     )
 
 
-def normalize(images):
-    """uint8 images (N, H, W) -> float32 (N, 1, H, W) standardised with MNIST's MEAN and STD.
+def normalize(images, inputs: str = "standard"):
+    """uint8 images (N, H, W) -> float32 (N, 1, H, W): standardised with MNIST's MEAN and STD
+    (``inputs="standard"``), or the pixel values 0-255 as they are (``"raw"``, as the second
+    report trained).
 
     Runs on the array module of ``images``.
     """
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
     xp = backend.get_array_module(images)
     x = images.astype(xp.float32)
+    if inputs == "raw":
+        return x[:, None]
     # Python float scalars keep the arithmetic in float32 under NumPy 2 and CuPy promotion rules.
     x *= 1.0 / (255.0 * STD)
     x -= MEAN / STD
@@ -519,12 +527,12 @@ def translate(images, offsets):
 
 
 def batches(images, labels, batch_size: int, rng=None, shuffle: bool = True, augment: int = 0,
-            drop_last: bool = False):
+            drop_last: bool = False, inputs: str = "standard"):
     """Minibatches ``(x, y)`` on the current backend: x (B, 1, H, W) float32, y (B,) int64.
 
     images: (N, H, W) uint8 and labels: (N,), host or current-backend arrays (put the images on
     the device once, with ``backend.to_device``, rather than once per batch). x is normalised with
-    MNIST's MEAN and STD; ``augment=k`` shifts each image by a random (dy, dx) in [-k, k]^2 with
+    MNIST's MEAN and STD (``inputs="raw"``: left as 0-255 values); ``augment=k`` shifts each image by a random (dy, dx) in [-k, k]^2 with
     zero fill. The last batch is smaller unless ``drop_last``.
 
     ``rng`` (a host numpy.random.Generator; only needed for ``shuffle`` or ``augment``) is drawn
@@ -552,10 +560,12 @@ def batches(images, labels, batch_size: int, rng=None, shuffle: bool = True, aug
     n = len(images)
     order = rng.permutation(n) if shuffle else numpy.arange(n)
     offsets = rng.integers(-augment, augment + 1, size=(n, 2)) if augment else None
-    return _iterate(images, labels, order, offsets, batch_size, drop_last)
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+    return _iterate(images, labels, order, offsets, batch_size, drop_last, inputs)
 
 
-def _iterate(images, labels, order, offsets, batch_size, drop_last):
+def _iterate(images, labels, order, offsets, batch_size, drop_last, inputs):
     # The permutation and offsets cross to the device once per epoch, not once per batch.
     order_dev = backend.to_device(order)
     offsets_dev = None if offsets is None else backend.to_device(offsets)
@@ -566,7 +576,7 @@ def _iterate(images, labels, order, offsets, batch_size, drop_last):
         if offsets_dev is not None:
             x = translate(x, offsets_dev[start:start + batch_size])
         y = backend.to_device(_take(labels, order, order_dev, start, batch_size), dtype="int64")
-        yield normalize(x), y
+        yield normalize(x, inputs), y
 
 
 def _take(a, order, order_dev, start, size):
