@@ -44,6 +44,13 @@ def test_bad_arguments_are_rejected():
             Report2Net(**bad)
 
 
+def test_width_scales_the_channels():
+    net = Report2Net(width=0.5, rng=0)
+    twin = TorchReport2Net(width=0.5)
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: tuple(v.shape) for k, v in twin.state_dict().items()}
+    assert net.conv1[0].weight.shape == (2, 1, 3, 3) and net.classifier[-1].weight.shape == (10, 32 * 7 * 7)
+
+
 def test_other_image_sizes_match_the_twin():
     net = to_float64(Report2Net(image_size=(18, 31), dropout=0.0, rng=0))
     twin = TorchReport2Net(image_size=(18, 31), dropout=0.0).double()

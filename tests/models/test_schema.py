@@ -95,13 +95,15 @@ def test_arch_picks_the_network_and_its_fields():
     [
         (dict(arch="resnet10"), 10, "arch must be one of resnet9, report2"),
         (dict(arch=["report2"]), 10, "arch"),
-        (dict(arch="report2", width=0.5), 10, "unknown key"),
+        (dict(arch="report2", head="avg"), 10, "unknown key"),
+        (dict(arch="report2", width=8), 10, "width"),
         (dict(arch="resnet9", ties="share"), 10, "unknown key"),
         (dict(arch="report2", ties="random"), 10, "ties"),
         (dict(arch="report2", dropout=1.0), 10, "dropout"),
         (dict(arch="report2", channels=[4, 16, 32]), 10, "channels"),
         (dict(arch="report2", image_size=[3, 28]), 10, "too small"),
         (dict(arch="report2", image_size=[1024, 1024], channels=[4, 16, 32, 1024]), 10, "linear layer"),
+        (dict(arch="report2", image_size=[1024, 1024], width=4), 10, "linear layer"),
         (dict(arch="report2"), 10**6, "num_classes"),
     ],
 )

@@ -47,6 +47,7 @@ class Report2Net(Sequential):
     """x: (N, in_channels, 28, 28) -> logits (N, num_classes).
 
     Args:
+        width: multiplies every channel count (rounded, at least 1), as ResNet9's does.
         dropout: drop probability on the 3,136 flattened features in training (the report: 0.9).
         ties: the max-pools' backward on tied maxima, "first" (PyTorch's) or "share" (the report's).
         channels: the four channel counts (default 4, 16, 32, 64).
@@ -54,11 +55,11 @@ class Report2Net(Sequential):
         rng: seed or ``numpy.random.Generator`` for the initial weights and dropout masks.
     """
 
-    def __init__(self, num_classes=10, in_channels=1, dropout=0.9, ties="first", channels=CHANNELS,
+    def __init__(self, num_classes=10, in_channels=1, width=1.0, dropout=0.9, ties="first", channels=CHANNELS,
                  image_size=(28, 28), rng=None):
         config = schema.check(
-            dict(arch="report2", in_channels=in_channels, dropout=dropout, ties=ties, channels=list(channels),
-                 image_size=list(image_size)),
+            dict(arch="report2", in_channels=in_channels, width=width, dropout=dropout, ties=ties,
+                 channels=list(channels), image_size=list(image_size)),
             num_classes, prefix="Report2Net",
         )
         h, w = config["image_size"]
@@ -66,7 +67,7 @@ class Report2Net(Sequential):
         # The layers draw their own (PyTorch-style uniform) weights from a throwaway generator;
         # the report's initialisation below replaces them, so ``rng`` sees only that draw.
         scratch = numpy.random.default_rng(0)
-        c1, c2, c3, c4 = channels
+        c1, c2, c3, c4 = (max(1, round(c * width)) for c in channels)
         features = c4 * (h // 2 // 2) * (w // 2 // 2)
         tail = [Flatten()]
         if dropout > 0:

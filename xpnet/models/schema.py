@@ -56,6 +56,7 @@ DEFAULTS = dict(
 # The second report's network (``Report2Net``): channel counts and tie rule, no BatchNorm.
 REPORT2_DEFAULTS = dict(
     in_channels=1,
+    width=1.0,
     dropout=0.9,
     ties="first",
     channels=[4, 16, 32, 64],
@@ -146,16 +147,7 @@ def check(config, num_classes=None, prefix: str = "model_config") -> dict:
         channels=_ints(c["channels"], f"{prefix}.channels", 4, 1, MAX_CHANNELS),
         image_size=_ints(c["image_size"], f"{prefix}.image_size", 2, 1, MAX_IMAGE_SIDE),
     )
-    if not 0.0 < out["width"] <= MAX_WIDTH:
-        raise ModelConfigError(f"{prefix}.width must be in (0, {MAX_WIDTH:g}], got {out['width']:g}")
-    if not 0.0 <= out["dropout"] < 1.0:
-        raise ModelConfigError(f"{prefix}.dropout must be in [0, 1), got {out['dropout']:g}")
-    widest = max(round(ch * out["width"]) for ch in out["channels"])
-    if widest > MAX_CHANNELS:
-        raise ModelConfigError(
-            f"{prefix}: width {out['width']:g} times channels {out['channels']} gives {widest} "
-            f"channels, more than {MAX_CHANNELS}"
-        )
+    _check_width(out, prefix)
     side = min_image_side(out["head"])
     h, w = out["image_size"]
     if min(h, w) < side:
@@ -169,17 +161,31 @@ def check(config, num_classes=None, prefix: str = "model_config") -> dict:
     return out
 
 
+def _check_width(out, prefix):
+    """Width, dropout and the channel counts they give, as both networks take them."""
+    if not 0.0 < out["width"] <= MAX_WIDTH:
+        raise ModelConfigError(f"{prefix}.width must be in (0, {MAX_WIDTH:g}], got {out['width']:g}")
+    if not 0.0 <= out["dropout"] < 1.0:
+        raise ModelConfigError(f"{prefix}.dropout must be in [0, 1), got {out['dropout']:g}")
+    widest = max(round(ch * out["width"]) for ch in out["channels"])
+    if widest > MAX_CHANNELS:
+        raise ModelConfigError(
+            f"{prefix}: width {out['width']:g} times channels {out['channels']} gives {widest} "
+            f"channels, more than {MAX_CHANNELS}"
+        )
+
+
 def _check_report2(config, num_classes, prefix) -> dict:
     c = _known(config, REPORT2_DEFAULTS, prefix)
     out = dict(
         in_channels=_int(c["in_channels"], f"{prefix}.in_channels", 1, MAX_IN_CHANNELS),
+        width=_number(c["width"], f"{prefix}.width"),
         dropout=_number(c["dropout"], f"{prefix}.dropout"),
         ties=_choice(c["ties"], f"{prefix}.ties", MAXPOOL_TIES),
         channels=_ints(c["channels"], f"{prefix}.channels", 4, 1, MAX_CHANNELS),
         image_size=_ints(c["image_size"], f"{prefix}.image_size", 2, 1, MAX_IMAGE_SIDE),
     )
-    if not 0.0 <= out["dropout"] < 1.0:
-        raise ModelConfigError(f"{prefix}.dropout must be in [0, 1), got {out['dropout']:g}")
+    _check_width(out, prefix)
     side = 2**REPORT2_POOLS
     h, w = out["image_size"]
     if min(h, w) < side:
@@ -190,7 +196,7 @@ def _check_report2(config, num_classes, prefix) -> dict:
     if num_classes is not None:
         _int(num_classes, "num_classes", 1, MAX_CLASSES)
     # Its linear layer takes every value the two pools leave, so big images make it big.
-    weights = out["channels"][3] * (h // side) * (w // side) * (MAX_CLASSES if num_classes is None else num_classes)
+    weights = max(1, round(out["channels"][3] * out["width"])) * (h // side) * (w // side) * (MAX_CLASSES if num_classes is None else num_classes)
     if weights > MAX_LINEAR_WEIGHTS:
         raise ModelConfigError(
             f"{prefix}: {h}x{w} images and {out['channels'][3]} channels give the linear layer {weights} weights, "

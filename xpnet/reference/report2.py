@@ -28,9 +28,9 @@ def residual_relu(c):
 class TorchReport2Net(nn.Sequential):
     """x: (N, in_channels, 28, 28) -> logits (N, num_classes); arguments as ``Report2Net``."""
 
-    def __init__(self, num_classes=10, in_channels=1, dropout=0.9, ties="first", channels=CHANNELS,
+    def __init__(self, num_classes=10, in_channels=1, width=1.0, dropout=0.9, ties="first", channels=CHANNELS,
                  image_size=(28, 28)):
-        c1, c2, c3, c4 = channels
+        c1, c2, c3, c4 = (max(1, round(c * width)) for c in channels)
 
         def pool():
             return nn.MaxPool2d(2, 2) if ties == "first" else SharingMaxPool2d(2, 2)
