@@ -38,8 +38,18 @@ def test_initialisation_is_the_reports():
     assert not numpy.array_equal(state["res2.0.2.weight"], Report2Net(rng=1).state_dict()["res2.0.2.weight"])
 
 
+def test_pytorch_initialisation_is_the_layers_own():
+    state = Report2Net(rng=0, init="pytorch").state_dict()
+    w = state["res2.0.0.weight"]
+    bound = 1 / (64 * 9) ** 0.5
+    assert abs(w).max() <= bound and w.std() > 0.5 * bound / 3**0.5
+    assert state["conv1.0.bias"].any()
+    numpy.testing.assert_array_equal(w, Report2Net(rng=0, init="pytorch").state_dict()["res2.0.0.weight"])
+
+
 def test_bad_arguments_are_rejected():
-    for bad in (dict(ties="random"), dict(image_size=(3, 28)), dict(dropout=1.0), dict(channels=(4, 16))):
+    for bad in (dict(ties="random"), dict(image_size=(3, 28)), dict(dropout=1.0), dict(channels=(4, 16)),
+                dict(init="zeros")):
         with pytest.raises(ValueError):
             Report2Net(**bad)
 
@@ -47,7 +57,8 @@ def test_bad_arguments_are_rejected():
 def test_width_scales_the_channels():
     net = Report2Net(width=0.5, rng=0)
     twin = TorchReport2Net(width=0.5)
-    assert {k: v.shape for k, v in net.state_dict().items()} == {k: tuple(v.shape) for k, v in twin.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in twin.state_dict().items()}
+    assert {k: v.shape for k, v in net.state_dict().items()} == theirs
     assert net.conv1[0].weight.shape == (2, 1, 3, 3) and net.classifier[-1].weight.shape == (10, 32 * 7 * 7)
 
 

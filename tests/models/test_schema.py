@@ -99,6 +99,7 @@ def test_arch_picks_the_network_and_its_fields():
         (dict(arch="report2", width=8), 10, "width"),
         (dict(arch="resnet9", ties="share"), 10, "unknown key"),
         (dict(arch="report2", ties="random"), 10, "ties"),
+        (dict(arch="report2", init="zeros"), 10, "init"),
         (dict(arch="report2", dropout=1.0), 10, "dropout"),
         (dict(arch="report2", channels=[4, 16, 32]), 10, "channels"),
         (dict(arch="report2", image_size=[3, 28]), 10, "too small"),

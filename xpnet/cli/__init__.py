@@ -53,7 +53,17 @@ def _add_data_dir(p, extra=""):
 def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     """The ``xpnet`` parser; ``train``'s defaults are those of the recipe ``preset``."""
     from xpnet import __version__
-    from xpnet.training.config import FRAMEWORKS, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+    from xpnet.training.config import (
+        ARCHS,
+        FRAMEWORKS,
+        INITS,
+        INPUTS,
+        OPTIMIZERS,
+        POOL_TIES,
+        PRESETS,
+        SCHEDULES,
+        TrainConfig,
+    )
 
     d = dataclasses.replace(TrainConfig(), **PRESETS.get(preset, {}))
     fmt = _HelpFormatter
@@ -65,7 +75,8 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     recipes = "; ".join(f"{name}: " + (", ".join(f"{k} {v}" for k, v in values.items()) or own)
                         for name, values in PRESETS.items())
     t = sub.add_parser("train", help="train ResNet-9 and write metrics, checkpoints and plots", formatter_class=fmt,
-                       description="Train ResNet-9. The defaults shown are those of the chosen --preset.")
+                       description="Train ResNet-9, or with --arch report2 the second report's network. "
+                       "The defaults shown are those of the chosen --preset.")
     _add_data_dir(t, "; with --resume, the run's own data folder")
     t.add_argument("--out", type=Path, default=None,
                    help="output folder (default: a new runs/run-N; with --resume, the checkpoint's folder); "
@@ -86,11 +97,21 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule")
     t.add_argument("--label-smoothing", type=probability, default=d.label_smoothing, help="label smoothing of the loss")
     t.add_argument("--augment", type=nonneg_int, default=d.augment, help="random shifts of up to N pixels")
+    t.add_argument("--arch", choices=ARCHS, default=d.arch,
+                   help="network: resnet9 (the first report's) or report2 (the second report's narrow net, "
+                   "no BatchNorm)")
     t.add_argument("--width", type=width, default=d.width, help="channel multiplier")
     t.add_argument("--shortcut", choices=("identity", "conv"), default=d.shortcut, help="residual skip path")
     t.add_argument("--res-blocks", type=int, choices=(2, 3), default=d.res_blocks, help="residual blocks")
     t.add_argument("--head", choices=("max", "avg"), default=d.head, help="pooling before the classifier")
     t.add_argument("--dropout", type=probability, default=d.dropout, help="dropout before the linear layer")
+    t.add_argument("--pool-ties", choices=POOL_TIES, default=d.pool_ties,
+                   help="report2's max-pool backward on tied maxima: first (as PyTorch) or share (every maximum)")
+    t.add_argument("--init", choices=INITS, default=d.init,
+                   help="report2's initial weights: report (normal x 0.01, biases 0) or pytorch "
+                   "(uniform +-1/sqrt(fan_in))")
+    t.add_argument("--inputs", choices=INPUTS, default=d.inputs,
+                   help="pixels as the network sees them: standard (MNIST mean and std) or raw (0-255)")
     t.add_argument("--train-subset", type=nonneg_int, default=d.train_subset,
                    help="use the first N training images (0: all)")
     t.add_argument("--eval-batch-size", type=positive_int, default=d.eval_batch_size, help="test-set batch size")

@@ -11,7 +11,7 @@ from xpnet.cli import _check_data_dir, _data_dir, data_hint
 
 def cmd_evaluate(args) -> int:
     from xpnet.data import load_split
-    from xpnet.training.runner import evaluate, load_model
+    from xpnet.training.runner import evaluate, load_model, stored_inputs
 
     backend.use(args.backend)
     model, _, meta = load_model(args.checkpoint)
@@ -19,7 +19,8 @@ def cmd_evaluate(args) -> int:
     _check_data_dir(folder, may_create, origin)
     with data_hint(folder, origin):
         images, labels = load_split(folder, "test", download=True, progress=sys.stderr.isatty())
-    loss, acc, _, _ = evaluate(model, backend.to_device(images), backend.to_device(labels), args.batch_size)
+    loss, acc, _, _ = evaluate(model, backend.to_device(images), backend.to_device(labels), args.batch_size,
+                               inputs=stored_inputs(meta, args.checkpoint))
     result = dict(test_loss=loss, test_accuracy=acc, test_images=int(len(labels)),
                   checkpoint=str(args.checkpoint), epoch=meta.get("epoch"))
     if args.json:

@@ -21,14 +21,14 @@ NO_DIGIT = 3  # every image was read, and at least one holds no digit (or none t
 UNREADABLE = 1  # at least one image could not be read (a line on stderr for each)
 
 
-def _probabilities(model, images):
+def _probabilities(model, images, inputs="standard"):
     """images (N, 28, 28) uint8 -> softmax probabilities (N, 10) on the host."""
     import numpy
 
     from xpnet.data import normalize
     from xpnet.functional import softmax
 
-    logits = backend.asnumpy(model(normalize(backend.to_device(images)))).astype(numpy.float64)
+    logits = backend.asnumpy(model(normalize(backend.to_device(images), inputs))).astype(numpy.float64)
     return softmax(logits)
 
 
@@ -81,10 +81,11 @@ def cmd_predict(args) -> int:
     import numpy
 
     from xpnet.data.images import ImageError, prepare
-    from xpnet.training.runner import load_model
+    from xpnet.training.runner import load_model, stored_inputs
 
     backend.use(args.backend)
-    model, _, _ = load_model(args.checkpoint)
+    model, _, meta = load_model(args.checkpoint)
+    inputs = stored_inputs(meta, args.checkpoint)
     save = _Saver(args.save_preprocessed)
     unreadable = no_digit = 0
     for start in range(0, len(args.images), BATCH):
@@ -98,7 +99,7 @@ def cmd_predict(args) -> int:
         digits = [i for i, (_, prep) in enumerate(ready) if prep.no_digit is None]
         probs = [None] * len(ready)
         if digits:
-            for i, p in zip(digits, _probabilities(model, numpy.stack([ready[i][1].image for i in digits]))):
+            for i, p in zip(digits, _probabilities(model, numpy.stack([ready[i][1].image for i in digits]), inputs)):
                 probs[i] = p
         for (path, prep), p in zip(ready, probs):
             save(path, prep.image)

@@ -57,6 +57,17 @@ def _check_batch(cfg, data, warn):
              f"{available / gib:.1f} GiB available")
 
 
+def _check_arch(cfg, given):
+    """Refuse a flag of one network given for the other (``--head`` with ``--arch report2``)."""
+    from xpnet.training.config import ARCH_ONLY
+
+    for field, arch in ARCH_ONLY.items():
+        if field in given and cfg.arch != arch:
+            raise UserError(f"--{field.replace('_', '-')} applies to --arch {arch} only, not {cfg.arch}")
+    if cfg.arch == "report2" and cfg.sync_bn:
+        raise UserError("--sync-bn: --arch report2 has no BatchNorm")
+
+
 def _read_checkpoint(path):
     from xpnet.training.runner import read_run
 
@@ -101,6 +112,7 @@ def _train(args, comm) -> int:
         args.resume = args.resume / "last.safetensors"
     if args.resume is None:
         cfg = TrainConfig(**{k: getattr(args, k) for k in fields}).check(flags=True)
+        _check_arch(cfg, given)
         _need_framework(cfg.framework)
         if cfg.sync_bn and comm.size == 1:
             print("xpnet train: warning: --sync-bn does nothing in one process; it is for mpiexec -n N xpnet train",

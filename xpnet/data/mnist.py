@@ -532,8 +532,8 @@ def batches(images, labels, batch_size: int, rng=None, shuffle: bool = True, aug
 
     images: (N, H, W) uint8 and labels: (N,), host or current-backend arrays (put the images on
     the device once, with ``backend.to_device``, rather than once per batch). x is normalised with
-    MNIST's MEAN and STD (``inputs="raw"``: left as 0-255 values); ``augment=k`` shifts each image by a random (dy, dx) in [-k, k]^2 with
-    zero fill. The last batch is smaller unless ``drop_last``.
+    MNIST's MEAN and STD (``inputs="raw"``: left as 0-255 values); ``augment=k`` shifts each image
+    by a random (dy, dx) in [-k, k]^2 with zero fill. The last batch is smaller unless ``drop_last``.
 
     ``rng`` (a host numpy.random.Generator; only needed for ``shuffle`` or ``augment``) is drawn
     from here, when batches() is called, not while iterating: the permutation of all N items,

@@ -15,7 +15,8 @@ Layout (every convolution 3x3, padding 1, with a bias; ReLU after each block)::
 
 That is 46 MFLOP per image forward, six times ResNet-9 at width 0.25 (7.7 MFLOP), because it
 convolves at 28x28 and 14x14 where ResNet-9 pools to 3x3. Weights start from a normal
-distribution times 0.01 and biases at zero, as in the report. ``ties="share"`` gives its
+distribution times 0.01 and biases at zero, as in the report (``init="report"``), or as PyTorch
+initialises its layers (``init="pytorch"``). ``ties="share"`` gives its
 max-pools the report's backward (every tied maximum takes the window's gradient).
 
 The state_dict keys match ``xpnet.reference.TorchReport2Net`` built with the same arguments.
@@ -50,23 +51,26 @@ class Report2Net(Sequential):
         width: multiplies every channel count (rounded, at least 1), as ResNet9's does.
         dropout: drop probability on the 3,136 flattened features in training (the report: 0.9).
         ties: the max-pools' backward on tied maxima, "first" (PyTorch's) or "share" (the report's).
+        init: "report" (weights normal x 0.01, biases zero) or "pytorch" (xpnet's layers' own,
+            PyTorch's default: uniform in +-1/sqrt(fan_in) for weights and biases).
         channels: the four channel counts (default 4, 16, 32, 64).
         image_size: the input's (height, width); each 2x2 pool halves a side, rounding down.
         rng: seed or ``numpy.random.Generator`` for the initial weights and dropout masks.
     """
 
-    def __init__(self, num_classes=10, in_channels=1, width=1.0, dropout=0.9, ties="first", channels=CHANNELS,
-                 image_size=(28, 28), rng=None):
+    def __init__(self, num_classes=10, in_channels=1, width=1.0, dropout=0.9, ties="first", init="report",
+                 channels=CHANNELS, image_size=(28, 28), rng=None):
         config = schema.check(
-            dict(arch="report2", in_channels=in_channels, width=width, dropout=dropout, ties=ties,
+            dict(arch="report2", in_channels=in_channels, width=width, dropout=dropout, ties=ties, init=init,
                  channels=list(channels), image_size=list(image_size)),
             num_classes, prefix="Report2Net",
         )
         h, w = config["image_size"]
         rng = numpy.random.default_rng(rng)
-        # The layers draw their own (PyTorch-style uniform) weights from a throwaway generator;
-        # the report's initialisation below replaces them, so ``rng`` sees only that draw.
-        scratch = numpy.random.default_rng(0)
+        # The layers draw their own (PyTorch-style uniform) weights; with the report's
+        # initialisation they draw from a throwaway generator, replaced below, so that ``rng``
+        # sees only the report's draw.
+        scratch = numpy.random.default_rng(0) if init == "report" else rng
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in channels)
         features = c4 * (h // 2 // 2) * (w // 2 // 2)
         tail = [Flatten()]
@@ -87,7 +91,7 @@ class Report2Net(Sequential):
             }
         )
         # The report's initialisation, drawn in the order of the parameter names.
-        for name, p in self.named_parameters():
+        for name, p in self.named_parameters() if init == "report" else ():
             if name.endswith("weight"):
                 value = rng.standard_normal(p.data.shape) * INIT_STD
             else:

@@ -59,10 +59,12 @@ REPORT2_DEFAULTS = dict(
     width=1.0,
     dropout=0.9,
     ties="first",
+    init="report",
     channels=[4, 16, 32, 64],
     image_size=[28, 28],
 )
 MAXPOOL_TIES = ("first", "share")
+REPORT2_INITS = ("report", "pytorch")
 REPORT2_POOLS = 2
 MAX_LINEAR_WEIGHTS = 2**26
 
@@ -182,6 +184,7 @@ def _check_report2(config, num_classes, prefix) -> dict:
         width=_number(c["width"], f"{prefix}.width"),
         dropout=_number(c["dropout"], f"{prefix}.dropout"),
         ties=_choice(c["ties"], f"{prefix}.ties", MAXPOOL_TIES),
+        init=_choice(c["init"], f"{prefix}.init", REPORT2_INITS),
         channels=_ints(c["channels"], f"{prefix}.channels", 4, 1, MAX_CHANNELS),
         image_size=_ints(c["image_size"], f"{prefix}.image_size", 2, 1, MAX_IMAGE_SIDE),
     )
@@ -196,7 +199,8 @@ def _check_report2(config, num_classes, prefix) -> dict:
     if num_classes is not None:
         _int(num_classes, "num_classes", 1, MAX_CLASSES)
     # Its linear layer takes every value the two pools leave, so big images make it big.
-    weights = max(1, round(out["channels"][3] * out["width"])) * (h // side) * (w // side) * (MAX_CLASSES if num_classes is None else num_classes)
+    classes = MAX_CLASSES if num_classes is None else num_classes
+    weights = max(1, round(out["channels"][3] * out["width"])) * (h // side) * (w // side) * classes
     if weights > MAX_LINEAR_WEIGHTS:
         raise ModelConfigError(
             f"{prefix}: {h}x{w} images and {out['channels'][3]} channels give the linear layer {weights} weights, "

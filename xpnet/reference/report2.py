@@ -26,10 +26,11 @@ def residual_relu(c):
 
 
 class TorchReport2Net(nn.Sequential):
-    """x: (N, in_channels, 28, 28) -> logits (N, num_classes); arguments as ``Report2Net``."""
+    """x: (N, in_channels, 28, 28) -> logits (N, num_classes); arguments as ``Report2Net`` (``init``
+    is accepted for the same config and unused: a twin takes an xpnet model's weights)."""
 
-    def __init__(self, num_classes=10, in_channels=1, width=1.0, dropout=0.9, ties="first", channels=CHANNELS,
-                 image_size=(28, 28)):
+    def __init__(self, num_classes=10, in_channels=1, width=1.0, dropout=0.9, ties="first", init="report",
+                 channels=CHANNELS, image_size=(28, 28)):
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in channels)
 
         def pool():

@@ -15,7 +15,16 @@ import torch
 
 from xpnet import backend, checkpoint
 from xpnet.data import batches
+from xpnet.models import schema
+from xpnet.reference.report2 import TorchReport2Net
 from xpnet.reference.resnet9 import TorchResNet9, to_torch_state
+
+TWINS = {"resnet9": TorchResNet9, "report2": TorchReport2Net}
+
+
+def build_twin(model_config: dict, num_classes: int) -> torch.nn.Module:
+    """The PyTorch twin of the network ``model_config`` describes (``xpnet.models.build_model``)."""
+    return TWINS[schema.arch(model_config)](num_classes=num_classes, **schema.check(model_config, num_classes))
 
 
 def cuda_available() -> bool:
@@ -59,7 +68,7 @@ def build_optimizer(cfg, model) -> torch.optim.Optimizer:
 
 
 class TorchRunner:
-    """``TorchResNet9`` with a ``torch.optim`` optimizer, on CPU (NumPy backend) or CUDA (CuPy)."""
+    """The twin of ``cfg``'s network with a ``torch.optim`` optimizer, on CPU (NumPy backend) or CUDA (CuPy)."""
 
     def __init__(self, cfg, num_classes: int, rng):
         from xpnet.models import build_model
@@ -68,7 +77,7 @@ class TorchRunner:
         if backend.name() == "cupy" and not torch.cuda.is_available():
             raise backend.BackendError("the torch twin on the cupy backend needs a CUDA build of torch")
         self.device = torch.device("cuda" if backend.name() == "cupy" else "cpu")
-        model = TorchResNet9(num_classes=num_classes, **cfg.model_config())
+        model = build_twin(cfg.model_config(), num_classes)
         model.load_state_dict(to_torch_state(source.state_dict()))
         for name, m in list(model.classifier.named_children()):
             if isinstance(m, torch.nn.Dropout):
@@ -77,6 +86,7 @@ class TorchRunner:
         self.opt = build_optimizer(cfg, self.model)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.slots = _slots(cfg)
+        self.inputs = cfg.inputs
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.steps = 0
         self._loss = None
@@ -123,7 +133,7 @@ class TorchRunner:
         total, preds, probs = 0.0, [], []
         try:
             with torch.inference_mode():
-                for x, y in batches(images, labels, batch_size, shuffle=False):
+                for x, y in batches(images, labels, batch_size, shuffle=False, inputs=self.inputs):
                     logits = self.model(self._tensor(x))
                     total += float(torch.nn.functional.cross_entropy(logits, self._tensor(y), reduction="sum"))
                     probs.append(torch.softmax(logits, dim=1).cpu().numpy())

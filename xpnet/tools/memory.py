@@ -41,7 +41,7 @@ def step_peak_bytes(model_config: dict, num_classes: int, image_shape, batch: in
     image_shape: (H, W). Uses its own generator and model; the caller's state is untouched.
     """
     from xpnet import backend, nn, optim
-    from xpnet.models import ResNet9
+    from xpnet.models import build_model
 
     rng = numpy.random.default_rng(0)
     started = not tracemalloc.is_tracing()
@@ -50,7 +50,7 @@ def step_peak_bytes(model_config: dict, num_classes: int, image_shape, batch: in
     try:
         tracemalloc.reset_peak()
         base, _ = tracemalloc.get_traced_memory()
-        model = ResNet9(num_classes=num_classes, rng=rng, **model_config).train()
+        model = build_model({**model_config, "image_size": list(image_shape)}, num_classes, rng).train()
         opt = optim.SGD(model.named_parameters(), lr=0.0, momentum=0.9)
         loss_fn = nn.CrossEntropyLoss()
         x = backend.to_device(rng.standard_normal((batch, 1, *image_shape)).astype(numpy.float32))

@@ -12,6 +12,13 @@ from xpnet.errors import XpnetError
 FRAMEWORKS = ("xpnet", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
+ARCHS = ("resnet9", "report2")
+POOL_TIES = ("first", "share")
+INPUTS = ("standard", "raw")
+# Fields only one of the networks takes (the command line refuses them with the other).
+ARCH_ONLY = {"shortcut": "resnet9", "res_blocks": "resnet9", "head": "resnet9", "pool_ties": "report2",
+             "init": "report2"}
+INITS = ("report", "pytorch")
 CHECKPOINT_EXT = ".safetensors"
 
 
@@ -57,6 +64,10 @@ class TrainConfig:
     eval_batch_size: int = 200
     sync_bn: bool = False
     framework: str = "xpnet"
+    arch: str = "resnet9"
+    pool_ties: str = "first"
+    init: str = "report"
+    inputs: str = "standard"
     # The data's (H, W), which the classifier follows: set from the data, not by a flag.
     image_size: tuple = (28, 28)
 
@@ -65,7 +76,12 @@ class TrainConfig:
             self.image_size = tuple(self.image_size)
 
     def model_config(self) -> dict:
+        """The network's own settings, as checkpoints store them (``xpnet.models.build_model``)."""
+        if self.arch == "report2":
+            return dict(arch="report2", width=self.width, dropout=self.dropout, ties=self.pool_ties, init=self.init,
+                        image_size=list(self.image_size))
         return dict(
+            arch="resnet9",
             width=self.width,
             shortcut=self.shortcut,
             res_blocks=self.res_blocks,
@@ -100,7 +116,8 @@ class TrainConfig:
             if not ok:
                 where = f"{'[' if closed else '('}{low:g}, {high:g})"
                 raise ConfigError(f"{name(field)} must be a finite number in {where}, got {_short(v)}")
-        for field, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("framework", FRAMEWORKS)):
+        for field, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("framework", FRAMEWORKS),
+                               ("arch", ARCHS), ("pool_ties", POOL_TIES), ("init", INITS), ("inputs", INPUTS)):
             v = getattr(self, field)
             if not isinstance(v, str) or v not in choices:
                 raise ConfigError(f"{name(field)} must be one of {', '.join(choices)}, got {_short(v)}")
@@ -112,8 +129,9 @@ class TrainConfig:
         except schema.ModelConfigError as e:
             text = str(e)
             if flags:  # the flag names the user typed
-                for field in ("width", "shortcut", "res_blocks", "head", "dropout"):
+                for field in ("width", "shortcut", "res_blocks", "head", "dropout", "init"):
                     text = text.replace(f"config.{field}", name(field))
+                text = text.replace("config.ties", name("pool_ties"))
             raise ConfigError(text) from None
         return self
 
@@ -127,7 +145,18 @@ def _short(value) -> str:
 # "default" is TrainConfig's own defaults, the recipe for the report's architecture; "fast" is the
 # quickest run found to pass 99.5 % on the 2-core CPU: a quarter of the width (a 16x cheaper step)
 # for two epochs (docs/results.md lists the runs that chose it).
+#
+# "report2" is the second report's network and recipe as its code ran them: plain SGD, batch 64,
+# 200 epochs at a constant rate, dropout 0.9, raw 0-255 pixels, no augmentation or label smoothing,
+# max-pools that send a tied window's gradient to every maximum. Its learning rate of 1e-4 scales a
+# loss gradient summed over the batch (its softmax backward is y_pred - y_true, not divided by 64);
+# xpnet's loss is the batch mean, so the same step is 64 x 1e-4 = 6.4e-3 here.
 PRESETS = {
     "default": {},
     "fast": dict(width=0.25, epochs=2),
+    "report2": dict(
+        arch="report2", epochs=200, batch_size=64, lr=6.4e-3, optimizer="sgd", momentum=0.0,
+        weight_decay=0.0, schedule="constant", label_smoothing=0.0, augment=0, dropout=0.9, inputs="raw",
+        pool_ties="share",
+    ),
 }

@@ -231,7 +231,8 @@ def fit(
         epoch_state = rng.bit_generator.state
         rng_state = None
         t0 = time.perf_counter()
-        it = comm.shard(batches(train_images, train_labels, cfg.batch_size, rng, shuffle=True, augment=cfg.augment))
+        it = comm.shard(batches(train_images, train_labels, cfg.batch_size, rng, shuffle=True, augment=cfg.augment,
+                                inputs=cfg.inputs))
         skip = start_batch if epoch == start_epoch else 0
         it = itertools.islice(it, skip, None)
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress, log)

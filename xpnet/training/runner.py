@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy
 
 from xpnet import backend, checkpoint, distributed, nn, optim
 from xpnet.data import batches
 from xpnet.functional import LabelError, softmax
 from xpnet.models import build_model
-from xpnet.training.config import FRAMEWORKS, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, TrainingError
+from xpnet.training.config import FRAMEWORKS, INPUTS, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, TrainingError
 
 
 def build_optimizer(cfg: TrainConfig, model) -> optim.Optimizer:
@@ -39,18 +41,18 @@ def build_schedule(cfg: TrainConfig, steps_per_epoch: int):
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-def evaluate(model, images, labels, batch_size=500):
+def evaluate(model, images, labels, batch_size=500, inputs="standard"):
     """Mean loss, accuracy and predictions of ``model`` in eval mode.
 
-    images: (N, H, W) uint8, host or device; labels: (N,) -> (loss, accuracy, predictions (N,)
-    host int64, probabilities (N, K) host float32).
+    images: (N, H, W) uint8, host or device, scaled as ``inputs`` says (``xpnet.data.normalize``);
+    labels: (N,) -> (loss, accuracy, predictions (N,) host int64, probabilities (N, K) host float32).
     """
     was_training = model.training
     model.eval()
     loss_fn = nn.CrossEntropyLoss()
     total, preds, probs = 0.0, [], []
     try:
-        for x, y in batches(images, labels, batch_size, shuffle=False):
+        for x, y in batches(images, labels, batch_size, shuffle=False, inputs=inputs):
             logits = model(x)
             total += loss_fn(logits, y) * len(y)
             probs.append(backend.asnumpy(softmax(logits)))
@@ -117,7 +119,8 @@ class XpnetRunner:
         self.opt.step()
 
     def evaluate(self, images, labels, batch_size):
-        return self.comm.evaluate(evaluate, self.model, images, labels, batch_size)
+        return self.comm.evaluate(functools.partial(evaluate, inputs=self.cfg.inputs), self.model, images, labels,
+                                  batch_size)
 
     def settle(self) -> None:
         self.comm.settle(self.model)
@@ -186,3 +189,14 @@ def read_run(path):
     except (ConfigError, TypeError) as e:
         raise checkpoint.CheckpointError(f"{path}: {e}") from None
     return arrays, meta
+
+
+def stored_inputs(meta: dict, path="checkpoint") -> str:
+    """How the run a checkpoint's ``meta`` comes from scaled its pixels (``TrainConfig.inputs``;
+    "standard" for checkpoints written before the field existed)."""
+    config = meta.get("config")
+    inputs = config.get("inputs", "standard") if isinstance(config, dict) else "standard"
+    if inputs not in INPUTS:
+        raise checkpoint.CheckpointError(
+            f"{path}: config.inputs must be one of {', '.join(INPUTS)}, got {inputs!r:.60}")
+    return inputs
