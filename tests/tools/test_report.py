@@ -17,8 +17,10 @@ from _digits import digit_folder
 from _support import run_without_torch
 
 from xpnet import checkpoint
-from xpnet.tools import report
+from xpnet.tools import report, report2
 from xpnet.tools.report import ABLATION_ROWS, PUBLISHED, RUNS, main
+
+ALL_RUNS = {**RUNS, **report2.RUNS}
 
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
@@ -61,7 +63,7 @@ def test_quick_report_writes_tables_json_and_figures(quick):
         assert (quick / name).read_bytes()[:8] == PNG, name
     rep = json.loads((quick / "report.json").read_text())
     assert rep["settings"]["seeds"] == 2 and rep["settings"]["quick"]
-    assert set(rep["runs"]) == set(RUNS)
+    assert set(rep["runs"]) == set(ALL_RUNS)
     # Every table cell is the mean and spread of the run folders' own results.
     for row in rep["tables"]["ablation"] + rep["tables"]["accuracy"]:
         accs = [json.loads((quick / f"{row['run']}-seed{s}" / "summary.json").read_text())["test_accuracy"]
@@ -88,12 +90,56 @@ def test_quick_report_writes_tables_json_and_figures(quick):
              + rows["xpnet-cpu"]["eval_batch_seconds"] * rep["efficiency"]["eval_batches_per_epoch"]))
 
 
+def test_quick_report_has_the_second_reports_section(quick):
+    md = (quick / "report.md").read_text()
+    section = md[md.index("## The second report"):]
+    assert "| xpnet, dropout 0.9 | 99.55 |" in section and "| PyTorch twin, dropout 0.9 | 99.55 |" in section
+    assert "**Scale: 1 epoch(s) of the first 256 training images (4 steps of batch 64)" in section
+    rep = json.loads((quick / "report.json").read_text())
+    second = rep["second"]
+    # Every cell is the mean and spread of the run folders' own results.
+    for row in second["tables"]["sweep"] + second["tables"]["accuracy"]:
+        accs = [json.loads((quick / f"{row['run']}-seed{s}" / "summary.json").read_text())["test_accuracy"]
+                for s in (0, 1)]
+        assert row["test"]["values"] == accs
+        assert f"{100 * numpy.mean(accs):.2f} ± {100 * numpy.std(accs, ddof=1):.2f}" in section
+    assert [r["dropout"] for r in second["tables"]["sweep"]] == [0.5, 0.7, 0.9, 0.99]
+    for p in (0.5, 0.7, 0.9, 0.99):
+        assert f"| {p:g} | " in section
+    for name, fields in report2.RUNS.items():
+        _, meta = checkpoint.load(quick / f"{name}-seed1" / "last.safetensors")
+        cfg = meta["config"]
+        assert meta["model_config"] == dict(arch="report2", width=0.125, dropout=fields["dropout"], ties="share",
+                                            init="report", image_size=[28, 28])
+        assert (cfg["framework"], cfg["lr"], cfg["batch_size"], cfg["inputs"], cfg["momentum"]) == (
+            fields["framework"], 6.4e-3, 64, "raw", 0.0)
+    eff = second["efficiency"]
+    row = eff["rows"]["xpnet-cpu"]
+    assert eff["epochs"] == 200 and "batch 64" in eff["job"]
+    assert row["projected_seconds"] == pytest.approx(
+        200 * (row["step_seconds"] * eff["train_steps_per_epoch"]
+               + row["eval_batch_seconds"] * eff["eval_batches_per_epoch"]))
+    assert "**Projected** time of the report's 200 epochs" in section
+    for name in ("report2_dropout.png", "report2_losses.png", "report2_failures.png"):
+        assert (quick / name).read_bytes()[:8] == PNG, name
+
+
+def test_the_second_report_alone(capsys, data_dir, tmp_path):
+    flags = ["--quick", "--section", "second", "--seeds", 1, "--efficiency-steps", 0, "--no-plots"]
+    code, out, _ = _run(capsys, *flags, "--data-dir", data_dir, "--out", tmp_path)
+    assert code == 0 and f"report: {len(report2.RUNS)} runs" in out
+    md = (tmp_path / "report.md").read_text()
+    assert "## The second report" in md and "4.1.1" not in md and "Projected" not in md
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert set(rep["runs"]) == set(report2.RUNS) and rep["tables"] is None
+
+
 def test_a_second_call_skips_finished_runs(capsys, quick, data_dir):
     before = {p: p.stat().st_mtime_ns for p in quick.glob("*/last.safetensors")}
     code, out, _ = _run(capsys, "--quick", "--data-dir", data_dir, "--out", quick, "--efficiency-steps", 0,
                         "--no-plots")
     assert code == 0
-    assert out.count("finished before: skipped") == 2 * len(RUNS)
+    assert out.count("finished before: skipped") == 2 * len(ALL_RUNS)
     assert {p: p.stat().st_mtime_ns for p in quick.glob("*/last.safetensors")} == before
 
 
@@ -148,8 +194,8 @@ def test_a_too_large_subset_is_one_line(capsys, data_dir, tmp_path):
 
 
 def test_recipes_and_pass_through_flags():
-    grid = report.run_configs("paper", {"width": 0.5}, seeds=2)
-    assert len(grid) == 2 * len(RUNS)
+    grid = report.run_configs("paper", {"width": 0.5, "dropout": 0.1}, seeds=2)
+    assert len(grid) == 2 * len(ALL_RUNS)
     by = {(n, s): c for n, s, c in grid}
     sgd, adam = by["xpnet-sgd", 1], by["torch-adam", 0]
     assert (sgd.epochs, sgd.batch_size, sgd.lr, sgd.momentum, sgd.schedule, sgd.augment, sgd.label_smoothing) == (
@@ -158,8 +204,17 @@ def test_recipes_and_pass_through_flags():
     assert (adam.framework, adam.optimizer) == ("torch", "adam")
     v3 = by["conv-shortcut-3-blocks", 0]
     assert (v3.shortcut, v3.res_blocks, v3.head, v3.optimizer) == ("conv", 3, "max", "sgd")
+    # The second report's runs: its own recipe, the flags but not --dropout, which the sweep sets.
+    r2 = by["report2-d0.7", 1]
+    assert (r2.arch, r2.epochs, r2.batch_size, r2.lr, r2.momentum, r2.inputs, r2.pool_ties) == (
+        "report2", 200, 64, 6.4e-3, 0.0, "raw", "share")
+    assert r2.width == 0.5 and r2.dropout == 0.7 and by["report2-torch-d0.9", 0].framework == "torch"
     x = {n: c for n, s, c in report.run_configs("xpnet", {}, seeds=1)}
     assert x["xpnet-sgd"].lr == 0.1 and x["xpnet-adam"].lr == 1e-3 and x["xpnet-sgd"].schedule == "onecycle"
+    assert (x["report2-d0.9"].arch, x["report2-d0.9"].schedule, x["report2-d0.9"].inputs, x["report2-d0.9"].init) == (
+        "report2", "onecycle", "standard", "pytorch")
+    only = report.run_configs("paper", {}, seeds=1, section="second")
+    assert [n for n, _, _ in only] == list(report2.RUNS)
 
 
 def test_mean_sd_and_the_unmeasured_rows():
@@ -191,12 +246,13 @@ def test_mpiexec_deals_the_runs_out_to_the_ranks(tmp_path, data_dir):
     args = ["--quick", "--seeds", "1", "--efficiency-steps", "0", "--no-plots", "--data-dir", data_dir, "--out", out]
     done = _mpirun(sys.executable, "-m", "xpnet", "report", *map(str, args), n=2, timeout=300)
     assert done.returncode == 0, done.stderr
-    # Seven runs: four on rank 0 and three on rank 1, each trained once, by one rank.
-    assert "[rank 0] [4/4]" in done.stdout and "[rank 1] [3/3]" in done.stdout
-    assert "[rank 0] [5/" not in done.stdout and "[rank 1] [4/" not in done.stdout
+    # Twelve runs (seven of the first report, five of the second): six on each rank, each
+    # trained once, by one rank.
+    assert "[rank 0] [6/6]" in done.stdout and "[rank 1] [6/6]" in done.stdout
+    assert "[rank 0] [7/" not in done.stdout and "[rank 1] [7/" not in done.stdout
     rep = json.loads((out / "report.json").read_text())
-    assert set(rep["runs"]) == set(RUNS)
-    for name in RUNS:
+    assert set(rep["runs"]) == set(ALL_RUNS)
+    for name in ALL_RUNS:
         summary = json.loads((out / f"{name}-seed0" / "summary.json").read_text())
         assert rep["runs"][name]["0"]["test_accuracy"] == summary["test_accuracy"]
     assert (out / "report.md").read_text().count("## 4.1.2 Ablation study") == 1

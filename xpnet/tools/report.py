@@ -34,6 +34,7 @@ import numpy
 from xpnet import backend
 from xpnet.errors import XpnetError
 from xpnet.cli.argtypes import OneLineParser, nonneg_float, nonneg_int, positive_float, positive_int, probability
+from xpnet.tools import report2
 
 # The report's published figures (percent; seconds for 8 epochs).
 PUBLISHED = {
@@ -105,17 +106,24 @@ class ReportError(XpnetError):
 # -- the grid ----------------------------------------------------------------------------------
 
 
-def run_configs(recipe: str, overrides: dict, seeds: int):
+SECTIONS = ("both", "first", "second")
+
+
+def run_configs(recipe: str, overrides: dict, seeds: int, section: str = "both"):
     """-> [(run name, seed, TrainConfig)] in the order they run: seed by seed, so an early stop
-    still leaves whole rows of every table."""
+    still leaves whole rows of every table. ``section``: the first report's grid, the second
+    report's runs (``xpnet.tools.report2``), or both."""
     from xpnet.training.config import TrainConfig
 
     shared, per_optimizer = RECIPES[recipe]
     out = []
     for seed in range(seeds):
-        for name, fields in RUNS.items():
-            values = {**shared, **per_optimizer.get(fields["optimizer"], {}), **fields, **overrides, "seed": seed}
-            out.append((name, seed, TrainConfig(**values)))
+        if section in ("both", "first"):
+            for name, fields in RUNS.items():
+                values = {**shared, **per_optimizer.get(fields["optimizer"], {}), **fields, **overrides, "seed": seed}
+                out.append((name, seed, TrainConfig(**values)))
+        if section in ("both", "second"):
+            out.extend((name, seed, cfg) for name, cfg in report2.run_configs(recipe, overrides, seed))
     return out
 
 
@@ -201,7 +209,8 @@ def time_steps(cfg, data, steps, eval_batches, warmup) -> dict:
     schedule = build_schedule(cfg, math.ceil(len(data.train_labels) / cfg.batch_size))
     n = (steps + warmup) * cfg.batch_size
     images, labels = backend.to_device(data.train_images[:n]), backend.to_device(data.train_labels[:n])
-    it = batches(images, labels, cfg.batch_size, rng, shuffle=True, augment=cfg.augment, drop_last=True)
+    it = batches(images, labels, cfg.batch_size, rng, shuffle=True, augment=cfg.augment, drop_last=True,
+                 inputs=cfg.inputs)
     times = []
     for i, (x, y) in enumerate(it):
         runner.synchronize()
@@ -246,6 +255,18 @@ def efficiency(cfg, data, steps, eval_batches, epochs, train_images, test_images
     return rows
 
 
+def _efficiency_table(job, full, steps, eval_batches, epochs, log) -> dict:
+    """The efficiency rows of ``job`` projected to ``epochs`` epochs, with how they were made."""
+    rows = efficiency(job, full, steps, eval_batches, epochs, len(full.train_labels), len(full.test_labels), log)
+    return dict(
+        rows=rows, epochs=epochs, steps=steps, eval_batches=eval_batches, warmup=10 if steps >= 20 else 2,
+        job=f"{'full width' if job.width == 1.0 else f'width {job.width:g}'}, batch {job.batch_size}, "
+            f"evaluation batch {job.eval_batch_size}, SGD",
+        train_steps_per_epoch=math.ceil(len(full.train_labels) / job.batch_size),
+        eval_batches_per_epoch=math.ceil(len(full.test_labels) / job.eval_batch_size),
+    )
+
+
 def _unavailable(framework, backend_name) -> str | None:
     if framework == "torch":
         try:
@@ -284,12 +305,17 @@ def _seconds(s) -> str:
     return f"{s:,.0f} s" if s >= 100 else f"{s:,.1f} s"
 
 
+def _stat(results: dict, name: str, field: str):
+    """Mean ± sd of ``field`` over the seeds of run ``name`` (None where it was not run)."""
+    runs = results.get(name, {})
+    return mean_sd([r[field] for r in runs.values()]) if runs else None
+
+
 def tables(results: dict) -> dict:
     """Per-run results {name: {seed: history}} -> the three tables' rows as numbers."""
 
     def stat(name, field):
-        runs = results.get(name, {})
-        return mean_sd([r[field] for r in runs.values()]) if runs else None
+        return _stat(results, name, field)
 
     accuracy = [
         dict(label=label, run=run, published=PUBLISHED["accuracy"][key],
@@ -312,7 +338,7 @@ def tables(results: dict) -> dict:
 
 
 def markdown(report: dict) -> str:
-    t, s, eff = report["tables"], report["settings"], report["efficiency"]
+    s = report["settings"]
     lines = [
         "# Reproducing the report",
         "",
@@ -323,6 +349,18 @@ def markdown(report: dict) -> str:
         f"Machine: {s['machine']}; {s['when']}. Our figures are mean ± standard deviation over the "
         f"seeds (n = {s['seeds']}); the report's are single runs.",
         "",
+    ]
+    if report["tables"] is not None:
+        lines += _first_report(report)
+    if report.get("second"):
+        lines += report2.markdown(report["second"], _pct, _seconds)
+    return "\n".join(lines)
+
+
+def _first_report(report: dict) -> list[str]:
+    """The first report's three tables and its figures' captions."""
+    t, s, eff = report["tables"], report["settings"], report["efficiency"]
+    lines = [
         "## 4.1.1 Comparison with the official implementation",
         "",
         "| | Training Set Acc. (report) | Training Set Acc. (ours) | Test-set Acc. (report) | Test-set Acc. (ours) |",
@@ -401,7 +439,7 @@ def markdown(report: dict) -> str:
         "- `ablation.png`: the ablation's test accuracy, mean ± standard deviation, the report's figures as markers.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -533,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
                    help="paper: the report's settings; xpnet: the project's default recipe")
+    p.add_argument("--section", choices=SECTIONS, default="both",
+                   help="the first report's grid, the second report's runs (its network, dropout sweep and "
+                   "twin), or both")
     p.add_argument("--quick", action="store_true",
                    help="tiny width, a subset, one epoch, two seeds: the whole pipeline in seconds")
     p.add_argument("--seeds", type=positive_int, default=None, help="seeds 0..N-1 per run (default 3)")
@@ -601,7 +642,8 @@ def run(args, log=print, comm=None) -> dict | None:
     eff_batches = args.efficiency_eval_batches or quick.get("efficiency_eval_batches", 5)
     overrides = {k: v for k, v in quick.items() if k in PASS_THROUGH}
     overrides.update({k: getattr(args, k) for k in PASS_THROUGH if getattr(args, k) is not None})
-    grid = run_configs(args.recipe, overrides, seeds)
+    grid = run_configs(args.recipe, overrides, seeds, args.section)
+    first = args.section in ("both", "first")
     wait_policy = None
     if any(cfg.framework == "torch" for _, _, cfg in grid):
         from xpnet.tools.machine import passive_omp_wait
@@ -630,7 +672,7 @@ def run(args, log=print, comm=None) -> dict | None:
         # Runs are independent: each rank takes every size-th one, trained in one process.
         def log(line, say=log):
             say(f"[rank {comm.rank}] {line}")
-    log(f"report: {len(grid)} runs ({len(RUNS)} per seed, {seeds} seed(s)) into {out}"
+    log(f"report: {len(grid)} runs ({len(grid) // seeds} per seed, {seeds} seed(s)) into {out}"
         + (f"; {len(mine)} of them on this rank" if comm.size > 1 else ""))
 
     spent, trained = 0.0, 0
@@ -658,18 +700,22 @@ def run(args, log=print, comm=None) -> dict | None:
     for name, seed, _ in grid:
         results.setdefault(name, {})[seed] = _history(out / f"{name}-seed{seed}")
 
-    eff = None
-    if eff_steps:
+    eff = second = None
+    if eff_steps and first:
         cfg0 = grid[0][2]
         job = dataclasses.replace(cfg0, width=args.efficiency_width or cfg0.width, train_subset=0)
-        epochs = PUBLISHED["epochs"]
-        rows = efficiency(job, full, eff_steps, eff_batches, epochs, len(full.train_labels), len(full.test_labels), log)
-        eff = dict(
-            rows=rows, epochs=epochs, steps=eff_steps, eval_batches=eff_batches, warmup=10 if eff_steps >= 20 else 2,
-            job=f"{'full width' if job.width == 1.0 else f'width {job.width:g}'}, batch {job.batch_size}, "
-                f"evaluation batch {job.eval_batch_size}, SGD",
-            train_steps_per_epoch=math.ceil(len(full.train_labels) / job.batch_size),
-            eval_batches_per_epoch=math.ceil(len(full.test_labels) / job.eval_batch_size),
+        eff = _efficiency_table(job, full, eff_steps, eff_batches, PUBLISHED["epochs"], log)
+    if args.section in ("both", "second"):
+        job = report2.efficiency_job(grid)
+        job = dataclasses.replace(job, width=args.efficiency_width or job.width)
+        second = dict(
+            settings=dict(
+                scale=report2.scale(grid, len(data.train_labels), test_subset, seeds),
+                recipe=", ".join(f"{k} {v}" for k, v in report2.recipes()[args.recipe].items()),
+            ),
+            tables=report2.tables(results, lambda name, field: _stat(results, name, field)),
+            efficiency=_efficiency_table(job, full, eff_steps, eff_batches, report2.PUBLISHED["epochs"], log)
+            if eff_steps else None,
         )
 
     device = "gpu" if args.backend == "cupy" else "cpu"
@@ -691,15 +737,22 @@ def run(args, log=print, comm=None) -> dict | None:
         published=PUBLISHED,
         runs={n: {str(s): {k: v for k, v in h.items() if k != "losses"} for s, h in r.items()}
               for n, r in results.items()},
-        tables=tables(results),
+        tables=tables(results) if first else None,
         efficiency=eff,
         measured_seconds=measured,
+        second=second,
     )
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report))
+    written = [out / "report.md", out / "report.json"]
     if not args.no_plots:
-        figures(out, results, report["tables"])
-    log(f"written: {out / 'report.md'}, {out / 'report.json'}{'' if args.no_plots else ', losses.png, ablation.png'}")
+        if first:
+            written += figures(out, results, report["tables"])
+        if second:
+            folder = out / f"{report2.MAIN}-seed0"
+            cases = report2.failure_cases(folder, data) if report2.MAIN in results else None
+            written += report2.figures(out, results, second, cases, _smooth)
+    log("written: " + ", ".join(str(p) if i == 0 else p.name for i, p in enumerate(written)))
     return report
 
 
