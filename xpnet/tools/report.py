@@ -476,21 +476,22 @@ def loss_figure(results: dict):
     panels = [(f"{RUN_LABELS[a]} and its PyTorch twin", (a, b)) for a, b in TWINS]
     panels.append(("ablation variants (SGD unless named)",
                    ("xpnet-sgd", "avg-head", "conv-shortcut", "conv-shortcut-3-blocks", "xpnet-adam")))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.4), squeeze=False)
     for ax, (title, names) in zip(axes[0], panels):
         for name in names:
             for k, (seed, h) in enumerate(sorted(results.get(name, {}).items())):
                 if not h["losses"]:
                     continue
-                x, y = _smooth(h["losses"], max(1, len(h["losses"]) // 50))
+                n = len(h["losses"])
+                x, y = _smooth(h["losses"], max(1, n // 50, min(5, n // 4)))  # a short run too
                 twin = name.startswith("torch")
                 ax.plot(x, y, "--" if twin else "-", color=_colour(name), alpha=0.85, lw=1.6 if twin else 1.2,
                         label=(RUN_LABELS[name] + (" (dashed)" if twin else "")) if k == 0 else None)
         ax.set(title=title, xlabel="training step", ylabel="training loss (smoothed)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=9, loc="upper right")
+        if ax.get_legend_handles_labels()[0]:  # below the panel, off the curves
+            ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -513,7 +514,7 @@ def ablation_figure(rows):
     values = numpy.concatenate([(means - sds)[numpy.isfinite(means)], (means + sds)[numpy.isfinite(means)], published])
     lo, hi = float(values.min()), float(values.max())
     pad = max(0.1, 0.15 * (hi - lo))
-    ax.set_ylim(lo - pad, min(100.0 + pad, hi + pad))
+    ax.set_ylim(lo - pad, min(hi + pad, 100.0 + 0.05 * (hi - lo) + 0.05))  # room above 100 % only for markers
     ax.set_xlim(-0.6, len(rows) - 0.4)
     names = [f"{r['label']}\n{_short_architecture(r.get('architecture', ''))}" for r in rows]
     ax.set_xticks(xs, names, fontsize=8)
