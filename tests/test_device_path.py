@@ -80,8 +80,8 @@ def test_a_train_step_syncs_once_copies_nothing_and_stays_float32(fake_cupy, var
 
 def test_launches_do_not_grow_with_batch_or_width(fake_cupy):
     """No Python loop over images or channels on the device path: the launch count of a step
-    is the same at any batch size and width (widths here that keep every layer on im2col; the
-    Winograd layers have a count of their own, as constant)."""
+    is the same at any batch size and width (the device runs every layer by im2col; the
+    full-width counts are held by the budget test below)."""
     ops = {(b, w): _counted_step(fake_cupy, batch=b, width=w)["ops"]
            for b, w in ((2, 1 / 16), (9, 1 / 16), (9, 1 / 10))}
     assert len(set(ops.values())) == 1, ops

@@ -69,7 +69,8 @@ def stale(text: str, fresh=None) -> list[str]:
     """Differences between the xpnet counts in ``text``'s table and a fresh dry-run (``fresh``:
     the dry-run's tables without PyTorch, made here when not given)."""
     documented = parse(text)
-    fresh = [parse(f"{BEGIN}\n{t}\n{END}")[0] for t in (fresh or tables(torch=False))]
+    fresh_text = fresh or tables(torch=False)
+    fresh = [parse(f"{BEGIN}\n{t}\n{END}")[0] for t in fresh_text]
     if len(documented) != len(fresh):
         return [f"{len(documented)} tables documented, {len(fresh)} made"]
     problems = []
@@ -78,6 +79,12 @@ def stale(text: str, fresh=None) -> list[str]:
             problems.append(f"width {w:g}: {len(doc)} rows documented, {len(new)} made")
         pairs = zip(xpnet_columns(doc), xpnet_columns(new))
         problems += [f"width {w:g}: documented {d}, dry-run {f}" for d, f in pairs if d != f]
+    graph = re.compile(r"^a train step replayed as a CUDA graph.*$", re.M)
+    start, end = _span(text)
+    documented_graphs = graph.findall(text[start:end])
+    made_graphs = [m for t in fresh_text for m in graph.findall(t)]
+    if documented_graphs != made_graphs:
+        problems.append(f"the CUDA-graph lines: documented {documented_graphs}, dry-run {made_graphs}")
     return problems
 
 

@@ -151,6 +151,34 @@ def count_torch(width, batch, seed=0):
     return result
 
 
+def count_graph(width, batch, res_blocks=2, seed=0):
+    """Counts of one train step replayed as a CUDA graph (``training.graphs.GraphedStep``, as
+    ``xpnet train --cuda-graph`` runs it) on the fake device, after the step that captured it:
+    {ops (host launches), syncs, to_device, inside (the launches the graph replays)}."""
+    from xpnet import nn, optim
+    from xpnet.models import ResNet9
+    from xpnet.testing import fakecupy
+    from xpnet.training.graphs import GraphedStep
+
+    with fakecupy.installed() as dev:
+        backend.use("cupy")
+        try:
+            rng = numpy.random.default_rng(seed)
+            model = ResNet9(width=width, res_blocks=res_blocks, rng=rng)
+            opt = optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            step = GraphedStep(model, opt, nn.CrossEntropyLoss(label_smoothing=0.1))
+            x = backend.to_device(rng.standard_normal((batch, 1, 28, 28)).astype(numpy.float32))
+            y = backend.to_device(rng.integers(0, 10, batch))
+            step(x, y, 0.01)
+            before, inside = dev.counts.snapshot(), dev.counts.graph_ops
+            step(x, y, 0.01)
+            counts = dev.counts.since(before)
+            counts["inside"] = dev.counts.graph_ops - inside
+        finally:
+            backend.use("numpy")
+    return counts
+
+
 def run(width, batch_sizes, res_blocks=2, torch=True):
     rows = []
     for batch in batch_sizes:
@@ -158,7 +186,10 @@ def run(width, batch_sizes, res_blocks=2, torch=True):
         if torch and res_blocks == 2:
             row["torch"] = count_torch(width, batch)
         rows.append(row)
-    return dict(width=width, res_blocks=res_blocks, rows=rows)
+    # The replayed graph is the same at any batch size (as the eager count is): one count, at
+    # the smallest batch, spares the fake device a capture of the largest.
+    graph = dict(batch=min(batch_sizes), **count_graph(width, min(batch_sizes), res_blocks))
+    return dict(width=width, res_blocks=res_blocks, rows=rows, graph=graph)
 
 
 def markdown(result) -> str:
@@ -181,4 +212,8 @@ def markdown(result) -> str:
                       str(r["torch"]["train_leaf_ops"])]
         cells += [str(e["ops"])] + ([str(r["torch"]["eval"])] if has_torch else [])
         lines.append("| " + " | ".join(cells) + " |")
+    g = result.get("graph")
+    if g:
+        lines += ["", f"a train step replayed as a CUDA graph (batch {g['batch']}): {g['ops']} host launches, "
+                      f"{g['inside']} inside the graph, {g['syncs']} host syncs"]
     return "\n".join(lines) + "\n"
