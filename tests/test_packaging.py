@@ -2,9 +2,10 @@
 
 One environment serves every check, in two stages: first NumPy and xpnet alone (`--no-deps`), where
 the array core must import and the command must name what it lacks in one line; then a plain
-`pip install` of the same wheel (no extras), which must bring everything the `xpnet` command uses:
-a tiny train, evaluate, predict and `bench --smoke --no-torch` all exit 0, and the kernels run on
-the cores threadpoolctl reports. Needs the package registry (CI has it), so it is marked `venv`.
+`pip install .` of the same source, as the README says (no extras), which must bring everything the
+`xpnet` command uses: `--version`, a tiny train, evaluate, predict (a blank image: 'no digit') and
+`bench --smoke --no-torch` all work, and the kernels run on the cores threadpoolctl reports. Needs
+the package registry (CI has it), so it is marked `venv`.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def test_the_core_imports_with_numpy_alone_and_the_command_says_what_it_lacks(en
 
 def test_a_plain_install_runs_every_command(env):
     python, bin_dir, work, wheel = env
-    _ok([python, *PIP_QUIET, wheel], env=_clean_env())  # no extras: the dependencies alone
+    # The README's `pip install .` from a clone (here a copy of it): no extras, the dependencies alone.
+    _ok([python, *PIP_QUIET, "."], cwd=work / "src", env=_clean_env())
+    assert "xpnet" in _ok([python, "-m", "pip", "show", "xpnet"], env=_clean_env()).stdout
     data = digit_folder(work / "data", 96, 50, bars=False)
     xpnet = bin_dir / "xpnet"
     env_vars = _clean_env()
