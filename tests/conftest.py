@@ -57,6 +57,19 @@ def fake_cupy():
         yield dev.counts
 
 
+@pytest.fixture(params=["jit", "numpy"])
+def compiled(request):
+    """The CPU kernels' compiled loops (``xpnet.functional.jit``, where Numba is installed) and
+    their NumPy passes: each test that takes this fixture runs on both."""
+    from xpnet.functional import jit
+
+    if request.param == "jit" and not jit.available():
+        pytest.skip("numba is not installed")
+    previous = jit.set_enabled(request.param == "jit")
+    yield request.param
+    jit.set_enabled(previous)
+
+
 @pytest.fixture
 def rng():
     return numpy.random.default_rng(1234)

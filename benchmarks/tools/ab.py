@@ -9,6 +9,10 @@ WIDTH:BATCH. Every measurement runs in a new interpreter that imports xpnet from
 the bench's own train step (``xpnet.tools.bench._XpnetRunner``), and reports the best of 3 blocks; the
 trees take turns within each round, so a busy machine slows them alike. Printed: each tree's
 median over rounds and its ratio to the first tree.
+
+``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared
+with other work, and with one kernel thread (``XPNET_THREADS=1``), it leaves out the time the
+process waited for a core.
 """
 
 import argparse
@@ -22,6 +26,7 @@ sys.path.insert(0, ".")
 from xpnet.tools import bench
 from xpnet.functional import fused
 width, batch = float(sys.argv[1]), int(sys.argv[2])
+clock = time.process_time if sys.argv[4] == "cpu" else time.perf_counter
 for name, value in json.loads(sys.argv[3]).items():
     setattr(fused, name, value)
 runner = bench._XpnetRunner(width, batch)
@@ -29,17 +34,17 @@ for _ in range(2):
     runner.train_step()
 steps, times = max(2, 150 // batch), []
 for _ in range(3):
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(steps):
         runner.train_step()
-    times.append((time.perf_counter() - t0) / steps)
+    times.append((clock() - t0) / steps)
 print(batch / min(times))
 """
 
 
-def measure(tree, width, batch):
+def measure(tree, width, batch, clock="wall"):
     folder, _, constants = tree.partition("@")
-    out = subprocess.run([sys.executable, "-c", CHILD, str(width), str(batch), constants or "{}"],
+    out = subprocess.run([sys.executable, "-c", CHILD, str(width), str(batch), constants or "{}", clock],
                          cwd=folder, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"ab.py: {tree} failed: {out.stderr.strip().splitlines()[-1]}")
@@ -51,13 +56,14 @@ def main(argv=None):
     p.add_argument("trees", nargs="+", help="source trees, the first is the baseline")
     p.add_argument("--configs", nargs="+", default=["1:8", "1:64", "1:128"], help="WIDTH:BATCH")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall clock or process CPU time")
     args = p.parse_args(argv)
     configs = [(float(w), int(b)) for w, b in (c.split(":") for c in args.configs)]
     rates = {}
     for _ in range(args.rounds):
         for width, batch in configs:
             for tree in args.trees:
-                rates.setdefault((width, batch, tree), []).append(measure(tree, width, batch))
+                rates.setdefault((width, batch, tree), []).append(measure(tree, width, batch, args.clock))
     for width, batch in configs:
         medians = [statistics.median(rates[(width, batch, t)]) for t in args.trees]
         cells = "  ".join(f"{t}: {m:.0f} img/s ({m / medians[0]:.3f})" for t, m in zip(args.trees, medians))

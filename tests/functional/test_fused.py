@@ -62,15 +62,16 @@ def chunking(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["im2col", "winograd"])
+@pytest.fixture(params=["im2col", "winograd", "winograd4"])
 def method(request, monkeypatch):
-    """Run with each convolution algorithm, whatever the shape would choose."""
+    """Run with each convolution algorithm, whatever the shape would choose (F(4x4, 3x3),
+    "winograd4", runs on the CPU only; the device keeps its own choice)."""
     monkeypatch.setattr(fused, "CONV3X3_METHOD", request.param)
     return request.param
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_train_forward_and_backward_match_the_unfused_layers(xp, rng, chunking, method, shape):
+def test_train_forward_and_backward_match_the_unfused_layers(xp, rng, chunking, method, compiled, shape):
     n, c, o, h, w, pool = shape
     x, wt, gamma, beta = _inputs(xp, rng, n, c, o, h, w)
     y, cache, mean, var = F.conv_bn_relu_train_forward(x, wt, gamma, beta, pool=pool, ws=F.Workspace())
@@ -88,7 +89,7 @@ def test_train_forward_and_backward_match_the_unfused_layers(xp, rng, chunking, 
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_float32_matches_float64(xp, rng, method, shape):
+def test_float32_matches_float64(xp, rng, method, compiled, shape):
     n, c, o, h, w, pool = shape
     x, wt, gamma, beta = _inputs(xp, rng, n, c, o, h, w)
     y64, cache64, _, _ = F.conv_bn_relu_train_forward(x, wt, gamma, beta, pool=pool)
@@ -105,7 +106,7 @@ def test_float32_matches_float64(xp, rng, method, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradient_check(xp, rng, method, shape):
+def test_gradient_check(xp, rng, method, compiled, shape):
     n, c, o, h, w, pool = shape
     x, wt, gamma, beta = _inputs(xp, rng, n, c, o, h, w)
 
@@ -122,7 +123,7 @@ def test_gradient_check(xp, rng, method, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_eval_forward_matches_the_unfused_layers(xp, rng, chunking, method, shape):
+def test_eval_forward_matches_the_unfused_layers(xp, rng, chunking, method, compiled, shape):
     n, c, o, h, w, pool = shape
     x, wt, gamma, beta = _inputs(xp, rng, n, c, o, h, w)
     b = randn(xp, rng, o, dtype=x.dtype)
@@ -179,11 +180,15 @@ def test_rejects_other_kernels(xp, rng):
         F.conv_bn_relu_train_forward(xp.zeros((1, 2, 4, 4)), xp.zeros((3, 4, 3, 3)), xp.ones(3), xp.zeros(3))
 
 
-def test_auto_method_uses_winograd_only_where_it_pays():
+def test_auto_method_uses_winograd_only_where_it_pays(compiled):
     from xpnet.functional.conv import Im2col3x3
     from xpnet.functional.winograd import Winograd3x3
+    from xpnet.functional.winograd4 import Winograd4x4
 
-    assert fused.conv3x3_method(28, 28, 64, 128) is Winograd3x3
-    assert fused.conv3x3_method(7, 7, 256, 256) is Winograd3x3
+    # F(4x4, 3x3) only with the compiled transforms: as NumPy passes they cost more than it saves.
+    wide = Winograd4x4 if compiled == "jit" else Winograd3x3
+    assert fused.conv3x3_method(28, 28, 64, 128) is wide
+    assert fused.conv3x3_method(7, 7, 256, 256) is wide
+    assert fused.conv3x3_method(14, 14, 32, 32) is Winograd3x3
     assert fused.conv3x3_method(28, 28, 1, 64) is Im2col3x3  # one input channel: K = 1 GEMMs
     assert fused.conv3x3_method(3, 3, 256, 256) is Im2col3x3  # a 3x3 image: 4 tiles, 64% waste

@@ -40,12 +40,13 @@ from __future__ import annotations
 import numpy
 
 from xpnet.backend import get_array_module
-from xpnet.functional import fused_device
+from xpnet.functional import fused_device, jit
 from xpnet.functional.conv import Im2col3x3
 from xpnet.functional.layout import nchw, nhwc
 from xpnet.functional.normalization import sums_over_ranks
 from xpnet.functional.parallel import chunk_size, for_chunks, workers
 from xpnet.functional.winograd import Winograd3x3
+from xpnet.functional.winograd4 import Winograd4x4
 from xpnet.functional.workspace import Workspace
 
 # The 3x3 convolutions run a few images at a time, so their scratch (about this size) stays in
@@ -56,6 +57,10 @@ COL_CHUNK_BYTES = 3 << 20
 # Winograd from this many channels (in and out) and this image size up; "auto" chooses by these.
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_SIZE = 6
+# F(4x4, 3x3) from this many channels (in and out) and this image size up, where the compiled
+# transforms are there (``jit``); below, or with NumPy passes only, F(2x2, 3x3).
+WINOGRAD4_MIN_CHANNELS = 64
+WINOGRAD4_MIN_SIZE = 6
 CONV3X3_METHOD = "auto"
 
 # Elementwise passes work on chunks this size, small enough to stay in L2 (1 MiB per core on the
@@ -154,8 +159,15 @@ def _affine_relu_pool(z, scale, shift, y, p, ws):
     xp = get_array_module(z)
     n, h, w, c = z.shape
     nb = chunk_size(xp, n, h * w * c * z.itemsize, ELEMENTWISE_CHUNK_BYTES)
+    relu, relu_pool = jit.kernel("bn_affine_relu"), jit.kernel("bn_affine_relu_pool")
 
     def body(t, n0, n1):
+        if relu is not None and p is None:  # one compiled pass
+            relu(z[n0:n1].reshape(-1, c), scale, shift, y[n0:n1].reshape(-1, c))
+            return
+        if relu_pool is not None and y is None:
+            relu_pool(z[n0:n1], scale, shift, p[n0:n1])
+            return
         yc = y[n0:n1] if y is not None else ws.get(xp, f"bz.{t}", (nb, h, w, c), z.dtype)[: n1 - n0]
         xp.multiply(z[n0:n1], scale, out=yc)
         xp.add(yc, shift, out=yc)
@@ -171,11 +183,16 @@ def conv3x3_method(h, w, c, o):
 
     Winograd F(2x2, 3x3) does 2.25x fewer multiplications, but its 16 GEMMs have only C as their
     inner dimension and its transforms cost a few passes over 4x the data, so it pays only with
-    enough channels and tiles; ``CONV3X3_METHOD`` forces one method ("im2col" or "winograd").
+    enough channels and tiles. F(4x4, 3x3) does 4x fewer, with 36 GEMMs on 2.25x the data; its
+    transforms pay only as compiled loops (``jit``), so without them the layer keeps F(2x2, 3x3).
+    The CPU's choice lives here alone (the device chooses its own, in ``fused_device``);
+    ``CONV3X3_METHOD`` forces one method ("im2col", "winograd" or "winograd4").
     """
     if CONV3X3_METHOD != "auto":
-        return {"im2col": Im2col3x3, "winograd": Winograd3x3}[CONV3X3_METHOD]
+        return {"im2col": Im2col3x3, "winograd": Winograd3x3, "winograd4": Winograd4x4}[CONV3X3_METHOD]
     if min(c, o) >= WINOGRAD_MIN_CHANNELS and min(h, w) >= WINOGRAD_MIN_SIZE:
+        if jit.enabled() and min(c, o) >= WINOGRAD4_MIN_CHANNELS and min(h, w) >= WINOGRAD4_MIN_SIZE:
+            return Winograd4x4
         return Winograd3x3
     return Im2col3x3
 
@@ -219,11 +236,19 @@ def _train_forward_cpu(x, w, gamma, beta, eps, pool, ws, reduce_sums):
     # backward pass remakes it from z.
     y = None if pool else numpy.empty_like(z)
     s1, s2 = (_ColumnSums(workers(numpy), ones) for _ in range(2))
+    centered_sums = jit.kernel("bn_centered_sums")
 
     def body(t, n0, n1):
         plan.forward_into(xh, n0, n1, wk, z[n0:n1], t)
         r = (n1 - n0) * h * wd
         zc = z[n0:n1].reshape(r, o)
+        if centered_sums is not None:  # the same sums in one compiled pass, in float64
+            a_sd_sdd = numpy.empty((3, o), dtype=SUM_DTYPE)
+            centered_sums(zc, a_sd_sdd)
+            part1, part2 = _uncentered(*a_sd_sdd, float(r))
+            s1.accumulate(t, part1)
+            s2.accumulate(t, part2)
+            return
         # Sums around the chunk's own mean a (d = z - a): raw float32 sums of z^2 lose the
         # variance to cancellation, and to drift over a flat image background.
         a = (ones[:r] @ zc) * (1.0 / r)
@@ -355,9 +380,20 @@ def _relu_grad_sums(douth, cache, nb, ones, ws):
     g = numpy.empty_like(z)
     sg, sgz = (_ColumnSums(workers(numpy), ones) for _ in range(2))
     mask_shape = (nb, h // 2, wd // 2, o) if p is not None else (nb, h, wd, o)
+    relu_grad = jit.kernel("bn_relu_grad_sums" if p is None else "bn_pool_relu_grad_sums")
 
     def body(t, n0, n1):
         k, r = n1 - n0, (n1 - n0) * h * wd
+        if relu_grad is not None:  # g and both sums in one compiled pass
+            sums = numpy.zeros((2, o), dtype=SUM_DTYPE)
+            if p is None:
+                relu_grad(douth[n0:n1].reshape(r, o), y[n0:n1].reshape(r, o), z[n0:n1].reshape(r, o), mean,
+                          g[n0:n1].reshape(r, o), sums)
+            else:
+                relu_grad(douth[n0:n1], p[n0:n1], z[n0:n1], scale, shift, mean, g[n0:n1], sums)
+            sg.accumulate(t, sums[0])
+            sgz.accumulate(t, sums[1])
+            return
         free = ws.get(numpy, f"free.{t}", mask_shape, bool)[:k]
         hit = ws.get(numpy, f"hit.{t}", mask_shape, bool)[:k]
         if y is None:
@@ -393,16 +429,22 @@ def _dz_and_conv_grads(xh, w, z, g, coefficients, plan, ones, need_dx, ws):
     parts = [None] * nt
     dx = numpy.empty((n, h, wd, xh.shape[3]), dtype=dt) if need_dx else None
     wk = plan.weights(w) if need_dx else None
+    input_grad = jit.kernel("bn_input_grad")
 
     def body(t, n0, n1):
         r = (n1 - n0) * h * wd
         dz = g[n0:n1].reshape(r, o)
-        bz = ws.get(numpy, f"bz.{t}", (nb * h * wd, o), dt)
-        numpy.multiply(z[n0:n1].reshape(r, o), cb, out=bz[:r])
-        numpy.multiply(dz, ca, out=dz)
-        numpy.add(dz, bz[:r], out=dz)
-        numpy.add(dz, cc, out=dz)
-        db.add(t, dz)
+        if input_grad is not None:  # dz and its sum in one compiled pass
+            sums = numpy.zeros(o, dtype=SUM_DTYPE)
+            input_grad(dz, z[n0:n1].reshape(r, o), ca, cb, cc, sums)
+            db.accumulate(t, sums)
+        else:
+            bz = ws.get(numpy, f"bz.{t}", (nb * h * wd, o), dt)
+            numpy.multiply(z[n0:n1].reshape(r, o), cb, out=bz[:r])
+            numpy.multiply(dz, ca, out=dz)
+            numpy.add(dz, bz[:r], out=dz)
+            numpy.add(dz, cc, out=dz)
+            db.add(t, dz)
         # A thread's later chunks add into its first one's result, through scratch of this call
         # (a workspace buffer would hold the largest layer's weight gradient per thread for good).
         if not started[t]:
