@@ -93,8 +93,9 @@ def test_output_transform_adjoint(xp, rng, shape):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("nb", [1, 2])
-def test_plan_matches_im2col(xp, rng, shape, nb):
-    """Forward, weight gradient and input gradient, chunk by chunk, against the im2col plan."""
+def test_plan_matches_im2col(xp, rng, shape, nb, compiled):
+    """Forward, weight gradient and input gradient, chunk by chunk, against the im2col plan (on
+    the CPU with the compiled transforms and with NumPy's passes)."""
     n, h, w, c, o = shape
     x = randn(xp, rng, n, h, w, c, dtype=numpy.float64)
     wt = randn(xp, rng, o, c, 3, 3, dtype=numpy.float64)

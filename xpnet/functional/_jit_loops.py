@@ -215,6 +215,135 @@ def wino4_output_adjoint(dy, v, coef):
 
 
 
+# -- Winograd F(2x2, 3x3) transforms over a chunk (``winograd``): coefficients 0 and +-1 only ----
+
+
+@njit(inline="always", **_JIT)
+def _bt4(d0, d1, d2, d3):
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+@njit(inline="always", **_JIT)
+def _b4(e0, e1, e2, e3):
+    return e0, (e1 - e2) + e3, (e1 + e2) - e0, -e3
+
+
+@njit(inline="always", **_JIT)
+def _at2(m0, m1, m2, m3):
+    return m0 + m1 + m2, (m1 - m2) - m3
+
+
+@njit(inline="always", **_JIT)
+def _a4(d0, d1):
+    return d0, d0 + d1, d0 - d1, -d1
+
+
+@njit(**_JIT)
+def wino2_input(xpad, u):
+    """xpad (k, 2th+2, 2tw+2, C), zero-bordered -> u (16, k, th, tw, C): ``BT d BT^T`` of every
+    4x4 tile d (tile (i, j) starts at padded row 2i, column 2j)."""
+    k, th, tw, nc = u.shape[1], u.shape[2], u.shape[3], u.shape[4]
+    tmp = numpy.empty((4, 4, nc), dtype=u.dtype)
+    for n in range(k):
+        for i in range(th):
+            for j in range(tw):
+                for a in range(4):
+                    y, x = 2 * i + a, 2 * j
+                    for c in range(nc):
+                        t = _bt4(xpad[n, y, x, c], xpad[n, y, x + 1, c], xpad[n, y, x + 2, c], xpad[n, y, x + 3, c])
+                        tmp[a, 0, c], tmp[a, 1, c], tmp[a, 2, c], tmp[a, 3, c] = t[0], t[1], t[2], t[3]
+                for s in range(4):
+                    for c in range(nc):
+                        t = _bt4(tmp[0, s, c], tmp[1, s, c], tmp[2, s, c], tmp[3, s, c])
+                        u[s, n, i, j, c] = t[0]
+                        u[4 + s, n, i, j, c] = t[1]
+                        u[8 + s, n, i, j, c] = t[2]
+                        u[12 + s, n, i, j, c] = t[3]
+
+
+@njit(**_JIT)
+def wino2_input_adjoint(du, dxpad):
+    """The adjoint of ``wino2_input``: du (16, k, th, tw, C) -> dxpad (k, 2th+2, 2tw+2, C),
+    overwritten (overlapping tiles add)."""
+    k, th, tw, nc = du.shape[1], du.shape[2], du.shape[3], du.shape[4]
+    tmp = numpy.empty((4, 4, nc), dtype=du.dtype)
+    dxpad[:k] = 0
+    for n in range(k):
+        for i in range(th):
+            for j in range(tw):
+                for r in range(4):
+                    for c in range(nc):
+                        e = _b4(du[4 * r, n, i, j, c], du[4 * r + 1, n, i, j, c], du[4 * r + 2, n, i, j, c],
+                                du[4 * r + 3, n, i, j, c])
+                        tmp[r, 0, c], tmp[r, 1, c], tmp[r, 2, c], tmp[r, 3, c] = e[0], e[1], e[2], e[3]
+                for b in range(4):
+                    x, y = 2 * j + b, 2 * i
+                    for c in range(nc):
+                        f = _b4(tmp[0, b, c], tmp[1, b, c], tmp[2, b, c], tmp[3, b, c])
+                        dxpad[n, y, x, c] += f[0]
+                        dxpad[n, y + 1, x, c] += f[1]
+                        dxpad[n, y + 2, x, c] += f[2]
+                        dxpad[n, y + 3, x, c] += f[3]
+
+
+@njit(**_JIT)
+def wino2_output(m, out):
+    """m (16, k, th, tw, O) -> out (k, H, W, O): ``AT m AT^T`` of every tile, cut at H, W."""
+    k, th, tw, no = m.shape[1], m.shape[2], m.shape[3], m.shape[4]
+    h, w = out.shape[1], out.shape[2]
+    tmp = numpy.empty((4, 2, no), dtype=m.dtype)
+    for n in range(k):
+        for i in range(th):
+            for j in range(tw):
+                for r in range(4):
+                    for o in range(no):
+                        t = _at2(m[4 * r, n, i, j, o], m[4 * r + 1, n, i, j, o], m[4 * r + 2, n, i, j, o],
+                                 m[4 * r + 3, n, i, j, o])
+                        tmp[r, 0, o], tmp[r, 1, o] = t[0], t[1]
+                ra, rb = min(2, h - 2 * i), min(2, w - 2 * j)
+                y = 2 * i
+                for b in range(rb):
+                    x = 2 * j + b
+                    for o in range(no):
+                        t = _at2(tmp[0, b, o], tmp[1, b, o], tmp[2, b, o], tmp[3, b, o])
+                        out[n, y, x, o] = t[0]
+                        if ra == 2:
+                            out[n, y + 1, x, o] = t[1]
+
+
+@njit(**_JIT)
+def wino2_output_adjoint(dy, v):
+    """The adjoint of ``wino2_output``: dy (k, H, W, O) -> v (16, k, th, tw, O) (dy taken as zero
+    past H, W)."""
+    k, th, tw, no = v.shape[1], v.shape[2], v.shape[3], v.shape[4]
+    h, w = dy.shape[1], dy.shape[2]
+    tmp = numpy.empty((2, 4, no), dtype=v.dtype)
+    for n in range(k):
+        for i in range(th):
+            for j in range(tw):
+                ra, rb = min(2, h - 2 * i), min(2, w - 2 * j)
+                x = 2 * j
+                for a in range(2):
+                    y = 2 * i + a
+                    if a >= ra:
+                        tmp[a] = 0
+                    elif rb == 2:
+                        for o in range(no):
+                            t = _a4(dy[n, y, x, o], dy[n, y, x + 1, o])
+                            tmp[a, 0, o], tmp[a, 1, o], tmp[a, 2, o], tmp[a, 3, o] = t[0], t[1], t[2], t[3]
+                    else:
+                        for o in range(no):
+                            d0 = dy[n, y, x, o]
+                            tmp[a, 0, o], tmp[a, 1, o], tmp[a, 2, o], tmp[a, 3, o] = d0, d0, d0, d0 - d0
+                for s in range(4):
+                    for o in range(no):
+                        t = _a4(tmp[0, s, o], tmp[1, s, o])
+                        v[s, n, i, j, o] = t[0]
+                        v[4 + s, n, i, j, o] = t[1]
+                        v[8 + s, n, i, j, o] = t[2]
+                        v[12 + s, n, i, j, o] = t[3]
+
+
 # -- BatchNorm, ReLU and max-pool over a chunk (``fused``) ------------------------------------
 # z*scale + shift is two roundings here as in NumPy (no fused multiply-add: fastmath is off), so
 # a value remade in the backward pass equals the forward's bit for bit on either path.
@@ -337,7 +466,7 @@ def bn_input_grad(g, z, ca, cb, cc, sums):
             sums[c] += v
 
 
-LOOPS = (wino4_input, wino4_input_adjoint, wino4_output, wino4_output_adjoint, bn_centered_sums, bn_affine_relu,
+LOOPS = (wino2_input, wino2_input_adjoint, wino2_output, wino2_output_adjoint, wino4_input, wino4_input_adjoint, wino4_output, wino4_output_adjoint, bn_centered_sums, bn_affine_relu,
          bn_affine_relu_pool, bn_relu_grad_sums, bn_pool_relu_grad_sums, bn_input_grad)
 
 
@@ -352,6 +481,11 @@ def warm_up(dtype):
     out = numpy.zeros((1, 4, 4, 2), dtype=dtype)
     wino4_output(u, out, coef)
     wino4_output_adjoint(out, u, coef)
+    u2 = u[:16].copy()
+    wino2_input(xpad[:, :4, :4].copy(), u2)
+    wino2_input_adjoint(u2, xpad[:, :4, :4].copy())
+    wino2_output(u2, out[:, :2, :2].copy())
+    wino2_output_adjoint(out[:, :2, :2].copy(), u2)
     c = numpy.ones(2, dtype=dtype)
     rows = out.reshape(-1, 2)
     bn_centered_sums(rows, numpy.zeros((3, 2)))

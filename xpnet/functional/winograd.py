@@ -30,6 +30,7 @@ import numpy
 
 from xpnet import backend
 from xpnet.backend import get_array_module
+from xpnet.functional import jit
 from xpnet.functional.parallel import for_chunks, workers
 
 # Coefficients, all in {-1, 0, 1} for the data transforms.
@@ -268,6 +269,13 @@ class Winograd3x3:
         """u[:, :, :k] for images n0:n1 of x (N, H, W, C), as (16, k*th*tw, C)."""
         c, nb, th, tw = x.shape[3], self.nb, self.th, self.tw
         xpad = self._buf(xp, "xpad", t, (nb, 2 * th + 2, 2 * tw + 2, c), zero=True)
+        loop = jit.kernel("wino2_input") if xp is numpy else None
+        if loop is not None:  # one compiled pass into C-contiguous taps (16, k, th, tw, C)
+            k = n1 - n0
+            xpad[:k, 1 : self.h + 1, 1 : self.w + 1] = x[n0:n1]
+            u = self._buf(xp, "u", t, (16, k, th, tw, c))
+            loop(xpad[:k], u)
+            return u.reshape(16, k * th * tw, c)
         cols = self._buf(xp, "cols", t, (4, nb, 2 * th + 2, tw, c))
         u = self._buf(xp, "u", t, (4, 4, nb, th, tw, c))
         input_transform_into(x, n0, n1, xpad, cols, u)
@@ -279,6 +287,12 @@ class Winograd3x3:
         xp = get_array_module(x)
         k, nb, th, tw, o = n1 - n0, self.nb, self.th, self.tw, self.o
         u = self._taps(xp, x, n0, n1, t)
+        loop = jit.kernel("wino2_output") if xp is numpy else None
+        if loop is not None:
+            m = self._buf(xp, "m", t, (16, k, th, tw, o))
+            xp.matmul(u, wt, out=m.reshape(16, k * th * tw, o))
+            loop(m, out)
+            return
         m = self._buf(xp, "m", t, (4, 4, nb, th, tw, o))
         xp.matmul(u, wt, out=m[:, :, :k].reshape(16, k * th * tw, o))
         scratch = self._buf(xp, "cols", t, (2, 4, nb, th, tw, o))  # the taps' scratch is free again
@@ -293,6 +307,9 @@ class Winograd3x3:
         k, nb, th, tw, c, o = n1 - n0, self.nb, self.th, self.tw, self.c, self.o
         r = k * th * tw
         u = self._taps(xp, x, n0, n1, t)
+        if xp is numpy and jit.kernel("wino2_output_adjoint") is not None:
+            self._backward_compiled(dz, k, u, wt, dw_out, dx_out, t)
+            return
         odd = (self.h, self.w) != (2 * th, 2 * tw)
         dypad = self._buf(xp, "dypad", t, (nb, 2 * th, 2 * tw, o), zero=True) if odd else None
         cols = self._buf(xp, "cols", t, (4, nb, 2 * th, tw, o))  # the taps' scratch is free again
@@ -307,6 +324,21 @@ class Winograd3x3:
         dcols = self._buf(xp, "cols", t, (4, nb, 2 * th + 2, tw, c))
         dxpad = self._buf(xp, "dxpad", t, (nb, 2 * th + 2, 2 * tw + 2, c))
         input_transform_adjoint_into(du[:, :, :k], dcols, dxpad, dx_out)
+
+    def _backward_compiled(self, dz, k, u, wt, dw_out, dx_out, t):
+        """``backward_into`` with the compiled transforms, on C-contiguous (16, k, th, tw, .) taps."""
+        th, tw, c, o = self.th, self.tw, self.c, self.o
+        v = self._buf(numpy, "m", t, (16, k, th, tw, o))
+        jit.kernel("wino2_output_adjoint")(numpy.ascontiguousarray(dz), v)
+        v = v.reshape(16, k * th * tw, o)
+        numpy.matmul(v.transpose(0, 2, 1), u, out=dw_out)
+        if dx_out is None:
+            return
+        du = self._buf(numpy, "u", t, (16, k, th, tw, c))  # the input's taps are used up
+        numpy.matmul(v, wt.transpose(0, 2, 1), out=du.reshape(16, k * th * tw, c))
+        dxpad = self._buf(numpy, "dxpad", t, (k, 2 * th + 2, 2 * tw + 2, c))
+        jit.kernel("wino2_input_adjoint")(du, dxpad)
+        dx_out[...] = dxpad[:, 1 : self.h + 1, 1 : self.w + 1]
 
     def dw_finish(self, dwt):
         """(16, O, C) summed over chunks -> (O, C, 3, 3)."""
