@@ -466,8 +466,11 @@ def bn_input_grad(g, z, ca, cb, cc, sums):
             sums[c] += v
 
 
-LOOPS = (wino2_input, wino2_input_adjoint, wino2_output, wino2_output_adjoint, wino4_input, wino4_input_adjoint, wino4_output, wino4_output_adjoint, bn_centered_sums, bn_affine_relu,
-         bn_affine_relu_pool, bn_relu_grad_sums, bn_pool_relu_grad_sums, bn_input_grad)
+LOOPS = (
+    wino2_input, wino2_input_adjoint, wino2_output, wino2_output_adjoint,
+    wino4_input, wino4_input_adjoint, wino4_output, wino4_output_adjoint,
+    bn_centered_sums, bn_affine_relu, bn_affine_relu_pool, bn_relu_grad_sums, bn_pool_relu_grad_sums, bn_input_grad,
+)
 
 
 def warm_up(dtype):
