@@ -287,3 +287,18 @@ class OneCycle:
 
 
 SCHEDULES = {"constant": Constant, "step": StepLR, "cosine": Cosine, "onecycle": OneCycle}
+
+# The optimizers by name; torch.optim's classes of the same names take the same settings.
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def settings(cfg) -> dict:
+    """The keyword arguments of the optimizer ``cfg.optimizer`` names, from ``cfg``'s ``lr``,
+    ``momentum``, ``nesterov`` and ``weight_decay`` (a ``TrainConfig``): the one table both
+    xpnet's optimizers and PyTorch's twins are built from. Nesterov needs momentum to act on."""
+    if cfg.optimizer == "sgd":
+        return dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                    weight_decay=cfg.weight_decay)
+    if cfg.optimizer in OPTIMIZERS:
+        return dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -6,7 +6,8 @@
 A tree is a checkout of this repository (``git worktree add /somewhere OLD``), optionally followed
 by ``@`` and a JSON object of ``xpnet.functional.fused`` constants to set first. Each config is
 WIDTH:BATCH. Every measurement runs in a new interpreter that imports xpnet from its tree, times
-the bench's own train step (``xpnet.tools.bench._XpnetRunner``), and reports the best of 3 blocks; the
+the train step ``xpnet bench`` times (``fit``'s, through ``xpnet.tools.bench.Timed``; in trees older
+than it, the bench's own), and reports the best of 3 blocks; the
 trees take turns within each round, so a busy machine slows them alike. Printed: each tree's
 median over rounds and its ratio to the first tree.
 
@@ -23,13 +24,19 @@ import sys
 CHILD = r"""
 import json, sys, time
 sys.path.insert(0, ".")
-from xpnet.tools import bench
+try:
+    from xpnet.tools import bench
+except ImportError:  # a tree from before the package was regrouped
+    from xpnet import bench
 from xpnet.functional import fused
 width, batch = float(sys.argv[1]), int(sys.argv[2])
 clock = time.process_time if sys.argv[4] == "cpu" else time.perf_counter
 for name, value in json.loads(sys.argv[3]).items():
     setattr(fused, name, value)
-runner = bench._XpnetRunner(width, batch)
+if hasattr(bench, "Timed"):
+    runner = bench.Timed(bench.bench_config(width, batch))
+else:  # the bench's own step, in older trees
+    runner = bench._XpnetRunner(width, batch)
 for _ in range(2):
     runner.train_step()
 steps, times = max(2, 150 // batch), []

@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
-    runner = bench._XpnetRunner(args.width, args.batch)
+    runner = bench.Timed(bench.bench_config(args.width, args.batch))
     for _ in range(3):
         runner.train_step()
     k = parallel.threads()

@@ -423,8 +423,9 @@ def test_a_batch_that_will_not_fit_in_memory_is_refused(capsys, synthetic_dir, t
                        *small)
     assert "GiB" in _one_line_error(code, err) and "smaller batch" in err
     assert not (tmp_path / "a").exists()
-    need = memory.estimate_step_bytes(dict(width=0.125, shortcut="identity", res_blocks=2, head="max", dropout=0.0),
-                                      10, (28, 28), 200)
+    from xpnet.training.config import TrainConfig
+
+    need = memory.estimate_step_bytes(TrainConfig(width=0.125), 10, (28, 28), 200)
     monkeypatch.setattr(memory, "available_bytes", lambda: int(need * 1.1))
     code, _, err = run(capsys, "train", "--data-dir", synthetic_dir, "--out", tmp_path / "b", "--batch-size", "200",
                        "--epochs", "1", *small)

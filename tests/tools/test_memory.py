@@ -2,9 +2,12 @@
 
 import pytest
 
-from xpnet.tools import memory
+import dataclasses
 
-NARROW = dict(width=0.125, shortcut="identity", res_blocks=2, head="max", dropout=0.0)
+from xpnet.tools import memory
+from xpnet.training.config import TrainConfig
+
+NARROW = TrainConfig(width=0.125)
 
 
 def test_estimate_tracks_a_measured_step():
@@ -17,7 +20,7 @@ def test_estimate_tracks_a_measured_step():
 
 def test_wider_nets_need_more():
     base = memory.step_peak_bytes(NARROW, 10, (28, 28), 16)
-    assert memory.step_peak_bytes({**NARROW, "width": 0.5}, 10, (28, 28), 16) > 2 * base
+    assert memory.step_peak_bytes(dataclasses.replace(NARROW, width=0.5), 10, (28, 28), 16) > 2 * base
 
 
 @pytest.mark.parametrize("need, available, expected", [

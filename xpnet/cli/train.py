@@ -43,7 +43,7 @@ def _check_batch(cfg, data, warn):
         raise UserError(f"--batch-size {cfg.batch_size} exceeds {used}")
     if backend.name() != "numpy" or cfg.batch_size <= max(memory.PROBES):
         return
-    need = memory.estimate_step_bytes(cfg.model_config(), 10, data.image_shape, cfg.batch_size)
+    need = memory.estimate_step_bytes(cfg, 10, data.image_shape, cfg.batch_size)
     available = memory.available_bytes()
     ok, tight = memory.fits(need, available)
     gib = 2.0**30

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy
 import torch
 
-from xpnet import backend, checkpoint
+from xpnet import backend, checkpoint, optim
 from xpnet.data import batches
 from xpnet.models import schema
 from xpnet.reference.report2 import TorchReport2Net
@@ -53,18 +53,14 @@ def _slots(cfg) -> tuple[str, ...]:
     return ("exp_avg", "exp_avg_sq")
 
 
+# torch.optim's class of each of xpnet's optimizers; both take ``optim.settings(cfg)``.
+TORCH_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
 def build_optimizer(cfg, model) -> torch.optim.Optimizer:
-    params = model.parameters()
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    """The twin of ``xpnet.training.runner.build_optimizer``: the same settings, torch's class."""
+    settings = optim.settings(cfg)
+    return TORCH_OPTIMIZERS[cfg.optimizer](model.parameters(), **settings)
 
 
 class TorchRunner:
@@ -143,6 +139,15 @@ class TorchRunner:
         preds_np = numpy.concatenate(preds).astype(numpy.int64)
         accuracy = float((preds_np == backend.asnumpy(labels)).mean())
         return total / len(preds_np), accuracy, preds_np, numpy.concatenate(probs)
+
+    def logits(self, x):
+        """As ``XpnetRunner.logits``: eval-mode logits (B, K) of x, on the host."""
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                return self.model(self._tensor(x)).cpu().numpy()
+        finally:
+            self.model.train()
 
     def synchronize(self) -> None:
         backend.synchronize()

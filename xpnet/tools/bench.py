@@ -29,12 +29,14 @@ from pathlib import Path
 
 import numpy
 
-from xpnet import backend, nn, optim
+from xpnet import backend, nn
 from xpnet.errors import XpnetError
 from xpnet.cli.argtypes import OneLineParser, nonneg_int, positive_float, positive_int
 from xpnet.functional import jit, parallel
-from xpnet.tools.machine import blas_note, cpu_info, describe_cpu, load_note, passive_omp_wait
 from xpnet.models import ResNet9
+from xpnet.tools.machine import blas_note, cpu_info, describe_cpu, load_note, passive_omp_wait
+from xpnet.training.config import TrainConfig
+from xpnet.training.runner import build_runner, train_step
 
 
 def conv_flops(model, image_shape=(1, 28, 28)) -> int:
@@ -103,57 +105,36 @@ def sgemm_peak(seconds=1.0) -> float:
     return best
 
 
-class _XpnetRunner:
-    def __init__(self, width, batch, seed=0):
-        rng = numpy.random.default_rng(seed)
-        self.model = ResNet9(width=width, rng=rng)
-        self.opt = optim.SGD(self.model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        self.loss = nn.CrossEntropyLoss()
-        self.x = backend.to_device(rng.standard_normal((batch, 1, 28, 28)).astype(numpy.float32))
-        self.y = backend.to_device(rng.integers(0, 10, batch))
+def bench_config(width: float, batch: int, framework: str = "xpnet") -> TrainConfig:
+    """The run bench times: ``xpnet train``'s default recipe at ``width`` and ``batch``."""
+    return TrainConfig(width=width, batch_size=batch, framework=framework)
+
+
+class Timed:
+    """The runner ``fit`` runs for ``cfg`` (``build_runner``, its weights drawn from ``rng``, by
+    default the run's seed) and one fixed batch of random images (B, 1, 28, 28) and labels from a
+    generator of its own, so both frameworks get the same weights and the same batch.
+    ``train_step`` is ``fit``'s step (``train_step``) at the recipe's peak rate; ``eval_step`` the
+    model's eval-mode logits, read to the host."""
+
+    def __init__(self, cfg: TrainConfig, rng=None):
+        rng = numpy.random.default_rng(cfg.seed) if rng is None else rng
+        self.runner = build_runner(cfg, 10, rng)
+        self.model = self.runner.model
+        self.lr = cfg.lr
+        b, draw = cfg.batch_size, numpy.random.default_rng(cfg.seed + 1)
+        self.x = backend.to_device(draw.standard_normal((b, 1, 28, 28)).astype(numpy.float32))
+        self.y = backend.to_device(draw.integers(0, 10, b))
 
     def train_step(self):
-        self.model.train()
-        self.opt.zero_grad()
-        self.loss(self.model(self.x), self.y)
-        self.model.backward(self.loss.backward())
-        self.opt.step()
-        backend.synchronize()
+        train_step(self.runner, self.x, self.y, self.lr)
+        self.runner.synchronize()
 
     def eval_step(self):
-        self.model.eval()
-        backend.asnumpy(self.model(self.x))
+        self.runner.logits(self.x)
 
-
-class _TorchRunner:
-    def __init__(self, twin_of, width, batch, device):
-        import torch
-
-        from xpnet.reference import TorchResNet9, to_torch_state
-
-        self.torch, self.device = torch, device
-        self.model = TorchResNet9(width=width)
-        self.model.load_state_dict(to_torch_state(twin_of.model.state_dict()))
-        self.model.to(device)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        self.x = torch.as_tensor(backend.asnumpy(twin_of.x), device=device)
-        self.y = torch.as_tensor(backend.asnumpy(twin_of.y), device=device)
-
-    def _sync(self):
-        if self.device != "cpu":
-            self.torch.cuda.synchronize()
-
-    def train_step(self):
-        self.model.train()
-        self.opt.zero_grad(set_to_none=True)
-        self.torch.nn.functional.cross_entropy(self.model(self.x), self.y).backward()
-        self.opt.step()
-        self._sync()
-
-    def eval_step(self):
-        self.model.eval()
-        with self.torch.inference_mode():
-            self.model(self.x).cpu()
+    def synchronize(self):
+        self.runner.synchronize()
 
 
 def _time(fn, n):
@@ -215,11 +196,11 @@ def _profile_torch(runner, steps):
     started = {}
 
     def start(key):
-        runner._sync()
+        runner.synchronize()
         started[key] = time.perf_counter()
 
     def stop(key):
-        runner._sync()
+        runner.synchronize()
         times[key] += time.perf_counter() - started.pop(key)
 
     handles = []
@@ -291,17 +272,16 @@ def _rss_kib(field):
 def _probe(framework, width, batch, backend_name, steps=3):
     """Run in a child: peak resident (CPU) or pool (GPU) memory of train steps, in MiB."""
     backend.use(backend_name)
-    runner = _XpnetRunner(width, batch)
-    if framework == "torch":
-        device = "cuda" if backend_name == "cupy" else "cpu"
-        runner = _TorchRunner(runner, width, batch, device)
+    runner = Timed(bench_config(width, batch, framework))
     if backend_name == "cupy":
         runner.train_step()
         if framework == "torch":
-            runner.torch.cuda.reset_peak_memory_stats()
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
             for _ in range(steps):
                 runner.train_step()
-            return runner.torch.cuda.max_memory_allocated() / 2**20
+            return torch.cuda.max_memory_allocated() / 2**20
         for _ in range(steps):
             runner.train_step()
         return backend.memory_pool_bytes() / 2**20
@@ -362,9 +342,9 @@ def run(args) -> dict:
     flops_fwd = conv_flops(ResNet9(width=args.width, rng=0))
     rows = []
     for batch in args.batch_sizes:
-        runners = {"xpnet": _XpnetRunner(args.width, batch)}
+        runners = {"xpnet": Timed(bench_config(args.width, batch))}
         if torch is not None and not args.no_torch:
-            runners["torch"] = _TorchRunner(runners["xpnet"], args.width, batch, device)
+            runners["torch"] = Timed(bench_config(args.width, batch, "torch"))
         for r in runners.values():  # warm-up: allocator pools, BLAS buffers, cuDNN autotuning
             for _ in range(args.warmup):
                 r.train_step()

@@ -3,8 +3,9 @@
 On a GPU each array operation is a kernel launch of 5-10 us, and each host synchronisation stalls
 the queue, so at small batches their counts, not the arithmetic, set the step time. Both are
 counted here on the strict fake device (``xpnet.testing.fakecupy``), for the step that
-``train.fit`` runs (forward, loss, backward, SGD with Nesterov momentum and weight decay, the
-accuracy count), after one warm-up step that fills the workspace.
+``fit`` runs (``training.runner.train_step`` on ``fit``'s runner: forward, loss with label
+smoothing 0.1, backward, SGD with Nesterov momentum and weight decay, and the accuracy count),
+after one warm-up step that fills the workspace.
 
 Beside them, the PyTorch twin's operations for the same step, from ``torch.profiler`` on the
 CPU: every aten operation that does work itself (views, allocations and operations whose work is
@@ -20,8 +21,9 @@ import collections
 
 import numpy
 
-from xpnet import backend, nn, optim
-from xpnet.models import ResNet9
+from xpnet import backend
+from xpnet.training.config import TrainConfig
+from xpnet.training.runner import build_runner, train_step
 
 # aten operations that launch no kernel: views, allocations, metadata.
 TORCH_NO_LAUNCH = frozenset(
@@ -36,36 +38,39 @@ TORCH_NO_LAUNCH = frozenset(
 )
 
 
+def _config(width, res_blocks, optimizer, framework="xpnet"):
+    """The run whose step is counted: ``xpnet train``'s default recipe at this width."""
+    return TrainConfig(width=width, res_blocks=res_blocks, optimizer=optimizer, framework=framework)
+
+
+def _runner(cfg, batch, seed):
+    """``fit``'s runner for ``cfg`` and one batch of random images and labels drawn after it."""
+    rng = numpy.random.default_rng(seed)
+    runner = build_runner(cfg, 10, rng)
+    x = backend.to_device(rng.standard_normal((batch, 1, 28, 28)).astype(numpy.float32))
+    y = backend.to_device(rng.integers(0, 10, batch))
+    return runner, x, y
+
+
 def count_xpnet(width, batch, res_blocks=2, seed=0, optimizer="sgd"):
-    """Counts of one train step and one eval step of xpnet on the fake device:
-    {"train": {ops, syncs, to_host, to_device, float64}, "eval": {...}, "train_by_name": {...}}.
-    ``optimizer``: "sgd" (Nesterov momentum, weight decay) or "adam"."""
+    """Counts of one train step (``fit``'s: the step and its accuracy count) and one eval step
+    of xpnet on the fake device: {"train": {ops, syncs, to_host, to_device, float64},
+    "eval": {...}, "train_by_name": {...}}. ``optimizer``: "sgd" (Nesterov momentum, weight
+    decay) or "adam"."""
     from xpnet.testing import fakecupy
 
     with fakecupy.installed() as dev, backend.using("cupy"):
-        rng = numpy.random.default_rng(seed)
-        model = ResNet9(width=width, res_blocks=res_blocks, rng=rng)
-        if optimizer == "adam":
-            opt = optim.Adam(model.named_parameters(), lr=1e-3, weight_decay=5e-4)
-        else:
-            opt = optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
-        x = backend.to_device(rng.standard_normal((batch, 1, 28, 28)).astype(numpy.float32))
-        y = backend.to_device(rng.integers(0, 10, batch))
+        runner, x, y = _runner(_config(width, res_blocks, optimizer), batch, seed)
+        model = runner.model
 
-        def train_step(correct):
-            opt.zero_grad()
-            logits = model(x)
-            loss_fn(logits, y)
-            model.backward(loss_fn.backward())
-            opt.step()
-            return correct + loss_fn.hits(logits, y)
+        def step(correct):
+            _, hits = train_step(runner, x, y, lr=0.01)
+            return correct + hits
 
-        model.train()
-        correct = train_step(0)
+        correct = step(0)
         before = dev.counts.snapshot()
         dev.counts.by_name.clear()
-        train_step(correct)
+        step(correct)
         train = dev.counts.since(before)
         by_name = dict(dev.counts.by_name.most_common())
         model.eval()
@@ -73,6 +78,7 @@ def count_xpnet(width, batch, res_blocks=2, seed=0, optimizer="sgd"):
         before = dev.counts.snapshot()
         model(x).argmax(axis=1)
         evals = dev.counts.since(before)
+        model.train()
     return dict(train=train, eval=evals, train_by_name=by_name)
 
 
@@ -111,33 +117,28 @@ def _torch_launches(events):
 
 
 def count_torch(width, batch, seed=0):
-    """The PyTorch twin's launches for the same train step and eval step (see the module
-    docstring), or None without PyTorch."""
+    """The PyTorch twin's launches for the same train step (``TorchRunner``'s, as ``fit`` runs
+    it) and eval step (see the module docstring), or None without PyTorch."""
     try:
         import torch
     except ImportError:
         return None
-    from xpnet.reference import TorchResNet9
 
-    torch.manual_seed(seed)
-    model = TorchResNet9(width=width)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True)
-    x = torch.randn(batch, 1, 28, 28)
-    y = torch.randint(0, 10, (batch,))
+    with backend.using("numpy"):  # the twin on the CPU, where the profiler sees its operations
+        runner, x, y = _runner(_config(width, 2, "sgd", framework="torch"), batch, seed)
+    for group in runner.opt.param_groups:
+        group["foreach"] = True  # as torch.optim runs on a GPU: one launch per multi-tensor call
+    model = runner.model
 
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        logits = model(x)
-        torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1).backward()
-        opt.step()
-        return (logits.argmax(1) == y).sum()
+    def train_step_():
+        return train_step(runner, x, y, lr=0.01)
 
     def eval_step():
         with torch.inference_mode():
-            return model(x).argmax(1)
+            return model(runner._tensor(x)).argmax(1)
 
     result = {}
-    for name, fn, mode in (("train", train_step, model.train), ("eval", eval_step, model.eval)):
+    for name, fn, mode in (("train", train_step_, model.train), ("eval", eval_step, model.eval)):
         mode()
         fn()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -148,6 +149,7 @@ def count_torch(width, batch, seed=0):
             1 for e in events
             if e.name.startswith("aten::") and not any(c.name.startswith("aten::") for c in e.cpu_children)
         )
+    model.train()
     return result
 
 

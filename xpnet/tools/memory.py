@@ -13,6 +13,7 @@ Only the NumPy backend is estimated; a GPU's memory is CuPy's business.
 
 from __future__ import annotations
 
+import dataclasses
 import tracemalloc
 
 import numpy
@@ -35,14 +36,16 @@ def available_bytes() -> int | None:
     return None
 
 
-def step_peak_bytes(model_config: dict, num_classes: int, image_shape, batch: int) -> int:
-    """Peak bytes allocated while building a model and running one training step at ``batch``.
+def step_peak_bytes(cfg, num_classes: int, image_shape, batch: int) -> int:
+    """Peak bytes allocated while building the runner ``fit`` runs for ``cfg`` (a ``TrainConfig``;
+    its framework, batch size and seed aside) and running its training step at ``batch``.
 
     image_shape: (H, W). Uses its own generator and model; the caller's state is untouched.
     """
-    from xpnet import backend, nn, optim
-    from xpnet.models import build_model
+    from xpnet import backend
+    from xpnet.training.runner import build_runner, train_step
 
+    cfg = dataclasses.replace(cfg, framework="xpnet", batch_size=batch, image_size=tuple(image_shape))
     rng = numpy.random.default_rng(0)
     started = not tracemalloc.is_tracing()
     if started:
@@ -50,15 +53,10 @@ def step_peak_bytes(model_config: dict, num_classes: int, image_shape, batch: in
     try:
         tracemalloc.reset_peak()
         base, _ = tracemalloc.get_traced_memory()
-        model = build_model({**model_config, "image_size": list(image_shape)}, num_classes, rng).train()
-        opt = optim.SGD(model.named_parameters(), lr=0.0, momentum=0.9)
-        loss_fn = nn.CrossEntropyLoss()
+        runner = build_runner(cfg, num_classes, rng)
         x = backend.to_device(rng.standard_normal((batch, 1, *image_shape)).astype(numpy.float32))
         y = backend.to_device(rng.integers(0, num_classes, batch))
-        opt.zero_grad()
-        loss_fn(model(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
+        train_step(runner, x, y, cfg.lr)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         if started:
@@ -66,9 +64,9 @@ def step_peak_bytes(model_config: dict, num_classes: int, image_shape, batch: in
     return peak - base
 
 
-def estimate_step_bytes(model_config: dict, num_classes: int, image_shape, batch: int) -> int:
-    """Estimated peak bytes of one training step at ``batch``, from two small measured steps."""
-    small, large = (step_peak_bytes(model_config, num_classes, image_shape, b) for b in PROBES)
+def estimate_step_bytes(cfg, num_classes: int, image_shape, batch: int) -> int:
+    """Estimated peak bytes of ``cfg``'s training step at ``batch``, from two small measured steps."""
+    small, large = (step_peak_bytes(cfg, num_classes, image_shape, b) for b in PROBES)
     per_image = max(large - small, 0) / (PROBES[1] - PROBES[0])
     return int(large + per_image * (batch - PROBES[1]))
 

@@ -27,28 +27,21 @@ from xpnet.cli.argtypes import positive_float, positive_int
 def worker(args) -> None:
     import numpy
 
-    from xpnet import distributed, nn
-    from xpnet.models import build_model
+    from xpnet import distributed
     from xpnet.training.config import TrainConfig
-    from xpnet.training.runner import build_optimizer
+    from xpnet.training.runner import build_runner, train_step
 
     comm = distributed.world()
     cfg = TrainConfig(batch_size=args.batch_size, width=args.width, sync_bn=args.sync_bn, schedule="constant")
     rng = numpy.random.default_rng(0)
-    model = build_model(cfg.model_config(), 10, rng).train()
-    opt = build_optimizer(cfg, model)
-    comm.start(model, cfg)
-    loss_fn = comm.loss(nn.CrossEntropyLoss())
+    runner = build_runner(cfg, 10, rng)  # fit's runner, and below fit's step on this rank's slice
+    runner.start(comm)
     x = rng.standard_normal((args.batch_size, 1, 28, 28)).astype(numpy.float32)
     y = rng.integers(0, 10, args.batch_size)
 
     def step():
         for xs, ys in comm.shard([(x, y)]):
-            opt.zero_grad()
-            loss_fn(model(xs), ys)
-            model.backward(loss_fn.backward())
-            comm.sync_grads()
-            opt.step()
+            train_step(runner, xs, ys, cfg.lr)
 
     step()
     comm.barrier()

@@ -7,10 +7,11 @@ import dataclasses
 import math
 import numbers
 
+from xpnet import optim
 from xpnet.errors import XpnetError
 
 FRAMEWORKS = ("xpnet", "torch")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = tuple(optim.OPTIMIZERS)
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 ARCHS = ("resnet9", "report2")
 POOL_TIES = ("first", "share")

@@ -28,7 +28,7 @@ import numpy
 from xpnet import backend, checkpoint, distributed
 from xpnet.data import batches
 from xpnet.training.config import CHECKPOINT_EXT, TrainConfig, TrainingError
-from xpnet.training.runner import build_runner, build_schedule, read_run, save_state
+from xpnet.training.runner import NonFiniteLoss, build_runner, build_schedule, read_run, save_state, train_step
 
 # lr is the epoch's last learning rate; lr_mean and lr_max show what the schedule did within it.
 METRICS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr",
@@ -244,19 +244,18 @@ def fit(
         with _StopAtBatchEnd() as stop:
             for x, y in it:
                 lr = schedule(runner.steps)
-                loss, logits = runner.forward(x, y)
-                if not math.isfinite(loss):
+                try:
+                    loss, hits = train_step(runner, x, y, lr)
+                except NonFiniteLoss as e:
                     raise TrainingError(
-                        f"loss became {loss} at epoch {epoch + 1}, step {runner.steps + 1}; stopped, and "
+                        f"loss became {e.loss} at epoch {epoch + 1}, step {runner.steps + 1}; stopped, and "
                         f"the last good checkpoint ({last_path}) is kept"
-                    )
-                runner.backward()
-                runner.step(lr)
+                    ) from None
                 step_losses.append(loss)
                 done += 1
                 loss_sum += loss * len(y)
                 # Counted on the device: the loss is the step's one host synchronisation.
-                correct = correct + runner.hits(logits, y)
+                correct = correct + hits
                 seen += len(y)
                 if bar is not None:
                     bar.update(1)

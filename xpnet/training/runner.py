@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy
 
@@ -11,21 +12,37 @@ from xpnet import backend, checkpoint, distributed, nn, optim
 from xpnet.data import batches
 from xpnet.functional import LabelError, softmax
 from xpnet.models import build_model
-from xpnet.training.config import FRAMEWORKS, INPUTS, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, TrainingError
+from xpnet.training.config import FRAMEWORKS, INPUTS, SCHEDULES, ConfigError, TrainConfig, TrainingError
 
 
 def build_optimizer(cfg: TrainConfig, model) -> optim.Optimizer:
-    params = model.named_parameters()
-    if cfg.optimizer == "sgd":
-        return optim.SGD(
-            params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-    if cfg.optimizer == "adam":
-        return optim.Adam(params, cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return optim.AdamW(params, cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    """xpnet's optimizer of ``cfg`` over ``model``'s named parameters (settings: ``optim.settings``)."""
+    settings = optim.settings(cfg)
+    return optim.OPTIMIZERS[cfg.optimizer](model.named_parameters(), **settings)
+
+
+class NonFiniteLoss(TrainingError):
+    """A step's loss was NaN or infinite; the step was not applied."""
+
+    def __init__(self, loss: float):
+        super().__init__(f"loss became {loss}")
+        self.loss = loss
+
+
+def train_step(runner, x, y, lr: float):
+    """One training step: the one ``fit`` runs, and the one ``xpnet bench``, the launch counter,
+    the memory probe and the scaling measurement time. Forward, a check that the loss is finite
+    (before any update, so the weights stay good), backward, one update at ``lr``.
+
+    x: (B, C, H, W), y: (B,) current-backend arrays -> (loss float, hits: how many rows the
+    logits predict right, a 0-d current-backend array left on the device). Raises NonFiniteLoss.
+    """
+    loss, logits = runner.forward(x, y)
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(loss)
+    runner.backward()
+    runner.step(lr)
+    return loss, runner.hits(logits, y)
 
 
 def build_schedule(cfg: TrainConfig, steps_per_epoch: int):
@@ -75,7 +92,8 @@ class XpnetRunner:
     training mode; ``start(comm)`` joins the data-parallel communicator before the first step;
     ``backward()`` fills the gradients (summed over ranks); ``step(lr)`` applies one update;
     ``steps`` counts updates; ``settle()`` makes the ranks agree before evaluation and checkpoints;
-    ``evaluate(images, labels, batch_size)`` returns what ``evaluate`` does; ``synchronize()``
+    ``evaluate(images, labels, batch_size)`` returns what ``evaluate`` does; ``logits(x)`` gives
+    eval-mode logits on the host; ``hits(logits, y)`` counts right predictions; ``synchronize()``
     waits for queued device work (for timing); ``state() -> (arrays, scalars)`` gives the
     checkpoint layout ("model.<name>", "optim.<name>.<slot>") and ``load_state(arrays, scalars)``
     takes it back; ``parameters`` counts the weights.
@@ -121,6 +139,14 @@ class XpnetRunner:
     def evaluate(self, images, labels, batch_size):
         return self.comm.evaluate(functools.partial(evaluate, inputs=self.cfg.inputs), self.model, images, labels,
                                   batch_size)
+
+    def logits(self, x):
+        """Eval-mode logits (B, K) of x (B, C, H, W), read to the host; training mode after."""
+        self.model.eval()
+        try:
+            return backend.asnumpy(self.model(x))
+        finally:
+            self.model.train()
 
     def settle(self) -> None:
         self.comm.settle(self.model)

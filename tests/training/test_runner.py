@@ -1,0 +1,84 @@
+"""xpnet.training.runner: the one training step that fit runs and every measuring tool times."""
+
+import argparse
+
+import numpy
+import pytest
+from _digits import TINY, digit_set
+
+from xpnet import checkpoint
+from xpnet.data import batches
+from xpnet.training import runner as runner_mod
+from xpnet.training.config import TrainConfig
+from xpnet.training.loop import fit
+from xpnet.training.runner import XpnetRunner, build_schedule
+
+FRAMEWORKS = ["xpnet", pytest.param("torch", marks=pytest.mark.skipif(
+    pytest.importorskip("importlib.util").find_spec("torch") is None, reason="needs torch"))]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_bench_steps_and_fit_steps_give_identical_weights(tmp_path, framework):
+    """Two steps from the same seed: fit's, and bench's runner stepped on fit's batches and rates."""
+    from xpnet.tools import bench
+
+    cfg = TrainConfig(epochs=1, train_subset=64, framework=framework, dropout=0.2, **TINY)  # two steps
+    data = digit_set(96, 50)
+    fit(cfg, data, tmp_path, plots=False, log=lambda s: None)
+    arrays, meta = checkpoint.load(tmp_path / "last.safetensors")
+    assert meta["step"] == 2
+
+    rng = numpy.random.default_rng(cfg.seed)  # one generator for weights, batches and dropout, as fit's
+    timed = bench.Timed(cfg, rng)
+    schedule = build_schedule(cfg, 2)
+    images, labels = data.train_images[:64], data.train_labels[:64]
+    for x, y in batches(images, labels, cfg.batch_size, rng, shuffle=True, augment=cfg.augment):
+        timed.x, timed.y, timed.lr = x, y, schedule(timed.runner.steps)
+        timed.train_step()
+    mine, _ = timed.runner.state()
+    assert timed.runner.steps == 2
+    for k in arrays:
+        if k.startswith("model."):
+            numpy.testing.assert_array_equal(mine[k], arrays[k], err_msg=k)
+
+
+def test_every_measuring_tool_drives_fits_runner(tmp_path, monkeypatch):
+    """bench, the launch counter, the memory probe and the scaling worker each run train_step on
+    an XpnetRunner built from a TrainConfig (the runner fit builds)."""
+    from xpnet.tools import bench, launches, memory, scaling
+
+    seen = []
+    real = runner_mod.XpnetRunner.step
+
+    def step(self, lr):
+        seen.append((type(self), self.cfg.label_smoothing, self.cfg.nesterov))
+        return real(self, lr)
+
+    monkeypatch.setattr(XpnetRunner, "step", step)
+    default = TrainConfig()
+    expected = (XpnetRunner, default.label_smoothing, default.nesterov)
+
+    assert bench.main(["--smoke", "--no-torch", "--no-memory", "--out", str(tmp_path / "b")]) == 0
+    assert seen and set(seen) == {expected}
+    seen.clear()
+    launches.count_xpnet(1 / 16, 2)
+    assert len(seen) == 2 and set(seen) == {expected}
+    seen.clear()
+    memory.step_peak_bytes(TrainConfig(width=1 / 16), 10, (28, 28), 4)
+    assert seen == [expected]
+    seen.clear()
+    scaling.worker(argparse.Namespace(batch_size=4, width=1 / 16, sync_bn=False, steps=1))
+    assert len(seen) == 2 and set(seen) == {expected}
+
+
+def test_a_non_finite_loss_stops_before_the_update():
+    cfg = TrainConfig(**TINY)
+    runner = runner_mod.build_runner(cfg, 10, numpy.random.default_rng(0))
+    before = {k: p.data.copy() for k, p in runner.model.named_parameters()}
+    x = numpy.full((4, 1, 28, 28), numpy.nan, numpy.float32)
+    with pytest.raises(runner_mod.NonFiniteLoss) as e:
+        runner_mod.train_step(runner, x, numpy.zeros(4, numpy.int64), 0.1)
+    assert not numpy.isfinite(e.value.loss) and runner.steps == 0
+    for k, p in runner.model.named_parameters():  # the weights (BatchNorm's statistics aside)
+        numpy.testing.assert_array_equal(p.data, before[k], err_msg=k)
+    assert "loss became nan" in str(e.value)
