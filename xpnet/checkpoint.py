@@ -53,6 +53,21 @@ MAX_BYTES = 4 << 30
 MAX_META_DEPTH = 32
 
 
+# A training checkpoint's arrays: the model's as "model.<name>", the optimizer's state as
+# "optim.<name>.<slot>".
+MODEL, OPTIM = "model.", "optim."
+
+
+def section(arrays: dict, prefix: str) -> dict:
+    """The arrays named ``prefix<name>``, keyed by ``<name>``."""
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def prefixed(prefix: str, arrays: dict) -> dict:
+    """``arrays`` keyed by ``prefix<name>`` (the inverse of ``section``)."""
+    return {prefix + k: v for k, v in arrays.items()}
+
+
 class CheckpointError(XpnetError, ValueError):
     """A checkpoint cannot be written or is not a safetensors file xpnet reads (names the file)."""
 
@@ -457,12 +472,12 @@ def _check_rng_state(path, state) -> None:
         raise CheckpointError(f"{path}: rng_state is not a valid PCG64 state ({_one_line(e)})") from None
 
 
-def check_tensors(path, arrays: dict, expected: dict, prefix: str = "model.") -> None:
+def check_tensors(path, arrays: dict, expected: dict, prefix: str = MODEL) -> None:
     """Refuse tensors that do not fit ``expected`` (name -> the array it will be copied into):
     every name of ``expected`` under ``prefix`` present (a BatchNorm's ``num_batches_tracked``
     may be absent) and no other, of the same shape and dtype (a bool or integer weight is not
     cast), and finite (a NaN or infinite weight or BatchNorm statistic is a diverged run)."""
-    given = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    given = section(arrays, prefix)
     missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in given if k not in expected]
     if missing or unexpected:

@@ -95,79 +95,98 @@ def cmd_train(args) -> int:
         return _train(args, comm)
 
 
-def _train(args, comm) -> int:
-    from xpnet.training import rundir as runs
+def _given(args) -> dict:
+    """The config values the command line gives (a preset named on it gives its values)."""
     from xpnet.training.config import PRESETS, TrainConfig
-    from xpnet.training.loop import fit
 
-    backend.use(args.backend)
     fields = [f.name for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)]
-    # A preset named on the command line counts as giving its values.
     named = set(PRESETS[args.preset]) if "preset" in args.explicit else set()
-    given = {k: getattr(args, k) for k in fields if k in args.explicit or k in named}
-    meta = None
+    return {k: getattr(args, k) for k in fields if k in args.explicit or k in named}
+
+
+def _plan(args, comm):
+    """-> (config, run folder, the checkpoint to resume or None, the data folder's rule) for a
+    new run or a resume; every refusal that needs no data comes here, before anything is read."""
+    from xpnet.training import rundir
+    from xpnet.training.config import TrainConfig
+
     if args.resume is not None and args.resume.is_dir():  # a run folder: continue from its last checkpoint
         if not (args.resume / "last.safetensors").is_file():
             raise UserError(f"--resume {args.resume}: a folder without a last.safetensors to resume")
         args.resume = args.resume / "last.safetensors"
     if args.resume is None:
+        fields = [f.name for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)]
         cfg = TrainConfig(**{k: getattr(args, k) for k in fields}).check(flags=True)
-        _check_arch(cfg, given)
+        _check_arch(cfg, _given(args))
         _need_framework(cfg.framework)
         if cfg.sync_bn and comm.size == 1:
             print("xpnet train: warning: --sync-bn does nothing in one process; it is for mpiexec -n N xpnet train",
                   file=sys.stderr, flush=True)
-        out = args.out or runs.fresh_folder()
-        runs.check_out(out, overwrite=args.overwrite)
-        folder, may_create, origin = _data_dir(args.data_dir)
-    else:
-        # Rank 0 reads and checks every field, the others are told.
-        _, meta = comm.from_root(_read_checkpoint, args.resume)
-        problem = runs.conflicts(meta["config"], {k: v for k, v in given.items() if k != "epochs"})
-        if problem:
-            raise UserError(problem)
-        cfg = TrainConfig.from_dict(meta["config"])
-        out = args.out or args.resume.parent
-        runs.check_out(out, resume=args.resume, overwrite=args.overwrite)
-        folder, may_create, origin = _data_dir(args.data_dir, meta.get("data_dir"))
-    out = comm.bcast(out)  # rank 0 names the folder it alone writes into
-    data = comm.root_first(_load_data, folder, may_create, origin)
-    if meta is None:
+        folder = rundir.RunFolder(args.out or rundir.fresh_folder())
+        folder.check(overwrite=args.overwrite)
+        return cfg, folder, None, _data_dir(args.data_dir)
+    # Read once (rank 0 reads and checks every field, the others are told) and handed to fit.
+    resume = rundir.Resume.read(args.resume, comm, read=_read_checkpoint)
+    problem = resume.conflicts(_given(args))
+    if problem:
+        raise UserError(problem)
+    folder = rundir.RunFolder(args.out or args.resume.parent)
+    folder.check(resume=args.resume, overwrite=args.overwrite)
+    return resume.config(), folder, resume, _data_dir(args.data_dir, resume.meta.get("data_dir"))
+
+
+def _fit_data(cfg, resume, data, data_dir):
+    """-> the config with the data's image size; a resumed run's must be the data's."""
+    if resume is None:
         # The classifier follows the images' size; one the network cannot take is refused here.
-        cfg = dataclasses.replace(cfg, image_size=data.image_shape).check(flags=True)
-    elif tuple(cfg.image_size) != data.image_shape:
+        return dataclasses.replace(cfg, image_size=data.image_shape).check(flags=True)
+    if tuple(cfg.image_size) != data.image_shape:
         raise UserError(
-            f"the run being resumed trained on {_size(cfg.image_size)} images, but {folder} holds "
+            f"the run being resumed trained on {_size(cfg.image_size)} images, but {data_dir} holds "
             f"{_size(data.image_shape)} images"
         )
-    _check_batch(cfg, data, lambda line: print(f"xpnet train: warning: {line}", file=sys.stderr, flush=True))
-    epochs = None
-    if meta is not None and "epochs" in given:
-        epochs = given["epochs"]
-        runs.check_new_epochs(meta, epochs, math.ceil((cfg.train_subset or len(data.train_labels)) / cfg.batch_size))
-    if args.overwrite and comm.is_root:
-        runs.clear(out, keep=args.resume)
+    return cfg
+
+
+def _announce(cfg, data, data_dir, out, comm):
     n = len(data.train_labels)
     used = f"{cfg.train_subset} of {n}" if cfg.train_subset else f"{n}"
     h, w = data.image_shape
     ranks = f"; {comm.size} ranks" if comm.size > 1 else ""
-    if comm.is_root:
-        print(f"data: {used} training and {len(data.test_labels)} test images ({h}x{w}) from {folder}; "
-              f"backend: {backend.name()}{ranks}; out: {out}", flush=True)
-        if backend.name() == "numpy" and cfg.framework == "xpnet":
-            from xpnet.tools.machine import blas_note
+    print(f"data: {used} training and {len(data.test_labels)} test images ({h}x{w}) from {data_dir}; "
+          f"backend: {backend.name()}{ranks}; out: {out}", flush=True)
+    if backend.name() == "numpy" and cfg.framework == "xpnet":
+        from xpnet.tools.machine import blas_note
 
-            note = blas_note()
-            if note:
-                print(note, flush=True)
+        note = blas_note()
+        if note:
+            print(note, flush=True)
+
+
+def _train(args, comm) -> int:
+    from xpnet.training.loop import fit
     from xpnet.training.provenance import provenance
+    from xpnet.training.rundir import RunFolder
 
+    backend.use(args.backend)
+    cfg, folder, resume, (data_dir, may_create, origin) = _plan(args, comm)
+    folder = RunFolder(comm.bcast(folder.path))  # rank 0 names the folder it alone writes into
+    data = comm.root_first(_load_data, data_dir, may_create, origin)
+    cfg = _fit_data(cfg, resume, data, data_dir)
+    _check_batch(cfg, data, lambda line: print(f"xpnet train: warning: {line}", file=sys.stderr, flush=True))
+    given, epochs = _given(args), None
+    if resume is not None and "epochs" in given:
+        epochs = given["epochs"]
+        resume.check_epochs(epochs, math.ceil((cfg.train_subset or len(data.train_labels)) / cfg.batch_size))
+    if comm.is_root:
+        folder.claim(keep=args.resume, overwrite=args.overwrite)
+        _announce(cfg, data, data_dir, folder, comm)
     try:
         summary = fit(
-            None if args.resume else cfg, data, out, resume=args.resume, epochs=epochs,
+            None if resume else cfg, data, folder, resume=resume, epochs=epochs,
             stop_after=args.stop_after, plots=not args.no_plots, log=lambda s: print(s, flush=True),
-            extra_meta={"data_dir": str(folder.resolve())}, comm=comm,
-            provenance=provenance(folder, getattr(args, "argv", None)) if comm.is_root else None,
+            extra_meta={"data_dir": str(data_dir.resolve())}, comm=comm,
+            provenance=provenance(data_dir, getattr(args, "argv", None)) if comm.is_root else None,
         )
     except KeyboardInterrupt:
         return 130
@@ -176,7 +195,7 @@ def _train(args, comm) -> int:
     if summary:
         print(
             f"done: test accuracy {summary['test_accuracy']:.4%} after {_plural(summary['epochs'], 'epoch')} "
-            f"({summary['seconds']:.0f} s); results in {out}"
+            f"({summary['seconds']:.0f} s); results in {folder}"
         )
     else:
         print(f"nothing to do: {args.resume} already covers every epoch")

@@ -156,18 +156,20 @@ class TorchRunner:
 
     def state(self):
         """-> (arrays in xpnet's checkpoint layout, optimizer scalars)."""
-        arrays = {f"model.{k}": v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+        model = {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+        slots = {}
         for name, p in self.model.named_parameters():
             st = self.opt.state.get(p, {})
             for slot in self.slots:
                 value = st.get(slot)
-                arrays[f"optim.{name}.{slot}"] = (
+                slots[f"{name}.{slot}"] = (
                     numpy.zeros(tuple(p.shape), numpy.float32) if value is None else value.detach().cpu().numpy().copy()
                 )
+        arrays = {**checkpoint.prefixed(checkpoint.MODEL, model), **checkpoint.prefixed(checkpoint.OPTIM, slots)}
         return arrays, {"steps": self.steps, "lr": float(self.opt.param_groups[0]["lr"])}
 
     def load_state(self, arrays: dict, scalars: dict) -> None:
-        state = {k[6:]: v for k, v in arrays.items() if k.startswith("model.")}
+        state = checkpoint.section(arrays, checkpoint.MODEL)
         try:
             self.model.load_state_dict(to_torch_state(state))
         except (KeyError, RuntimeError) as e:
@@ -177,8 +179,9 @@ class TorchRunner:
             group["lr"] = float(scalars["lr"])
         if self.steps == 0 or not self.slots:
             return
+        slots = checkpoint.section(arrays, checkpoint.OPTIM)
         for name, p in self.model.named_parameters():
-            st = {slot: self._tensor(arrays[f"optim.{name}.{slot}"]).clone() for slot in self.slots}
+            st = {slot: self._tensor(slots[f"{name}.{slot}"]).clone() for slot in self.slots}
             if "exp_avg" in st:
                 st["step"] = torch.tensor(float(self.steps))
             self.opt.state[p] = st

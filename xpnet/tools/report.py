@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy
 
 from xpnet import backend
-from xpnet.errors import XpnetError
 from xpnet.cli.argtypes import OneLineParser, nonneg_float, nonneg_int, positive_float, positive_int, probability
+from xpnet.errors import XpnetError
+from xpnet.training.rundir import RunFolder
 from xpnet.tools import report2
 
 # The report's published figures (percent; seconds for 8 epochs).
@@ -131,20 +132,10 @@ def _spec(cfg, test_subset) -> dict:
     return dict(config=dataclasses.asdict(cfg), test_subset=test_subset)
 
 
-def _finished(folder: Path, cfg) -> dict | None:
-    path = folder / "summary.json"
-    if not path.exists():
-        return None
-    summary = json.loads(path.read_text())
-    return summary if summary.get("epochs") == cfg.epochs else None
-
-
 def train_run(folder: Path, cfg, data, test_subset, plots, log) -> dict:
     """One run of the grid in ``folder``: skipped when finished, resumed when interrupted."""
-    from xpnet.training.config import CHECKPOINT_EXT
-    from xpnet.training.loop import fit
-
     from xpnet.training.config import TrainConfig
+    from xpnet.training.loop import fit
 
     spec = _spec(cfg, test_subset)
     spec_path = folder / "run.json"
@@ -158,37 +149,16 @@ def train_run(folder: Path, cfg, data, test_subset, plots, log) -> dict:
             )
     elif folder.exists() and any(folder.iterdir()):
         raise ReportError(f"{folder} exists and is not a report run; choose another --out")
-    summary = _finished(folder, cfg)
+    run = RunFolder(folder)
+    summary = run.finished(cfg.epochs)
     if summary is not None:
         return summary
     folder.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
-    last = folder / f"last{CHECKPOINT_EXT}"
-    if last.exists():
-        log(f"  resuming {last}")
-        return fit(None, data, folder, resume=last, plots=plots, log=log)
-    return fit(cfg, data, folder, plots=plots, log=log)
-
-
-def _history(folder: Path) -> dict:
-    import csv
-
-    losses = []
-    path = folder / "losses.csv"
-    if path.exists():
-        with open(path, newline="") as f:
-            losses = [float(r["loss"]) for r in csv.DictReader(f)]
-    summary = json.loads((folder / "summary.json").read_text())
-    with open(folder / "metrics.csv", newline="") as f:
-        metrics = list(csv.DictReader(f))
-    last = metrics[-1]
-    return dict(
-        test_accuracy=float(summary["test_accuracy"]),
-        train_accuracy=float(last["train_accuracy"]),
-        train_loss=float(last["train_loss"]),
-        seconds=float(summary["seconds"]),
-        losses=losses,
-    )
+    if run.last.exists():
+        log(f"  resuming {run.last}")
+        return fit(None, data, run, resume=run.last, plots=plots, log=log)
+    return fit(cfg, data, run, plots=plots, log=log)
 
 
 # -- efficiency --------------------------------------------------------------------------------
@@ -683,7 +653,7 @@ def run(args, log=print, comm=None) -> dict | None:
         eta = f", about {_seconds(spent / trained * left)} left" if trained else ""
         log(f"[{i + 1}/{len(mine)}] {name}, seed {seed}{eta}")
         t0 = time.perf_counter()
-        already = _finished(folder, cfg) is not None and (folder / "run.json").exists()
+        already = RunFolder(folder).finished(cfg.epochs) is not None and (folder / "run.json").exists()
         try:
             train_run(folder, cfg, data, test_subset, plots=not (args.no_plots or args.quick),
                       log=lambda s: log("  " + s))
@@ -699,7 +669,7 @@ def run(args, log=print, comm=None) -> dict | None:
         return None
     results = {}
     for name, seed, _ in grid:
-        results.setdefault(name, {})[seed] = _history(out / f"{name}-seed{seed}")
+        results.setdefault(name, {})[seed] = RunFolder(out / f"{name}-seed{seed}").history()
 
     eff = second = None
     if eff_steps and first:

@@ -20,7 +20,6 @@ INPUTS = ("standard", "raw")
 ARCH_ONLY = {"shortcut": "resnet9", "res_blocks": "resnet9", "head": "resnet9", "pool_ties": "report2",
              "init": "report2"}
 INITS = ("report", "pytorch")
-CHECKPOINT_EXT = ".safetensors"
 
 
 class TrainingError(XpnetError, RuntimeError):

@@ -21,7 +21,10 @@ the figures. The rules ``xpnet train`` follows:
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import itertools
+import json
 import os
 from pathlib import Path
 
@@ -133,3 +136,176 @@ def check_new_epochs(meta: dict, epochs: int, steps_per_epoch: int) -> None:
             f"{now:.2g} to {new:.2g}; only a constant schedule can be extended, so start a new run "
             f"with --epochs {epochs}"
         )
+
+
+# -- the run folder ------------------------------------------------------------------------------
+
+# metrics.csv's columns; lr is the epoch's last learning rate, lr_mean and lr_max show what the
+# schedule did within it.
+METRICS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr",
+           "lr_mean", "lr_max")
+
+
+class RunFolder:
+    """One run's folder and every file in it: the ``last``/``best`` checkpoints, ``metrics.csv``
+    (a row an epoch), ``losses.csv`` (a row a step), ``summary.json`` and the figures. Each file
+    is replaced whole (written beside it, then renamed), so a killed run leaves the previous one."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.last = self.path / "last.safetensors"
+        self.best = self.path / "best.safetensors"
+        self.metrics = self.path / "metrics.csv"
+        self.losses = self.path / "losses.csv"
+        self.summary = self.path / "summary.json"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def holds_run(self) -> bool:
+        return holds_run(self.path)
+
+    def check(self, resume=None, overwrite=False) -> None:
+        """Refuse a folder holding another run (see the module doc), before anything is done."""
+        check_out(self.path, resume=resume, overwrite=overwrite)
+
+    def claim(self, keep=None, overwrite=False) -> None:
+        """Make the folder this run's, once every check has passed: with ``overwrite`` the other
+        run's files go (except ``keep``, the checkpoint being resumed). The one place where a run
+        takes its folder."""
+        if overwrite:
+            clear(self.path, keep=keep)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def save(self, runner, meta: dict, best: bool = False) -> None:
+        """The runner's state and ``meta`` as the ``last`` checkpoint, and as ``best`` too."""
+        from xpnet import checkpoint
+
+        arrays, opt_scalars = runner.state()
+        meta = {**meta, "optimizer_state": opt_scalars}
+        for path in (self.last, self.best) if best else (self.last,):
+            checkpoint.save(path, arrays, meta)
+
+    def write_metrics(self, history: list[dict]) -> None:
+        rows = [{k: row.get(k, "") for k in METRICS} for row in history]  # older rows may lack a column
+        _write_csv(self.metrics, METRICS, rows)
+
+    def write_losses(self, first_step: int, losses: list) -> None:
+        """The loss of every step from ``first_step`` on replaces what the file held from there, so
+        a resumed run rewrites what its checkpoint had not kept."""
+        rows = [r for r in _read_csv(self.losses) if int(r["step"]) < first_step]
+        rows += [dict(step=first_step + i, loss=float(v)) for i, v in enumerate(losses)]
+        _write_csv(self.losses, ("step", "loss"), rows)
+
+    def write_summary(self, summary: dict) -> None:
+        _replace(self.summary, json.dumps(summary, indent=2) + "\n")
+
+    def finished(self, epochs: int) -> dict | None:
+        """The summary of a run that has done its ``epochs``, else None."""
+        if not self.summary.exists():
+            return None
+        summary = json.loads(self.summary.read_text())
+        return summary if summary.get("epochs") == epochs else None
+
+    def history(self) -> dict:
+        """A finished run's last row: test and train accuracy, train loss, seconds, and the
+        loss of every step."""
+        summary = json.loads(self.summary.read_text())
+        last = _read_csv(self.metrics)[-1]
+        return dict(
+            test_accuracy=float(summary["test_accuracy"]),
+            train_accuracy=float(last["train_accuracy"]),
+            train_loss=float(last["train_loss"]),
+            seconds=float(summary["seconds"]),
+            losses=[float(r["loss"]) for r in _read_csv(self.losses)],
+        )
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv(path: Path, fields, rows) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- a checkpoint to resume ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Position:
+    """Where a run stands: the epoch in progress, the batches of it done, the finished epochs'
+    rows, the best test accuracy so far, and the generator's state at the start of that epoch
+    (None: the generator as it is)."""
+
+    epoch: int = 0
+    batch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    best: float = -1.0
+    rng_state: dict | None = None
+
+
+class Resume:
+    """A training checkpoint to continue from, read once (by rank 0 under MPI; the others are
+    sent what it read) and handed to ``fit``: the run's config, its position, and its state."""
+
+    def __init__(self, path, arrays: dict, meta: dict):
+        self.path, self.arrays, self.meta = Path(path), arrays, meta
+
+    @classmethod
+    def read(cls, path, comm=None, read=None) -> Resume:
+        """``read(path) -> (arrays, meta)``, its metadata checked field by field:
+        ``training.runner.read_run`` unless given."""
+        from xpnet import distributed
+        from xpnet.training.runner import read_run
+
+        comm = distributed.Solo() if comm is None else comm
+        arrays, meta = comm.from_root(read or read_run, path)  # rank 0 reads and checks, the others are told
+        return cls(path, arrays, meta)
+
+    def config(self, epochs=None):
+        """The run's ``TrainConfig``; ``epochs``, when given, its new total."""
+        from xpnet.training.config import TrainConfig
+
+        cfg = TrainConfig.from_dict(self.meta["config"])
+        if epochs is not None:
+            cfg.epochs = int(epochs)
+        return cfg
+
+    def conflicts(self, given: dict) -> str | None:
+        """The line refusing the flags of ``given`` that would change the run (``--epochs`` aside,
+        which ``check_epochs`` rules on), or None."""
+        return conflicts(self.meta["config"], {k: v for k, v in given.items() if k != "epochs"})
+
+    def check_epochs(self, epochs: int, steps_per_epoch: int) -> None:
+        check_new_epochs(self.meta, epochs, steps_per_epoch)
+
+    def position(self) -> Position:
+        m = self.meta
+        return Position(int(m["epoch"]), int(m["batch"]), list(m["history"]), float(m["best_accuracy"]),
+                        m["rng_state"])
+
+    def restore(self, runner) -> None:
+        """The checkpoint's weights and optimizer state into ``runner``, once their names, shapes,
+        dtypes and values are checked against the runner's own."""
+        from xpnet import checkpoint
+
+        checkpoint.check_tensors(self.path, self.arrays, runner.state()[0], prefix="")
+        try:
+            runner.load_state(self.arrays, self.meta["optimizer_state"])
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"{self.path}: {e}") from e

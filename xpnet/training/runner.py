@@ -159,17 +159,17 @@ class XpnetRunner:
         backend.synchronize()
 
     def state(self):
-        arrays = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt_arrays, scalars = self.opt.state_dict()
-        arrays.update({f"optim.{k}": v for k, v in opt_arrays.items()})
+        arrays = checkpoint.prefixed(checkpoint.MODEL, self.model.state_dict())
+        arrays.update(checkpoint.prefixed(checkpoint.OPTIM, opt_arrays))
         return arrays, scalars
 
     def load_state(self, arrays: dict, scalars: dict) -> None:
         try:
-            self.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+            self.model.load_state_dict(checkpoint.section(arrays, checkpoint.MODEL))
         except (KeyError, ValueError) as e:
             raise checkpoint.CheckpointError(f"weights do not fit the model config ({e})") from e
-        self.opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")}, scalars)
+        self.opt.load_state_dict(checkpoint.section(arrays, checkpoint.OPTIM), scalars)
 
 
 def build_runner(cfg: TrainConfig, num_classes: int, rng):
@@ -186,12 +186,6 @@ def build_runner(cfg: TrainConfig, num_classes: int, rng):
     raise ValueError(f"unknown framework {cfg.framework!r}; choose one of {', '.join(FRAMEWORKS)}")
 
 
-def save_state(path, runner, meta: dict) -> None:
-    """A runner's weights and optimizer state and ``meta`` (config, position, RNG state...) in one file."""
-    arrays, opt_scalars = runner.state()
-    checkpoint.save(path, arrays, {**meta, "optimizer_state": opt_scalars})
-
-
 def load_model(path, rng=None, read=checkpoint.load):
     """-> (model in eval mode on the current backend, checkpoint arrays, meta); ``read(path)``
     gives the arrays and meta."""
@@ -201,7 +195,7 @@ def load_model(path, rng=None, read=checkpoint.load):
     checkpoint.check_run_meta(path, meta)
     model = build_model(meta["model_config"], meta["num_classes"], numpy.random.default_rng(rng))
     checkpoint.check_tensors(path, arrays, model.state_dict())
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    model.load_state_dict(checkpoint.section(arrays, checkpoint.MODEL))
     return model.eval(), arrays, meta
 
 
