@@ -220,10 +220,10 @@ def failure_cases(folder, data):
     """(test images, labels, predictions) of the run in ``folder`` by its last checkpoint, with the
     run's own input scaling."""
     from xpnet import backend
-    from xpnet.training.config import CHECKPOINT_EXT
+    from xpnet.training.rundir import RunFolder
     from xpnet.training.runner import evaluate, load_model, stored_inputs
 
-    model, _, meta = load_model(folder / f"last{CHECKPOINT_EXT}")
+    model, _, meta = load_model(RunFolder(folder).last)
     _, _, preds, _ = evaluate(model, backend.to_device(data.test_images), backend.to_device(data.test_labels),
                               200, inputs=stored_inputs(meta))
     return data.test_images, data.test_labels, preds
