@@ -125,6 +125,9 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     t.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     t.add_argument("--sync-bn", action="store_true",
                    help="under mpiexec: BatchNorm statistics over the global batch, not each rank's slice")
+    t.add_argument("--cuda-graph", action="store_true",
+                   help="with --backend cupy: replay each train step (and evaluation) as one CUDA graph "
+                   "(opt-in until confirmed on a GPU; losses are read every 50 steps)")
 
     e = sub.add_parser("evaluate", help="test loss and accuracy of a checkpoint", formatter_class=fmt,
                        description="The test loss and accuracy of a checkpoint's model on the MNIST test set "

@@ -169,6 +169,10 @@ def _train(args, comm) -> int:
     from xpnet.training.rundir import RunFolder
 
     backend.use(args.backend)
+    if args.cuda_graph and args.backend != "cupy":
+        raise UserError("--cuda-graph replays the step on a GPU: it needs --backend cupy")
+    if args.cuda_graph and comm.size > 1:
+        raise UserError("--cuda-graph runs in one process for now, not under mpiexec")
     cfg, folder, resume, (data_dir, may_create, origin) = _plan(args, comm)
     folder = RunFolder(comm.bcast(folder.path))  # rank 0 names the folder it alone writes into
     data = comm.root_first(_load_data, data_dir, may_create, origin)
@@ -187,6 +191,7 @@ def _train(args, comm) -> int:
             stop_after=args.stop_after, plots=not args.no_plots, log=lambda s: print(s, flush=True),
             extra_meta={"data_dir": str(data_dir.resolve())}, comm=comm,
             provenance=provenance(data_dir, getattr(args, "argv", None)) if comm.is_root else None,
+            cuda_graph=args.cuda_graph,
         )
     except KeyboardInterrupt:
         return 130

@@ -30,6 +30,7 @@ import numpy
 from xpnet import backend, distributed
 from xpnet.data import batches
 from xpnet.training.config import TrainConfig, TrainingError
+from xpnet.training.graphs import CHECK_EVERY
 from xpnet.training.rundir import METRICS, Position, Resume, RunFolder
 from xpnet.training.runner import NonFiniteLoss, build_runner, build_schedule, train_step
 
@@ -119,6 +120,7 @@ class _Totals:
     first_step: int
     losses: list
     lr: float
+    pending: list = dataclasses.field(default_factory=list)  # (index in losses, batch size) still on the device
 
 
 class _Run:
@@ -179,17 +181,42 @@ class _Run:
                 ) from None
             t.losses.append(loss)
             t.done += 1
-            t.loss_sum += loss * len(y)
             # Counted on the device: the loss is the step's one host synchronisation.
             t.correct = t.correct + hits
             t.seen += len(y)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{t.lr:.4g}")
+            if isinstance(loss, float):
+                t.loss_sum += loss * len(y)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{t.lr:.4g}")
+            else:  # a replayed CUDA graph's: read (and checked) every CHECK_EVERY steps
+                t.pending.append((len(t.losses) - 1, len(y)))
+                if len(t.pending) >= CHECK_EVERY:
+                    self.read_losses(epoch, t, bar)
             stop.requested = self.comm.any(stop.requested)  # a signal reaches ranks at different steps
             if stop.requested:
                 break
+        self.read_losses(epoch, t, bar)
         bar.close()
         return t
+
+    def read_losses(self, epoch, t: _Totals, bar):
+        """The losses a CUDA-graph run left on the device, read in one host sync and checked.
+        Unlike the eager check, this comes after those steps' updates: the weights may be spoilt,
+        but no checkpoint was written since, so the last good one stays."""
+        if not t.pending:
+            return
+        xp = backend.xp()
+        values = backend.asnumpy(xp.concatenate([t.losses[i] for i, _ in t.pending]))
+        for (i, n), v in zip(t.pending, values.tolist()):
+            if not math.isfinite(v):
+                raise TrainingError(
+                    f"loss became {v} at epoch {epoch + 1}, step {t.first_step + i + 1}; stopped, and "
+                    f"the last good checkpoint ({self.folder.last}) is kept"
+                )
+            t.losses[i] = v
+            t.loss_sum += v * n
+        t.pending.clear()
+        bar.set_postfix(loss=f"{t.losses[-1]:.4f}", lr=f"{t.lr:.4g}")
 
     def interrupted(self, epoch, t: _Totals, start_state):
         """Save with the epoch's starting generator state and the batches done (a resume replays
@@ -271,6 +298,7 @@ def fit(
     extra_meta=None,
     comm=None,
     provenance=None,
+    cuda_graph=False,
 ) -> dict:
     """Train on ``data`` (an ``xpnet.data.MNIST``) and write results into ``out_dir`` (a path or a
     ``RunFolder``).
@@ -286,6 +314,9 @@ def fit(
 
     comm: the data-parallel communicator (``xpnet.distributed``; default: one process). Every
     rank calls ``fit`` alike; rank 0 alone reads checkpoints, writes files and logs.
+
+    cuda_graph: replay the train step and evaluation as CUDA graphs (CuPy, one process;
+    ``xpnet.training.graphs``); the losses are then read every ``CHECK_EVERY`` steps.
     """
     comm = distributed.Solo() if comm is None else comm
     folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
@@ -301,6 +332,10 @@ def fit(
     cfg, runner, position = _start(cfg, resume, epochs, num_classes, rng, data.image_shape)
     run = _Run(cfg, runner, data, folder, comm, rng, position, log, progress, extra_meta, num_classes)
     runner.start(comm)
+    if cuda_graph:
+        if not hasattr(runner, "use_cuda_graph"):
+            raise TrainingError("--cuda-graph replays xpnet's own step (--framework xpnet)")
+        runner.use_cuda_graph()
     summary = {}
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, position.epoch + int(stop_after))
     for epoch in range(position.epoch, end_epoch):

@@ -36,7 +36,14 @@ def train_step(runner, x, y, lr: float):
 
     x: (B, C, H, W), y: (B,) current-backend arrays -> (loss float, hits: how many rows the
     logits predict right, a 0-d current-backend array left on the device). Raises NonFiniteLoss.
+    With a CUDA graph the loss is a (1,) device array instead, not yet checked.
     """
+    graph = getattr(runner, "graph", None)
+    if graph is not None:
+        # Replayed as a CUDA graph (``XpnetRunner.use_cuda_graph``): the loss, a (1,) device
+        # array, stays there until the caller reads the losses it keeps, and checks them then.
+        sums = graph(x, y, lr)
+        return sums[0:1] * sums.dtype.type(1.0 / len(y)), sums[1]
     loss, logits = runner.forward(x, y)
     if not math.isfinite(loss):
         raise NonFiniteLoss(loss)
@@ -58,11 +65,13 @@ def build_schedule(cfg: TrainConfig, steps_per_epoch: int):
     raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-def evaluate(model, images, labels, batch_size=500, inputs="standard"):
+def evaluate(model, images, labels, batch_size=500, inputs="standard", forward=None):
     """Mean loss, accuracy and predictions of ``model`` in eval mode.
 
     images: (N, H, W) uint8, host or device, scaled as ``inputs`` says (``xpnet.data.normalize``);
     labels: (N,) -> (loss, accuracy, predictions (N,) host int64, probabilities (N, K) host float32).
+    ``forward``: what maps a batch to its logits (default: the model itself; a replayed CUDA
+    graph of its eval-mode forward with ``--cuda-graph``).
     """
     was_training = model.training
     model.eval()
@@ -70,7 +79,7 @@ def evaluate(model, images, labels, batch_size=500, inputs="standard"):
     total, preds, probs = 0.0, [], []
     try:
         for x, y in batches(images, labels, batch_size, shuffle=False, inputs=inputs):
-            logits = model(x)
+            logits = (forward or model)(x)
             total += loss_fn(logits, y) * len(y)
             probs.append(backend.asnumpy(softmax(logits)))
             preds.append(backend.asnumpy(logits.argmax(axis=1)))
@@ -137,8 +146,23 @@ class XpnetRunner:
         self.opt.step()
 
     def evaluate(self, images, labels, batch_size):
-        return self.comm.evaluate(functools.partial(evaluate, inputs=self.cfg.inputs), self.model, images, labels,
-                                  batch_size)
+        run = functools.partial(evaluate, inputs=self.cfg.inputs, forward=self.eval_graph)
+        return self.comm.evaluate(run, self.model, images, labels, batch_size)
+
+    graph = eval_graph = None  # the CUDA graphs of the train step and of evaluation, if used
+
+    def use_cuda_graph(self) -> None:
+        """From now on replay the train step, and evaluation's forward, as CUDA graphs
+        (``xpnet.training.graphs``; after ``start``, one process, CuPy)."""
+        from xpnet.training.graphs import GraphedForward, GraphedStep, GraphError
+
+        if self.comm.size > 1:
+            raise TrainingError("--cuda-graph runs in one process for now, not under mpiexec")
+        try:
+            self.graph = GraphedStep(self.model, self.opt, self.loss_fn)
+            self.eval_graph = GraphedForward(self.model)
+        except GraphError as e:
+            raise TrainingError(f"--cuda-graph: {e}") from None
 
     def logits(self, x):
         """Eval-mode logits (B, K) of x (B, C, H, W), read to the host; training mode after."""
