@@ -149,3 +149,15 @@ def test_cuda_graphs_need_the_device_on_the_command_line(capsys):
 
     assert main(["train", "--cuda-graph", "--epochs", "1"]) != 0
     assert "--backend cupy" in capsys.readouterr().err
+
+
+def test_bench_times_the_replayed_step(fake_cupy):
+    from xpnet.tools import bench
+
+    timed = bench.Timed(bench.bench_config(1 / 16, 8), cuda_graph=True)
+    timed.train_step()  # warm-up and capture
+    before = fake_cupy.snapshot()
+    timed.train_step()
+    counts = fake_cupy.since(before)
+    assert counts["ops"] <= 5 and counts["syncs"] == 1  # the graph and its copies; the clock's sync
+    assert bench.main(["--backend", "numpy", "--cuda-graph", "--no-torch"]) == 2

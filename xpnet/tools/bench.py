@@ -117,9 +117,11 @@ class Timed:
     ``train_step`` is ``fit``'s step (``train_step``) at the recipe's peak rate; ``eval_step`` the
     model's eval-mode logits, read to the host."""
 
-    def __init__(self, cfg: TrainConfig, rng=None):
+    def __init__(self, cfg: TrainConfig, rng=None, cuda_graph=False):
         rng = numpy.random.default_rng(cfg.seed) if rng is None else rng
         self.runner = build_runner(cfg, 10, rng)
+        if cuda_graph:  # the train step replayed as a CUDA graph, as xpnet train --cuda-graph runs it
+            self.runner.use_cuda_graph()
         self.model = self.runner.model
         self.lr = cfg.lr
         b, draw = cfg.batch_size, numpy.random.default_rng(cfg.seed + 1)
@@ -342,7 +344,7 @@ def run(args) -> dict:
     flops_fwd = conv_flops(ResNet9(width=args.width, rng=0))
     rows = []
     for batch in args.batch_sizes:
-        runners = {"xpnet": Timed(bench_config(args.width, batch))}
+        runners = {"xpnet": Timed(bench_config(args.width, batch), cuda_graph=args.cuda_graph)}
         if torch is not None and not args.no_torch:
             runners["torch"] = Timed(bench_config(args.width, batch, "torch"))
         for r in runners.values():  # warm-up: allocator pools, BLAS buffers, cuDNN autotuning
@@ -372,6 +374,7 @@ def run(args) -> dict:
     return dict(
         backend=args.backend,
         device=device,
+        cuda_graph=args.cuda_graph,
         width=args.width,
         threads=threads,
         kernel_threads=kernel_threads,
@@ -501,6 +504,9 @@ def build_parser():
                    help="instead of throughput, time each stage's forward and backward in a train step")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for bench.json and bench.md")
     p.add_argument("--smoke", action="store_true", help="tiny and quick: batch 2, width 1/8, one round")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="with --backend cupy: time xpnet's train step replayed as one CUDA graph "
+                   "(as xpnet train --cuda-graph runs it)")
     p.add_argument("--dry-run", action="store_true",
                    help="with --backend cupy: count kernel launches and host syncs per step on a fake "
                         "device, beside the PyTorch twin's, instead of timing (no GPU needed)")
@@ -518,6 +524,9 @@ def main(argv=None) -> int:
         args.batch_sizes, args.width, args.rounds, args.steps, args.warmup = [2], 0.125, 1, 1, 1
     if min(args.batch_sizes) < 1 or args.width <= 0 or args.rounds < 1 or args.steps < 1 or args.threads < 0:
         print("xpnet bench: error: batch sizes, width, rounds and steps must be positive", file=sys.stderr)
+        return 2
+    if args.cuda_graph and args.backend != "cupy":
+        print("xpnet bench: error: --cuda-graph replays the step on a GPU: it needs --backend cupy", file=sys.stderr)
         return 2
     if args.dry_run:
         return _dry_run(args)

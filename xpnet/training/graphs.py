@@ -17,6 +17,9 @@ once and replays them with one launch. What a graph needs, and how this step giv
   updates before each replay, and so does each dropout layer's seed (``load_seed``, drawn from
   the same host generator as an eager step draws it); the batch is copied into the graph's own
   input buffers.
+* The capture runs on a stream of its own (CUDA cannot capture the default stream); the graph
+  is launched on the current stream, in order with the batch's copies before it and the reads
+  of its outputs after it.
 * One graph per batch shape (the last, partial batch of an epoch has its own); evaluation's
   forward is a graph of its own (``GraphedForward``).
 
@@ -100,7 +103,7 @@ class GraphedStep:
             return warm
         g.x[...] = x
         g.y[...] = y
-        g.graph.launch(self.stream)
+        g.graph.launch()  # on the current stream, after the batch's copies and before what reads the outputs
         opt.steps += 1
         return g.sums
 
@@ -138,5 +141,5 @@ class GraphedForward:
             self.shapes[key] = g
             return warm
         g.x[...] = x
-        g.graph.launch(self.stream)
+        g.graph.launch()  # on the current stream, after the batch's copies and before what reads the outputs
         return g.out
