@@ -161,3 +161,20 @@ def test_bench_times_the_replayed_step(fake_cupy):
     counts = fake_cupy.since(before)
     assert counts["ops"] <= 5 and counts["syncs"] == 1  # the graph and its copies; the clock's sync
     assert bench.main(["--backend", "numpy", "--cuda-graph", "--no-torch"]) == 2
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_nan_stops_a_graph_run_and_keeps_the_last_good_checkpoint(tmp_path, fake_cupy):
+    from _digits import TINY, digit_set
+
+    from xpnet.training.config import TrainConfig, TrainingError
+    from xpnet.training.loop import fit
+
+    data = digit_set(64, 20, seed=0)
+    fit(TrainConfig(epochs=2, **TINY), data, tmp_path, stop_after=1, plots=False, log=lambda s: None,
+        cuda_graph=True)
+    before = (tmp_path / "last.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="loss became"):
+        fit(TrainConfig(epochs=2, **{**TINY, "lr": 1e30}), data, tmp_path, plots=False, log=lambda s: None,
+            cuda_graph=True)
+    assert (tmp_path / "last.safetensors").read_bytes() == before
