@@ -221,8 +221,8 @@ def test_mean_sd_and_the_unmeasured_rows():
     s = report.mean_sd([0.99, 0.98, 0.97])
     assert s["mean"] == pytest.approx(0.98) and s["sd"] == pytest.approx(0.01)
     assert report.mean_sd([0.5])["sd"] is None
-    assert report._pct(report.mean_sd([0.9912])) == "99.12"
-    assert report._pct(report.mean_sd([0.99, 0.98, 0.97])) == "98.00 ± 1.00"
+    assert report.pct(report.mean_sd([0.9912])) == "99.12"
+    assert report.pct(report.mean_sd([0.99, 0.98, 0.97])) == "98.00 ± 1.00"
 
 
 def test_the_xpnet_command_hands_report_on(capsys):
