@@ -32,14 +32,14 @@ from xpnet.cli.argtypes import OneLineParser, nonneg_float, nonneg_int, positive
 from xpnet.errors import XpnetError
 from xpnet.tools import report2
 from xpnet.tools.report.efficiency import efficiency_table
-from xpnet.tools.report.figures import figures, smooth
+from xpnet.tools.report.figures import ablation_figure, figures, loss_figure, smooth
 from xpnet.tools.report.grid import (ABLATION_ROWS, ACCURACY_ROWS, PASS_THROUGH, PUBLISHED, QUICK, RECIPES, RUNS,
                                      SECTIONS, TWINS, ReportError, run_configs, train_run)
 from xpnet.tools.report.tables import markdown, mean_sd, pct, run_stat, seconds, tables
 from xpnet.training.rundir import RunFolder
 
-__all__ = ["ABLATION_ROWS", "ACCURACY_ROWS", "PUBLISHED", "RUNS", "TWINS", "ReportError", "build_parser", "main",
-           "markdown", "mean_sd", "pct", "run", "run_configs", "tables"]
+__all__ = ["ABLATION_ROWS", "ACCURACY_ROWS", "PUBLISHED", "RUNS", "TWINS", "ReportError", "ablation_figure",
+           "build_parser", "loss_figure", "main", "markdown", "mean_sd", "pct", "run", "run_configs", "tables"]
 
 # -- the command -------------------------------------------------------------------------------
 
