@@ -12,8 +12,10 @@ trees take turns within each round, so a busy machine slows them alike. Printed:
 median over rounds and its ratio to the first tree.
 
 ``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared
-with other work, and with one kernel thread (``XPNET_THREADS=1``), it leaves out the time the
-process waited for a core.
+with other work it leaves out the time the process waited for a core. Use it with one thread and
+no BLAS threads, whose spinning would count as work:
+
+    XPNET_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/tools/ab.py OLD . --clock cpu
 """
 
 import argparse
