@@ -189,6 +189,8 @@ def test_auto_method_uses_winograd_only_where_it_pays(compiled):
     wide = Winograd4x4 if compiled == "jit" else Winograd3x3
     assert fused.conv3x3_method(28, 28, 64, 128) is wide
     assert fused.conv3x3_method(7, 7, 256, 256) is wide
-    assert fused.conv3x3_method(14, 14, 32, 32) is Winograd3x3
+    assert fused.conv3x3_method(14, 14, 32, 32) is wide
+    assert fused.conv3x3_method(28, 28, 16, 32) is (Winograd4x4 if compiled == "jit" else Im2col3x3)
+    assert fused.conv3x3_method(28, 28, 8, 32) is Im2col3x3
     assert fused.conv3x3_method(28, 28, 1, 64) is Im2col3x3  # one input channel: K = 1 GEMMs
     assert fused.conv3x3_method(3, 3, 256, 256) is Im2col3x3  # a 3x3 image: 4 tiles, 64% waste

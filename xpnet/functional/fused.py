@@ -58,8 +58,11 @@ COL_CHUNK_BYTES = 3 << 20
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_SIZE = 6
 # F(4x4, 3x3) from this many channels (in and out) and this image size up, where the compiled
-# transforms are there (``jit``); below, or with NumPy passes only, F(2x2, 3x3).
-WINOGRAD4_MIN_CHANNELS = 64
+# transforms are there (``jit``); with NumPy passes only, F(2x2, 3x3) by the two above. From 16
+# channels: at width 0.25 (conv2's 16 -> 32 channels included) a train step ran 1.05-1.36x faster
+# than with F(4x4, 3x3) from 64 channels only, and at width 1.0 every Winograd layer has 64 or
+# more (benchmarks/tools/ab.py --clock cpu, one thread, Intel Xeon, 2026-12-03).
+WINOGRAD4_MIN_CHANNELS = 16
 WINOGRAD4_MIN_SIZE = 6
 CONV3X3_METHOD = "auto"
 
@@ -190,9 +193,9 @@ def conv3x3_method(h, w, c, o):
     """
     if CONV3X3_METHOD != "auto":
         return {"im2col": Im2col3x3, "winograd": Winograd3x3, "winograd4": Winograd4x4}[CONV3X3_METHOD]
+    if jit.enabled() and min(c, o) >= WINOGRAD4_MIN_CHANNELS and min(h, w) >= WINOGRAD4_MIN_SIZE:
+        return Winograd4x4
     if min(c, o) >= WINOGRAD_MIN_CHANNELS and min(h, w) >= WINOGRAD_MIN_SIZE:
-        if jit.enabled() and min(c, o) >= WINOGRAD4_MIN_CHANNELS and min(h, w) >= WINOGRAD4_MIN_SIZE:
-            return Winograd4x4
         return Winograd3x3
     return Im2col3x3
 
