@@ -123,3 +123,15 @@ def test_a_fixed_thread_count_gives_bit_identical_gradients(threads, rng):
         runs.append((y, mean, var, *F.conv_bn_relu_backward(dy, cache, ws=F.Workspace())))
     for a, b in zip(*runs):
         numpy.testing.assert_array_equal(a, b)
+
+
+def test_the_callers_errstate_holds_in_every_thread(threads):
+    threads(2)
+    seen = {}
+
+    def body(t, n0, n1):
+        seen[t] = numpy.geterr()["over"]
+
+    with numpy.errstate(over="ignore"):
+        parallel.for_chunks(numpy, 8, 1, body)
+    assert seen == {0: "ignore", 1: "ignore"}

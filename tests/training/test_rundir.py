@@ -1,5 +1,8 @@
 """xpnet.training.rundir: which folders hold a run, what a resume may change."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from xpnet.training import rundir as runs
@@ -54,3 +57,31 @@ def test_new_epochs():
         with pytest.raises(RunError, match=schedule):
             runs.check_new_epochs({**meta, "config": {**config, "schedule": schedule}}, 6, 10)
     runs.check_new_epochs({**meta, "config": {**config, "schedule": "constant"}}, 9, 10)
+
+
+def test_a_held_folder_is_refused_naming_the_holder_and_free_again_after_release(tmp_path):
+    lock = runs.claim(tmp_path / "r")
+    with pytest.raises(runs.RunError, match=f"in use by another xpnet run \\(process {os.getpid()}\\)"):
+        runs.claim(tmp_path / "r")
+    lock.release()
+    assert not (tmp_path / "r").exists()  # made by the claim, left empty: gone again
+    runs.claim(tmp_path / "r").release()
+
+
+def test_fresh_claims_get_different_folders_and_keep_what_a_run_wrote(tmp_path):
+    a, b = runs.claim(root=tmp_path), runs.claim(root=tmp_path)
+    assert (a.folder.name, b.folder.name) == ("run-1", "run-2")
+    (a.folder / "metrics.csv").write_text("epoch\n")
+    a.release(), b.release()
+    assert sorted(os.listdir(a.folder)) == ["metrics.csv"] and not b.folder.exists()
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "/dev/null", "/proc/self"])
+def test_an_out_that_cannot_be_a_run_folder_is_one_line(tmp_path, kind):
+    f = tmp_path / "f"
+    f.write_text("x")
+    out = {"a file": f, "under a file": f / "sub", "/dev/null": Path("/dev/null"),
+           "/proc/self": Path("/proc/self")}[kind]
+    with pytest.raises(runs.RunError, match=str(out)) as e:
+        runs.claim(out)
+    assert "\n" not in str(e.value) and f.read_text() == "x"

@@ -89,10 +89,19 @@ def _need_framework(framework):
 
 def cmd_train(args) -> int:
     from xpnet import distributed
+    from xpnet.training.stops import Interrupted, StopRequests
 
     comm = distributed.world()  # one process, or one rank of `mpiexec -n N xpnet train`
-    with comm.guard("xpnet train", (XpnetError, FileNotFoundError)):
-        return _train(args, comm)
+    # SIGINT and SIGTERM from here on: at once while nothing needs saving, then at fit's next safe
+    # point (see xpnet.training.stops).
+    with StopRequests() as stops:
+        try:
+            with comm.guard("xpnet train", (XpnetError, FileNotFoundError)):
+                return _train(args, comm, stops)
+        except Interrupted as e:
+            if e.message and comm.is_root:
+                print(f"xpnet train: {e.message}", file=sys.stderr, flush=True)
+            return e.exit_code
 
 
 def _given(args) -> dict:
@@ -122,17 +131,38 @@ def _plan(args, comm):
         if cfg.sync_bn and comm.size == 1:
             print("xpnet train: warning: --sync-bn does nothing in one process; it is for mpiexec -n N xpnet train",
                   file=sys.stderr, flush=True)
-        folder = rundir.RunFolder(args.out or rundir.fresh_folder())
-        folder.check(overwrite=args.overwrite)
+        folder = _hold(comm, args.out, None, args.overwrite)
         return cfg, folder, None, _data_dir(args.data_dir)
     # Read once (rank 0 reads and checks every field, the others are told) and handed to fit.
     resume = rundir.Resume.read(args.resume, comm, read=_read_checkpoint)
     problem = resume.conflicts(_given(args))
     if problem:
         raise UserError(problem)
-    folder = rundir.RunFolder(args.out or args.resume.parent)
-    folder.check(resume=args.resume, overwrite=args.overwrite)
+    folder = _hold(comm, args.out or args.resume.parent, args.resume, args.overwrite)
     return resume.config(), folder, resume, _data_dir(args.data_dir, resume.meta.get("data_dir"))
+
+
+def _hold(comm, out, resume, overwrite):
+    """The run folder, made (or, without ``out``, a fresh runs/run-N claimed) and locked by rank 0
+    for the whole run, then checked for another run under the lock -> a RunFolder whose ``lock``
+    rank 0 releases when the run ends."""
+    from xpnet.training import rundir
+
+    held = []
+
+    def take():
+        lock = rundir.claim(out)
+        try:
+            rundir.check_out(lock.folder, resume=resume, overwrite=overwrite)
+        except BaseException:
+            lock.release()
+            raise
+        held.append(lock)
+        return lock.folder
+
+    folder = rundir.RunFolder(comm.from_root(take))  # rank 0 holds the folder it alone writes into
+    folder.lock = held[0] if held else None
+    return folder
 
 
 def _fit_data(cfg, resume, data, data_dir):
@@ -163,18 +193,28 @@ def _announce(cfg, data, data_dir, out, comm):
             print(note, flush=True)
 
 
-def _train(args, comm) -> int:
-    from xpnet.training.loop import fit
-    from xpnet.training.provenance import provenance
-    from xpnet.training.rundir import RunFolder
-
+def _train(args, comm, stops) -> int:
     backend.use(args.backend)
     if args.cuda_graph and args.backend != "cupy":
         raise UserError("--cuda-graph replays the step on a GPU: it needs --backend cupy")
     if args.cuda_graph and comm.size > 1:
         raise UserError("--cuda-graph runs in one process for now, not under mpiexec")
-    cfg, folder, resume, (data_dir, may_create, origin) = _plan(args, comm)
-    folder = RunFolder(comm.bcast(folder.path))  # rank 0 names the folder it alone writes into
+    cfg, folder, resume, data_rule = _plan(args, comm)
+    try:
+        return _run(args, comm, stops, cfg, folder, resume, data_rule)
+    finally:
+        if folder.lock is not None:
+            folder.lock.release()
+
+
+def _run(args, comm, stops, cfg, folder, resume, data_rule) -> int:
+    """The run once its folder is held: the data, the checks that need it, then ``fit``."""
+    from xpnet.training.loop import fit
+    from xpnet.training.provenance import provenance
+
+    data_dir, may_create, origin = data_rule
+    if resume is not None:
+        stops.keep(f"{resume.path} is kept")
     data = comm.root_first(_load_data, data_dir, may_create, origin)
     cfg = _fit_data(cfg, resume, data, data_dir)
     _check_batch(cfg, data, lambda line: print(f"xpnet train: warning: {line}", file=sys.stderr, flush=True))
@@ -185,16 +225,13 @@ def _train(args, comm) -> int:
     if comm.is_root:
         folder.claim(keep=args.resume, overwrite=args.overwrite)
         _announce(cfg, data, data_dir, folder, comm)
-    try:
-        summary = fit(
-            None if resume else cfg, data, folder, resume=resume, epochs=epochs,
-            stop_after=args.stop_after, plots=not args.no_plots, log=lambda s: print(s, flush=True),
-            extra_meta={"data_dir": str(data_dir.resolve())}, comm=comm,
-            provenance=provenance(data_dir, getattr(args, "argv", None)) if comm.is_root else None,
-            cuda_graph=args.cuda_graph,
-        )
-    except KeyboardInterrupt:
-        return 130
+    summary = fit(
+        None if resume else cfg, data, folder, resume=resume, epochs=epochs,
+        stop_after=args.stop_after, plots=not args.no_plots, log=lambda s: print(s, flush=True),
+        extra_meta={"data_dir": str(data_dir.resolve())}, comm=comm,
+        provenance=provenance(data_dir, getattr(args, "argv", None)) if comm.is_root else None,
+        cuda_graph=args.cuda_graph, stops=stops,
+    )
     if not comm.is_root:
         return 0
     if summary:

@@ -17,6 +17,7 @@ process may use; ``set_threads(n)`` changes it.
 
 from __future__ import annotations
 
+import contextvars
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -125,7 +126,9 @@ def for_chunks(xp, n, nb, body):
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="xpnet")
     with _SerialBlas():
-        futures = [_executor.submit(work, t) for t in range(1, k)]
+        # Each thread runs in a copy of the caller's context, so a caller's numpy.errstate (kept
+        # in a context variable) holds in every chunk, not only in the caller's own.
+        futures = [_executor.submit(contextvars.copy_context().run, work, t) for t in range(1, k)]
         try:
             work(0)
         finally:

@@ -9,20 +9,20 @@ middle of one (Ctrl-C).
 
 The loop's parts: ``_Run`` holds what a run needs (its config, runner, data, schedule, folder and
 position); ``_Run.train_batches`` is an epoch's batch loop, ``_Run.end_epoch`` evaluates, writes
-the epoch's row and saves; the duties around them are small objects: ``StopRequests`` (the
-signals that stop a run between batches), ``_progress`` (a bar, or a line every 30 s),
+the epoch's row and saves; the duties around them are small objects: ``StopRequests`` (SIGINT
+and SIGTERM, honoured at the next safe point: ``xpnet.training.stops``), ``_progress`` (a bar, or
+a line every 30 s),
 ``RunFolder`` (the files).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
-import signal
 import statistics
 import sys
-import threading
 import time
 
 import numpy
@@ -33,35 +33,9 @@ from xpnet.training.config import TrainConfig, TrainingError
 from xpnet.training.graphs import CHECK_EVERY
 from xpnet.training.rundir import METRICS, Position, Resume, RunFolder
 from xpnet.training.runner import NonFiniteLoss, build_runner, build_schedule, train_step
+from xpnet.training.stops import StopRequests
 
 __all__ = ["METRICS", "LineProgress", "StopRequests", "fit"]
-
-
-class StopRequests:
-    """The one place where a run handles signals: the first SIGINT (Ctrl-C) becomes a request
-    honoured between batches, so the checkpoint holds a consistent state (no half-applied
-    optimizer step); a second one interrupts at once. Handlers are installed from the main thread
-    only, and the previous ones come back on exit."""
-
-    SIGNALS = (signal.SIGINT,)
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 class LineProgress:
@@ -127,8 +101,9 @@ class _Run:
     """What one ``fit`` call needs, and its parts: the batch loop and the end of an epoch."""
 
     def __init__(self, cfg, runner, data, folder, comm, rng, position, log, progress, extra_meta,
-                 num_classes):
+                 num_classes, stops):
         self.cfg, self.runner, self.data, self.folder, self.comm = cfg, runner, data, folder, comm
+        self.stops = stops
         self.rng, self.position, self.log, self.progress = rng, position, log, progress
         self.extra_meta, self.num_classes = extra_meta or {}, num_classes
         images, labels = data.train_images, data.train_labels
@@ -157,13 +132,28 @@ class _Run:
         start_state, p.rng_state = self.rng.bit_generator.state, None
         skip = p.batch if epoch == p.epoch else 0
         t0 = time.perf_counter()
-        with StopRequests() as stop:
-            totals = self.train_batches(epoch, skip, stop)
-        if stop.requested:
+        totals = self.train_batches(epoch, skip)
+        if self.stops.requested:
             self.interrupted(epoch, totals, start_state)
         return self.end_epoch(epoch, totals, t0)
 
-    def train_batches(self, epoch, skip, stop) -> _Totals:
+    def kept(self) -> str:
+        """What holds the run should it stop now, as the end of a sentence."""
+        if self.folder.last.exists():
+            return f"the last good checkpoint ({self.folder.last}) is kept"
+        return "no checkpoint was saved yet"
+
+    def check_finite(self, epoch, when):
+        """Stop, as a NaN loss does, when the run's state (weights, BatchNorm statistics,
+        optimizer slots) holds NaN or infinity: saved, it would spoil the checkpoint."""
+        for name, a in self.runner.state()[0].items():
+            if a.dtype.kind == "f" and not bool(backend.get_array_module(a).isfinite(a).all()):
+                raise TrainingError(
+                    f"the run's state became non-finite ({name} holds NaN or infinity) {when} epoch "
+                    f"{epoch + 1}; stopped, and {self.kept()}"
+                )
+
+    def train_batches(self, epoch, skip) -> _Totals:
         """The epoch's batch loop, from batch ``skip`` on, until its end or a stop request."""
         cfg, runner = self.cfg, self.runner
         it = self.comm.shard(batches(*self.train, cfg.batch_size, self.rng, shuffle=True, augment=cfg.augment,
@@ -177,7 +167,7 @@ class _Run:
             except NonFiniteLoss as e:
                 raise TrainingError(
                     f"loss became {e.loss} at epoch {epoch + 1}, step {runner.steps + 1}; stopped, and "
-                    f"the last good checkpoint ({self.folder.last}) is kept"
+                    f"{self.kept()}"
                 ) from None
             t.losses.append(loss)
             t.done += 1
@@ -192,8 +182,7 @@ class _Run:
                 t.pending.append((len(t.losses) - 1, len(y)))
                 if len(t.pending) >= CHECK_EVERY:
                     self.read_losses(epoch, t, bar)
-            stop.requested = self.comm.any(stop.requested)  # a signal reaches ranks at different steps
-            if stop.requested:
+            if self.stops.agree(self.comm):  # a signal reaches ranks at different steps
                 break
         self.read_losses(epoch, t, bar)
         bar.close()
@@ -211,7 +200,7 @@ class _Run:
             if not math.isfinite(v):
                 raise TrainingError(
                     f"loss became {v} at epoch {epoch + 1}, step {t.first_step + i + 1}; stopped, and "
-                    f"the last good checkpoint ({self.folder.last}) is kept"
+                    f"{self.kept()}"
                 )
             t.losses[i] = v
             t.loss_sum += v * n
@@ -222,11 +211,13 @@ class _Run:
         """Save with the epoch's starting generator state and the batches done (a resume replays
         the same shuffle and skips what was trained), then end the run."""
         self.runner.settle()
+        self.check_finite(epoch, "in")
         if self.comm.is_root:
             self.folder.save(self.runner, self.meta(epoch, t.done, start_state))
             self.folder.write_losses(t.first_step, t.losses)
+        self.stops.keep(f"{self.folder.last} (epoch {epoch + 1}, batch {t.done}) is kept")
         self.log(f"interrupted: saved {self.folder.last} at epoch {epoch + 1}, batch {t.done}/{self.steps_per_epoch}")
-        raise KeyboardInterrupt
+        raise self.stops.interrupted()
 
     def end_epoch(self, epoch, t: _Totals, t0):
         """Evaluate, write the epoch's row, save the checkpoints -> (row, test predictions)."""
@@ -236,9 +227,10 @@ class _Run:
         if bad:
             raise TrainingError(
                 f"{bad} training label(s) at epoch {epoch + 1} lie outside the model's classes (the GPU's "
-                f"gather wraps them); stopped, and the last good checkpoint ({self.folder.last}) is kept"
+                f"gather wraps them); stopped, and {self.kept()}"
             )
         runner.settle()
+        self.check_finite(epoch, "at the end of")
         test_loss, test_acc, preds, _ = runner.evaluate(*self.test, self.cfg.eval_batch_size)
         # The schedule is a function of the step, so the rates this epoch used are recomputed exactly.
         lrs = [self.schedule(s) for s in range(runner.steps - t.done, runner.steps)] or [t.lr]
@@ -256,6 +248,7 @@ class _Run:
             self.folder.save(runner, self.meta(epoch + 1, 0, self.rng.bit_generator.state), best=is_best)
             self.folder.write_metrics(p.history)
             self.folder.write_losses(t.first_step, t.losses)
+        self.stops.keep(f"{self.folder.last} (epoch {epoch + 1}) is kept")
         return row, preds
 
     def summary(self, row, provenance) -> dict:
@@ -299,6 +292,7 @@ def fit(
     comm=None,
     provenance=None,
     cuda_graph=False,
+    stops=None,
 ) -> dict:
     """Train on ``data`` (an ``xpnet.data.MNIST``) and write results into ``out_dir`` (a path or a
     ``RunFolder``).
@@ -317,7 +311,24 @@ def fit(
 
     cuda_graph: replay the train step and evaluation as CUDA graphs (CuPy, one process;
     ``xpnet.training.graphs``); the losses are then read every ``CHECK_EVERY`` steps.
+
+    stops: the run's ``StopRequests`` (the command line's, installed before it loads the data);
+    without one ``fit`` installs its own. SIGINT or SIGTERM ends the run at the next safe point
+    with a checkpoint and one line saying which, raising ``stops.Interrupted`` (a
+    KeyboardInterrupt). A run whose loss or state becomes non-finite raises TrainingError.
     """
+    with contextlib.ExitStack() as stack:
+        if stops is None:
+            stops = stack.enter_context(StopRequests())
+        # A diverging run overflows in many kernels at once; the loss and state checks stop it
+        # with one line, which NumPy's warnings would only bury.
+        stack.enter_context(numpy.errstate(over="ignore", invalid="ignore", divide="ignore"))
+        return _fit(cfg, data, out_dir, resume, epochs, stop_after, progress, log, plots, extra_meta, comm,
+                    provenance, cuda_graph, stops)
+
+
+def _fit(cfg, data, out_dir, resume, epochs, stop_after, progress, log, plots, extra_meta, comm, provenance,
+         cuda_graph, stops) -> dict:
     comm = distributed.Solo() if comm is None else comm
     folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
     if comm.is_root:
@@ -330,8 +341,10 @@ def fit(
         resume = Resume.read(resume, comm)
     rng = numpy.random.default_rng(None if cfg is None else cfg.seed)
     cfg, runner, position = _start(cfg, resume, epochs, num_classes, rng, data.image_shape)
-    run = _Run(cfg, runner, data, folder, comm, rng, position, log, progress, extra_meta, num_classes)
+    run = _Run(cfg, runner, data, folder, comm, rng, position, log, progress, extra_meta, num_classes, stops)
     runner.start(comm)
+    if not stops.armed:
+        stops.arm(f"{resume.path} is kept" if resume is not None else "no checkpoint was saved yet")
     if cuda_graph:
         if not hasattr(runner, "use_cuda_graph"):
             raise TrainingError("--cuda-graph replays xpnet's own step (--framework xpnet)")
@@ -345,6 +358,10 @@ def fit(
             folder.write_summary(summary)
         if plots and epoch + 1 == cfg.epochs and comm.is_root:
             _plots(folder.path, position.history, data, preds, num_classes, log)
+        # A signal during the evaluation, the saves or the figures: the epoch is whole and saved.
+        if stops.agree(comm):
+            log(f"interrupted: saved {folder.last} at the end of epoch {epoch + 1}")
+            raise stops.interrupted()
     return summary
 
 

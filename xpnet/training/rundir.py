@@ -3,8 +3,16 @@
 A run folder holds one run: ``last``/``best`` checkpoints, ``metrics.csv``, ``losses.csv``, ``summary.json`` and
 the figures. The rules ``xpnet train`` follows:
 
-- A new run without ``--out`` gets the first free ``runs/run-N``. A new run's ``--out`` may not
-  hold another run, unless ``--overwrite`` is given (which clears that run's files first).
+- One process per run folder, for the whole run: ``claim`` takes an exclusive lock
+  (``fcntl.flock`` on ``FOLDER/.xpnet.lock``, which holds the holder's pid), and a second run
+  into the same folder, or a resume of a run still going, is refused naming that process. The OS
+  drops the lock when its process ends, however it ends, so a crash leaves no stale lock. Under
+  MPI rank 0 holds it.
+- A new run without ``--out`` gets the first free ``runs/run-N``, claimed by making it
+  (``mkdir`` fails for all but one of two runs started together). A new run's ``--out`` may not
+  hold another run, unless ``--overwrite`` is given (which clears that run's files first); that
+  is checked under the lock. ``--out`` naming a file, a folder under a file or one that cannot be
+  written is refused before any data is read.
 - ``--resume CHECKPOINT`` continues the run in the checkpoint's folder, on the data folder stored in
   the checkpoint; ``--out`` and ``--data-dir`` override them (the same rule about other runs applies
   to that ``--out``). Resuming a checkpoint other than its folder's ``last`` would overwrite the
@@ -28,6 +36,11 @@ import json
 import os
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the folder checks still apply
+    fcntl = None
+
 from xpnet.errors import XpnetError
 
 # What a run writes; a folder holding any of the first four holds a run.
@@ -44,6 +57,109 @@ EXTENDABLE_SCHEDULES = ("constant",)
 
 class RunError(XpnetError, ValueError):
     """A run folder or resume request that xpnet refuses (one line, says what to do instead)."""
+
+
+LOCK_FILE = ".xpnet.lock"
+
+
+class RunLock:
+    """This process's exclusive hold on a run folder (see the module doc); ``release`` ends it."""
+
+    def __init__(self, folder: Path, fd: int | None, created: bool):
+        self.folder, self._fd, self.created = folder, fd, created
+
+    @classmethod
+    def take(cls, folder, created=False) -> RunLock:
+        folder = Path(folder)
+        path = folder / LOCK_FILE
+        if fcntl is None:
+            return cls(folder, None, created)
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise RunError(f"{folder}: cannot write there ({e.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise RunError(
+                    f"{folder} is in use by another xpnet run (process {holder}); wait for it to end, "
+                    f"or pass --out NEW_FOLDER"
+                ) from None
+            # A holder that removed the file between our open and our lock leaves us locking a
+            # file nobody else will see: lock the one now at the path instead.
+            try:
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(folder, fd, created)
+
+    def release(self) -> None:
+        """End the hold: the lock file goes (removed while still locked; a run that opened it
+        meanwhile finds it gone and takes a new one), and so does the folder the claim made if
+        the run left nothing in it (it failed before its first file)."""
+        if self._fd is None and fcntl is not None:
+            return
+        try:
+            (self.folder / LOCK_FILE).unlink(missing_ok=True)
+            if self.created and not any(self.folder.iterdir()):
+                self.folder.rmdir()
+        except OSError:
+            pass
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _holder(fd) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    return text if text.isdigit() else "unknown"
+
+
+def claim(out=None, root="runs") -> RunLock:
+    """The run folder this process will write, locked: ``out`` (made if missing), or without one
+    the first ``root/run-N`` this call can make. RunError, naming the path, when it cannot be a
+    folder or cannot be written, or when another run holds it."""
+    if out is None:
+        root = Path(root)
+        _make_folder(root, "runs folder")
+        for n in itertools.count(1):
+            folder = root / f"run-{n}"
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise RunError(f"{folder}: cannot make the run folder ({e.strerror})") from None
+            return RunLock.take(folder, created=True)
+    out = Path(out)
+    created = not os.path.lexists(out)
+    _make_folder(out, "--out")
+    return RunLock.take(out, created=created)
+
+
+def _make_folder(folder: Path, what: str) -> None:
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise RunError(f"{what} {folder}: not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"{what} {folder}: cannot make the folder ({e.strerror})") from None
 
 
 def holds_run(folder) -> bool:
@@ -153,6 +269,7 @@ class RunFolder:
 
     def __init__(self, path):
         self.path = Path(path)
+        self.lock = None  # the RunLock of a folder this process holds (``claim``)
         self.last = self.path / "last.safetensors"
         self.best = self.path / "best.safetensors"
         self.metrics = self.path / "metrics.csv"
