@@ -670,6 +670,20 @@ def test_7_a_stale_temporary_from_a_killed_save_is_removed_by_the_next_save(run_
     assert not stale.exists()
 
 
+def test_7_a_reader_that_goes_away_ends_the_log_not_the_run(tmp_path, digits):
+    """``xpnet train ... | head -1``: the pipe breaks after the first line; the run goes on."""
+    out = tmp_path / "r"
+    argv = ["train", "--data-dir", digits, "--out", out, "--epochs", "2", *TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "xpnet", *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "XPNET_THREADS": "1"})
+    assert proc.stdout.readline().startswith("data:")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err == "", err
+    assert checkpoint.load(out / "last.safetensors")[1]["epoch"] == 2
+
+
 # == (8) messages =================================================================================
 
 

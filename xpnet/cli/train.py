@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 
 from xpnet import backend
@@ -23,6 +24,17 @@ def _load_data(folder, may_create, origin):
 
 def _size(hw):
     return "x".join(str(d) for d in hw)
+
+
+def _log(line):
+    """A line of the run's log on stdout. A reader that went away (``xpnet train | head``) ends
+    the log, not the run: the rest goes nowhere."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush then finds nothing to fail on
+        os.close(devnull)
 
 
 def _plural(n, word):
@@ -183,14 +195,14 @@ def _announce(cfg, data, data_dir, out, comm):
     used = f"{cfg.train_subset} of {n}" if cfg.train_subset else f"{n}"
     h, w = data.image_shape
     ranks = f"; {comm.size} ranks" if comm.size > 1 else ""
-    print(f"data: {used} training and {len(data.test_labels)} test images ({h}x{w}) from {data_dir}; "
-          f"backend: {backend.name()}{ranks}; out: {out}", flush=True)
+    _log(f"data: {used} training and {len(data.test_labels)} test images ({h}x{w}) from {data_dir}; "
+         f"backend: {backend.name()}{ranks}; out: {out}")
     if backend.name() == "numpy" and cfg.framework == "xpnet":
         from xpnet.tools.machine import blas_note
 
         note = blas_note()
         if note:
-            print(note, flush=True)
+            _log(note)
 
 
 def _train(args, comm, stops) -> int:
@@ -227,7 +239,7 @@ def _run(args, comm, stops, cfg, folder, resume, data_rule) -> int:
         _announce(cfg, data, data_dir, folder, comm)
     summary = fit(
         None if resume else cfg, data, folder, resume=resume, epochs=epochs,
-        stop_after=args.stop_after, plots=not args.no_plots, log=lambda s: print(s, flush=True),
+        stop_after=args.stop_after, plots=not args.no_plots, log=_log,
         extra_meta={"data_dir": str(data_dir.resolve())}, comm=comm,
         provenance=provenance(data_dir, getattr(args, "argv", None)) if comm.is_root else None,
         cuda_graph=args.cuda_graph, stops=stops,
@@ -235,10 +247,10 @@ def _run(args, comm, stops, cfg, folder, resume, data_rule) -> int:
     if not comm.is_root:
         return 0
     if summary:
-        print(
+        _log(
             f"done: test accuracy {summary['test_accuracy']:.4%} after {_plural(summary['epochs'], 'epoch')} "
             f"({summary['seconds']:.0f} s); results in {folder}"
         )
     else:
-        print(f"nothing to do: {args.resume} already covers every epoch")
+        _log(f"nothing to do: {args.resume} already covers every epoch")
     return 0
