@@ -574,6 +574,21 @@ def test_6_other_image_sizes_train_and_evaluate(tmp_path, capsys, h, w, head):
     assert r.code == 0, r
 
 
+def test_6_a_checkpoint_and_data_of_different_image_sizes_are_one_line(tmp_path, capsys, digits, trained):
+    from PIL import Image
+
+    folder = _sized_set(tmp_path / "d", 32, 32)
+    out = tmp_path / "o"
+    assert run(capsys, "train", "--data-dir", folder, "--out", out, "--epochs", "1", *TINY).code == 0
+    one_line(run(capsys, "evaluate", "--checkpoint", out / "last.safetensors", "--data-dir", digits), 1,
+             "reads 32x32 images", "28x28")
+    one_line(run(capsys, "evaluate", "--checkpoint", trained / "last.safetensors", "--data-dir", folder), 1,
+             "reads 28x28 images", "32x32")
+    one_line(run(capsys, "train", "--resume", out, "--data-dir", digits), 1, "32x32", "28x28")
+    Image.fromarray(numpy.zeros((28, 28), numpy.uint8)).save(tmp_path / "z.png")
+    one_line(run(capsys, "predict", "--checkpoint", out / "last.safetensors", tmp_path / "z.png"), 1, "32x32")
+
+
 @pytest.mark.parametrize("h, w, head", [(8, 8, "max"), (1, 1, "avg"), (28, 5, "max"), (4, 28, "avg")])
 def test_6_sizes_the_network_cannot_take_are_refused_up_front(tmp_path, capsys, h, w, head):
     folder = _sized_set(tmp_path / "d", h, w)

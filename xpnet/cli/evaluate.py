@@ -6,7 +6,12 @@ import json
 import sys
 
 from xpnet import backend
-from xpnet.cli import _check_data_dir, _data_dir, data_hint
+from xpnet.cli import UserError, _check_data_dir, _data_dir, data_hint
+
+
+def model_image_size(meta) -> tuple:
+    """(H, W) of the images a checkpoint's model reads (28x28 for checkpoints that do not say)."""
+    return tuple(meta["model_config"].get("image_size", (28, 28)))
 
 
 def cmd_evaluate(args) -> int:
@@ -19,6 +24,12 @@ def cmd_evaluate(args) -> int:
     _check_data_dir(folder, may_create, origin)
     with data_hint(folder, origin):
         images, labels = load_split(folder, "test", download=True, progress=sys.stderr.isatty())
+    size = model_image_size(meta)
+    if tuple(images.shape[1:]) != size:
+        raise UserError(
+            f"{args.checkpoint}: its model reads {size[0]}x{size[1]} images, but {folder} holds "
+            f"{images.shape[1]}x{images.shape[2]} images"
+        )
     loss, acc, _, _ = evaluate(model, backend.to_device(images), backend.to_device(labels), args.batch_size,
                                inputs=stored_inputs(meta, args.checkpoint))
     result = dict(test_loss=loss, test_accuracy=acc, test_images=int(len(labels)),

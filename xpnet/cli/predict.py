@@ -85,6 +85,12 @@ def cmd_predict(args) -> int:
 
     backend.use(args.backend)
     model, _, meta = load_model(args.checkpoint)
+    from xpnet.cli.evaluate import model_image_size
+
+    size = model_image_size(meta)
+    if size != (28, 28):
+        raise UserError(f"{args.checkpoint}: its model reads {size[0]}x{size[1]} images; predict prepares "
+                        f"images as MNIST's 28x28 digits")
     inputs = stored_inputs(meta, args.checkpoint)
     save = _Saver(args.save_preprocessed)
     unreadable = no_digit = 0
