@@ -94,20 +94,21 @@ def test_quick_report_has_the_second_reports_section(quick):
     md = (quick / "report.md").read_text()
     section = md[md.index("## The second report"):]
     assert "| xpnet, dropout 0.9 | 99.55 |" in section and "| PyTorch twin, dropout 0.9 | 99.55 |" in section
+    # --quick trains the second report's runs for one seed.
     assert "**Scale: 1 epoch(s) of the first 256 training images (4 steps of batch 64)" in section
+    assert "1 seed(s) per run" in section
     rep = json.loads((quick / "report.json").read_text())
     second = rep["second"]
-    # Every cell is the mean and spread of the run folders' own results.
+    # Every cell is the run folder's own result.
     for row in second["tables"]["sweep"] + second["tables"]["accuracy"]:
-        accs = [json.loads((quick / f"{row['run']}-seed{s}" / "summary.json").read_text())["test_accuracy"]
-                for s in (0, 1)]
-        assert row["test"]["values"] == accs
-        assert f"{100 * numpy.mean(accs):.2f} ± {100 * numpy.std(accs, ddof=1):.2f}" in section
+        acc = json.loads((quick / f"{row['run']}-seed0" / "summary.json").read_text())["test_accuracy"]
+        assert row["test"]["values"] == [acc] and f"| {100 * acc:.2f} |" in section
+    assert not (quick / f"{report2.MAIN}-seed1").exists()
     assert [r["dropout"] for r in second["tables"]["sweep"]] == [0.5, 0.7, 0.9, 0.99]
     for p in (0.5, 0.7, 0.9, 0.99):
         assert f"| {p:g} | " in section
     for name, fields in report2.RUNS.items():
-        _, meta = checkpoint.load(quick / f"{name}-seed1" / "last.safetensors")
+        _, meta = checkpoint.load(quick / f"{name}-seed0" / "last.safetensors")
         cfg = meta["config"]
         assert meta["model_config"] == dict(arch="report2", width=0.125, dropout=fields["dropout"], ties="share",
                                             init="report", image_size=[28, 28])
@@ -139,7 +140,7 @@ def test_a_second_call_skips_finished_runs(capsys, quick, data_dir):
     code, out, _ = _run(capsys, "--quick", "--data-dir", data_dir, "--out", quick, "--efficiency-steps", 0,
                         "--no-plots")
     assert code == 0
-    assert out.count("finished before: skipped") == 2 * len(ALL_RUNS)
+    assert out.count("finished before: skipped") == 2 * len(RUNS) + len(report2.RUNS)
     assert {p: p.stat().st_mtime_ns for p in quick.glob("*/last.safetensors")} == before
 
 
@@ -213,6 +214,7 @@ def test_recipes_and_pass_through_flags():
     assert x["xpnet-sgd"].lr == 0.1 and x["xpnet-adam"].lr == 1e-3 and x["xpnet-sgd"].schedule == "onecycle"
     assert (x["report2-d0.9"].arch, x["report2-d0.9"].schedule, x["report2-d0.9"].inputs, x["report2-d0.9"].init) == (
         "report2", "onecycle", "standard", "pytorch")
+    assert len(report.run_configs("paper", {}, seeds=2, second_seeds=1)) == 2 * len(RUNS) + len(report2.RUNS)
     only = report.run_configs("paper", {}, seeds=1, section="second")
     assert [n for n, _, _ in only] == list(report2.RUNS)
 

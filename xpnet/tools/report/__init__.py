@@ -123,6 +123,7 @@ class _Plan:
     """What the command line asks for, with --quick's values where no flag gives one."""
 
     seeds: int
+    second_seeds: int
     test_subset: int
     eff_steps: int
     eff_batches: int
@@ -136,12 +137,16 @@ def _plan(args) -> _Plan:
     overrides = {k: v for k, v in quick.items() if k in PASS_THROUGH}
     overrides.update({k: getattr(args, k) for k in PASS_THROUGH if getattr(args, k) is not None})
     seeds = args.seeds or quick.get("seeds", 3)
+    # --quick trains the second report's five runs for one seed: its network convolves at full
+    # resolution, which no width makes cheap, and two seeds doubled the quick report's time.
+    second_seeds = 1 if args.quick and args.section == "both" and not args.seeds else seeds
     plan = _Plan(
         seeds=seeds,
+        second_seeds=second_seeds,
         test_subset=args.test_subset if args.test_subset is not None else quick.get("test_subset", 0),
         eff_steps=args.efficiency_steps if args.efficiency_steps is not None else quick.get("efficiency_steps", 50),
         eff_batches=args.efficiency_eval_batches or quick.get("efficiency_eval_batches", 5),
-        grid=run_configs(args.recipe, overrides, seeds, args.section),
+        grid=run_configs(args.recipe, overrides, seeds, args.section, second_seeds),
         first=args.section in ("both", "first"),
     )
     if any(cfg.framework == "torch" for _, _, cfg in plan.grid):
@@ -206,7 +211,7 @@ def _sections(args, plan, results, data, full, log):
         job = dataclasses.replace(job, width=args.efficiency_width or job.width)
         second = dict(
             settings=dict(
-                scale=report2.scale(plan.grid, len(data.train_labels), plan.test_subset, plan.seeds),
+                scale=report2.scale(plan.grid, len(data.train_labels), plan.test_subset, plan.second_seeds),
                 recipe=", ".join(f"{k} {v}" for k, v in report2.recipes()[args.recipe].items()),
             ),
             tables=report2.tables(results, lambda name, field: run_stat(results, name, field)),
@@ -274,7 +279,7 @@ def run(args, log=print, comm=None) -> dict | None:
         # Runs are independent: each rank takes every size-th one, trained in one process.
         def log(line, say=log):
             say(f"[rank {comm.rank}] {line}")
-    log(f"report: {len(plan.grid)} runs ({len(plan.grid) // plan.seeds} per seed, {plan.seeds} seed(s)) into {out}"
+    log(f"report: {len(plan.grid)} runs ({plan.seeds} seed(s)) into {out}"
         + (f"; {len(mine)} of them on this rank" if comm.size > 1 else ""))
     _train_grid(mine, out, data, plan, args, log)
     comm.barrier()

@@ -81,10 +81,12 @@ class ReportError(XpnetError):
 SECTIONS = ("both", "first", "second")
 
 
-def run_configs(recipe: str, overrides: dict, seeds: int, section: str = "both"):
+def run_configs(recipe: str, overrides: dict, seeds: int, section: str = "both", second_seeds: int | None = None):
     """-> [(run name, seed, TrainConfig)] in the order they run: seed by seed, so an early stop
     still leaves whole rows of every table. ``section``: the first report's grid, the second
-    report's runs (``xpnet.tools.report2``), or both."""
+    report's runs (``xpnet.tools.report2``), or both; ``second_seeds``: the second's seeds where
+    fewer (--quick)."""
+    second_seeds = seeds if second_seeds is None else second_seeds
     from xpnet.training.config import TrainConfig
 
     shared, per_optimizer = RECIPES[recipe]
@@ -94,7 +96,7 @@ def run_configs(recipe: str, overrides: dict, seeds: int, section: str = "both")
             for name, fields in RUNS.items():
                 values = {**shared, **per_optimizer.get(fields["optimizer"], {}), **fields, **overrides, "seed": seed}
                 out.append((name, seed, TrainConfig(**values)))
-        if section in ("both", "second"):
+        if section in ("both", "second") and seed < second_seeds:
             out.extend((name, seed, cfg) for name, cfg in report2.run_configs(recipe, overrides, seed))
     return out
 
