@@ -286,7 +286,7 @@ class OneCycle:
         return self._cos(self.max_lr, self.final, t)
 
 
-SCHEDULES = {"constant": Constant, "step": StepLR, "cosine": Cosine, "onecycle": OneCycle}
+SCHEDULES = {"onecycle": OneCycle, "cosine": Cosine, "step": StepLR, "constant": Constant}
 
 # The optimizers by name; torch.optim's classes of the same names take the same settings.
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

@@ -438,6 +438,9 @@ def test_a_named_data_folder_must_exist(capsys, tmp_path, monkeypatch, trained):
     assert "no such folder" in _one_line_error(code, err)
     code, _, err = run(capsys, "evaluate", "--checkpoint", trained / "last.safetensors", "--data-dir", typo)
     assert "no such folder" in _one_line_error(code, err)
+    # The report follows the same rule: a typo is refused, not created and downloaded into.
+    code, _, err = run(capsys, "report", "--quick", "--data-dir", typo, "--out", tmp_path / "r")
+    assert "--data-dir" in _one_line_error(code, err) and "no such folder" in err
     monkeypatch.setenv("XPNET_DATA", str(typo))
     code, _, err = run(capsys, "train", "--out", tmp_path / "o", *SMALL)
     assert "$XPNET_DATA" in _one_line_error(code, err)

@@ -10,7 +10,8 @@ import pytest
 
 from _digits import digit_folder
 
-from xpnet.cli import build_parser, data_hint, main
+from xpnet.cli import build_parser, main
+from xpnet.data.folder import data_hint
 from xpnet.data import DataError
 from xpnet.data.mnist import _HELP
 from xpnet.training.loop import LineProgress

@@ -8,9 +8,7 @@ everything else 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -53,23 +51,28 @@ def _add_data_dir(p, extra=""):
 def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     """The ``xpnet`` parser; ``train``'s defaults are those of the recipe ``preset``."""
     from xpnet import __version__
-    from xpnet.training.config import (
-        ARCHS,
-        FRAMEWORKS,
-        INITS,
-        INPUTS,
-        OPTIMIZERS,
-        POOL_TIES,
-        PRESETS,
-        SCHEDULES,
-        TrainConfig,
-    )
+    from xpnet.training.config import PRESETS, TrainConfig
 
     d = dataclasses.replace(TrainConfig(), **PRESETS.get(preset, {}))
     fmt = _HelpFormatter
     parser = OneLineParser(prog="xpnet", description="ResNet-9 on MNIST in NumPy/CuPy.")
     parser.add_argument("--version", action="version", version=f"xpnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser._xpnet_train = _add_train(sub, d, preset, fmt)
+    _add_evaluate(sub, d, fmt)
+    _add_predict(sub, fmt)
+    b = sub.add_parser("bench", help="throughput against the PyTorch twin", formatter_class=fmt, add_help=False)
+    b.add_argument("args", nargs=argparse.REMAINDER)
+    r = sub.add_parser("report", help="reproduce the report's tables beside PyTorch", add_help=False)
+    r.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _add_train(sub, d, preset, fmt):
+    """``xpnet train``'s flags, their defaults those of ``d`` (the preset's config); the choices
+    are the models' and the optimizers' own (``xpnet.models.schema``, ``xpnet.optim``)."""
+    from xpnet.models.schema import HEADS, RES_BLOCKS, SHORTCUTS
+    from xpnet.training.config import ARCHS, FRAMEWORKS, INITS, INPUTS, OPTIMIZERS, POOL_TIES, PRESETS, SCHEDULES
 
     own = "the project's own recipe, shown below"
     recipes = "; ".join(f"{name}: " + (", ".join(f"{k} {v}" for k, v in values.items()) or own)
@@ -101,9 +104,9 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
                    help="network: resnet9 (the first report's) or report2 (the second report's narrow net, "
                    "no BatchNorm)")
     t.add_argument("--width", type=width, default=d.width, help="channel multiplier")
-    t.add_argument("--shortcut", choices=("identity", "conv"), default=d.shortcut, help="residual skip path")
-    t.add_argument("--res-blocks", type=int, choices=(2, 3), default=d.res_blocks, help="residual blocks")
-    t.add_argument("--head", choices=("max", "avg"), default=d.head, help="pooling before the classifier")
+    t.add_argument("--shortcut", choices=SHORTCUTS, default=d.shortcut, help="residual skip path")
+    t.add_argument("--res-blocks", type=int, choices=RES_BLOCKS, default=d.res_blocks, help="residual blocks")
+    t.add_argument("--head", choices=HEADS, default=d.head, help="pooling before the classifier")
     t.add_argument("--dropout", type=probability, default=d.dropout, help="dropout before the linear layer")
     t.add_argument("--pool-ties", choices=POOL_TIES, default=d.pool_ties,
                    help="report2's max-pool backward on tied maxima: first (as PyTorch) or share (every maximum)")
@@ -128,7 +131,10 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     t.add_argument("--cuda-graph", action="store_true",
                    help="with --backend cupy: replay each train step (and evaluation) as one CUDA graph "
                    "(opt-in until confirmed on a GPU; losses are read every 50 steps)")
+    return t
 
+
+def _add_evaluate(sub, d, fmt):
     e = sub.add_parser("evaluate", help="test loss and accuracy of a checkpoint", formatter_class=fmt,
                        description="The test loss and accuracy of a checkpoint's model on the MNIST test set "
                        "(the t10k files of the data folder).")
@@ -138,6 +144,8 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=positive_int, default=d.eval_batch_size, help="batch size")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
+
+def _add_predict(sub, fmt):
     p = sub.add_parser(
         "predict", help="read the digit in each image, or say there is none", formatter_class=fmt,
         description="Read the handwritten digit in each image (PNG, JPEG or any image Pillow reads, any size, "
@@ -159,13 +167,6 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     p.add_argument("--save-preprocessed", type=Path, default=None, metavar="DIR",
                    help="write what the network saw, each image's 28x28 input, as DIR/NAME.png")
 
-    b = sub.add_parser("bench", help="throughput against the PyTorch twin", formatter_class=fmt, add_help=False)
-    b.add_argument("args", nargs=argparse.REMAINDER)
-    r = sub.add_parser("report", help="reproduce the report's tables beside PyTorch", add_help=False)
-    r.add_argument("args", nargs=argparse.REMAINDER)
-    parser._xpnet_train = t
-    return parser
-
 
 def _preset_of(argv) -> str:
     """The --preset a train command line names (so that --help shows that recipe's defaults)."""
@@ -185,55 +186,6 @@ def _explicit(argv, preset) -> set:
         if action.dest != "help":
             action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv))) - {"command"}
-
-
-STORED_DATA_DIR = "the run's data folder (stored in its checkpoint)"
-
-
-def _data_dir(flag, stored=None):
-    """-> (folder, whether xpnet may create it for a download, what named it)."""
-    from xpnet.data import default_data_dir
-
-    if flag is not None:
-        return Path(flag), False, "--data-dir"
-    if stored:
-        if _same_place(stored, default_data_dir()):
-            return default_data_dir(), True, None
-        return Path(stored), False, STORED_DATA_DIR
-    if os.environ.get("XPNET_DATA"):
-        return Path(os.environ["XPNET_DATA"]), False, "$XPNET_DATA"
-    return default_data_dir(), True, None
-
-
-@contextlib.contextmanager
-def data_hint(folder, origin):
-    """For a folder the user named, a failed download's hint says to fill that folder, not to
-    name one with --data-dir."""
-    from xpnet.data import DataError
-    from xpnet.data.mnist import _HELP
-
-    try:
-        yield
-    except DataError as e:
-        text = str(e)
-        if origin and text.endswith(_HELP):
-            raise DataError(f"{text[: -len(_HELP)]}copy the four MNIST IDX files into {folder}, the folder "
-                            f"{origin} names") from None
-        raise
-
-
-def _same_place(a, b) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return False
-
-
-def _check_data_dir(folder, may_create, origin):
-    # A typo in a named folder must not turn into a new folder and a download into it.
-    if not may_create and not folder.is_dir():
-        hint = "; pass --data-dir" if origin and origin.startswith("the run") else ""
-        raise UserError(f"{origin} {folder}: no such folder{hint}")
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,8 @@ import json
 import sys
 
 from xpnet import backend
-from xpnet.cli import UserError, _check_data_dir, _data_dir, data_hint
+from xpnet.data.folder import DataFolder
+from xpnet.errors import UserError
 
 
 def model_image_size(meta) -> tuple:
@@ -15,15 +16,12 @@ def model_image_size(meta) -> tuple:
 
 
 def cmd_evaluate(args) -> int:
-    from xpnet.data import load_split
     from xpnet.training.runner import evaluate, load_model, stored_inputs
 
     backend.use(args.backend)
     model, _, meta = load_model(args.checkpoint)
-    folder, may_create, origin = _data_dir(args.data_dir)
-    _check_data_dir(folder, may_create, origin)
-    with data_hint(folder, origin):
-        images, labels = load_split(folder, "test", download=True, progress=sys.stderr.isatty())
+    folder = DataFolder.choose(args.data_dir)
+    images, labels = folder.load_test(progress=sys.stderr.isatty())
     size = model_image_size(meta)
     if tuple(images.shape[1:]) != size:
         raise UserError(

@@ -8,18 +8,9 @@ import os
 import sys
 
 from xpnet import backend
-from xpnet.cli import STORED_DATA_DIR, UserError, _check_data_dir, _data_dir, data_hint
+from xpnet.cli import UserError
+from xpnet.data.folder import DataFolder
 from xpnet.errors import XpnetError
-
-
-def _load_data(folder, may_create, origin):
-    from xpnet.data import load_mnist
-
-    _check_data_dir(folder, may_create, origin)
-    # A folder stored in a checkpoint is never downloaded into (it could name any folder at all);
-    # a stored default folder comes back from _data_dir as the default, which may be.
-    with data_hint(folder, origin):
-        return load_mnist(folder, download=origin != STORED_DATA_DIR, progress=sys.stderr.isatty())
 
 
 def _size(hw):
@@ -39,34 +30,6 @@ def _log(line):
 
 def _plural(n, word):
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _check_batch(cfg, data, warn):
-    """Refuse a batch larger than the training images used, or one whose step will not fit in
-    memory; warn when it will take most of it."""
-    from xpnet.tools import memory
-
-    n_total = len(data.train_labels)
-    if cfg.train_subset > n_total:
-        raise UserError(f"--train-subset {cfg.train_subset} exceeds the {n_total} training images")
-    n = cfg.train_subset or n_total
-    if cfg.batch_size > n:
-        used = f"the {n} training images" + (f" of --train-subset {cfg.train_subset}" if cfg.train_subset else "")
-        raise UserError(f"--batch-size {cfg.batch_size} exceeds {used}")
-    if backend.name() != "numpy" or cfg.batch_size <= max(memory.PROBES):
-        return
-    need = memory.estimate_step_bytes(cfg, 10, data.image_shape, cfg.batch_size)
-    available = memory.available_bytes()
-    ok, tight = memory.fits(need, available)
-    gib = 2.0**30
-    if not ok:
-        raise UserError(
-            f"--batch-size {cfg.batch_size} at width {cfg.width} needs about {need / gib:.1f} GiB for a "
-            f"training step but {available / gib:.1f} GiB of memory is available; use a smaller batch"
-        )
-    if tight:
-        warn(f"a training step at batch {cfg.batch_size} needs about {need / gib:.1f} GiB of the "
-             f"{available / gib:.1f} GiB available")
 
 
 def _check_arch(cfg, given):
@@ -126,7 +89,7 @@ def _given(args) -> dict:
 
 
 def _plan(args, comm):
-    """-> (config, run folder, the checkpoint to resume or None, the data folder's rule) for a
+    """-> (config, run folder, the checkpoint to resume or None, the data folder) for a
     new run or a resume; every refusal that needs no data comes here, before anything is read."""
     from xpnet.training import rundir
     from xpnet.training.config import TrainConfig
@@ -144,14 +107,14 @@ def _plan(args, comm):
             print("xpnet train: warning: --sync-bn does nothing in one process; it is for mpiexec -n N xpnet train",
                   file=sys.stderr, flush=True)
         folder = _hold(comm, args.out, None, args.overwrite)
-        return cfg, folder, None, _data_dir(args.data_dir)
+        return cfg, folder, None, DataFolder.choose(args.data_dir)
     # Read once (rank 0 reads and checks every field, the others are told) and handed to fit.
     resume = rundir.Resume.read(args.resume, comm, read=_read_checkpoint)
     problem = resume.conflicts(_given(args))
     if problem:
         raise UserError(problem)
     folder = _hold(comm, args.out or args.resume.parent, args.resume, args.overwrite)
-    return resume.config(), folder, resume, _data_dir(args.data_dir, resume.meta.get("data_dir"))
+    return resume.config(), folder, resume, DataFolder.choose(args.data_dir, resume.meta.get("data_dir"))
 
 
 def _hold(comm, out, resume, overwrite):
@@ -224,12 +187,14 @@ def _run(args, comm, stops, cfg, folder, resume, data_rule) -> int:
     from xpnet.training.loop import fit
     from xpnet.training.provenance import provenance
 
-    data_dir, may_create, origin = data_rule
+    data_dir = data_rule
     if resume is not None:
         stops.keep(f"{resume.path} is kept")
-    data = comm.root_first(_load_data, data_dir, may_create, origin)
+    data = comm.root_first(data_dir.load, sys.stderr.isatty())
     cfg = _fit_data(cfg, resume, data, data_dir)
-    _check_batch(cfg, data, lambda line: print(f"xpnet train: warning: {line}", file=sys.stderr, flush=True))
+    from xpnet.tools import memory
+
+    memory.check_batch(cfg, data, lambda line: print(f"xpnet train: warning: {line}", file=sys.stderr, flush=True))
     given, epochs = _given(args), None
     if resume is not None and "epochs" in given:
         epochs = given["epochs"]
@@ -240,8 +205,8 @@ def _run(args, comm, stops, cfg, folder, resume, data_rule) -> int:
     summary = fit(
         None if resume else cfg, data, folder, resume=resume, epochs=epochs,
         stop_after=args.stop_after, plots=not args.no_plots, log=_log,
-        extra_meta={"data_dir": str(data_dir.resolve())}, comm=comm,
-        provenance=provenance(data_dir, getattr(args, "argv", None)) if comm.is_root else None,
+        extra_meta={"data_dir": str(data_dir.path.resolve())}, comm=comm,
+        provenance=provenance(data_dir.path, getattr(args, "argv", None)) if comm.is_root else None,
         cuda_graph=args.cuda_graph, stops=stops,
     )
     if not comm.is_root:

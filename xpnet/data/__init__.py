@@ -1,4 +1,7 @@
-"""Datasets: MNIST (and any IDX set laid out like it), read from disk or downloaded, and batched."""
+"""Datasets: MNIST (and any IDX set laid out like it), read from disk or downloaded, and batched;
+which folder a command reads (``folder.DataFolder``)."""
+
+from xpnet.data.folder import DataFolder
 
 from xpnet.data.mnist import (
     INPUTS,
@@ -19,6 +22,7 @@ from xpnet.data.mnist import (
 )
 
 __all__ = [
+    "DataFolder",
     "INPUTS",
     "MEAN",
     "MNIST",

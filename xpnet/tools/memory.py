@@ -77,3 +77,33 @@ def fits(need: int, available: int | None):
     if available is None:
         return True, False
     return need <= available, need > 0.8 * available
+
+
+def check_batch(cfg, data, warn) -> None:
+    """Refuse (``ConfigError``, one line) a batch larger than the training images ``cfg`` uses, or
+    one whose step will not fit in memory on the NumPy backend; ``warn(line)`` when it will take
+    most of it. data: an ``xpnet.data.MNIST``."""
+    from xpnet import backend
+    from xpnet.training.config import ConfigError
+
+    n_total = len(data.train_labels)
+    if cfg.train_subset > n_total:
+        raise ConfigError(f"--train-subset {cfg.train_subset} exceeds the {n_total} training images")
+    n = cfg.train_subset or n_total
+    if cfg.batch_size > n:
+        used = f"the {n} training images" + (f" of --train-subset {cfg.train_subset}" if cfg.train_subset else "")
+        raise ConfigError(f"--batch-size {cfg.batch_size} exceeds {used}")
+    if backend.name() != "numpy" or cfg.batch_size <= max(PROBES):
+        return
+    need = estimate_step_bytes(cfg, 10, data.image_shape, cfg.batch_size)
+    available = available_bytes()
+    ok, tight = fits(need, available)
+    gib = 2.0**30
+    if not ok:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} at width {cfg.width} needs about {need / gib:.1f} GiB for a "
+            f"training step but {available / gib:.1f} GiB of memory is available; use a smaller batch"
+        )
+    if tight:
+        warn(f"a training step at batch {cfg.batch_size} needs about {need / gib:.1f} GiB of the "
+             f"{available / gib:.1f} GiB available")

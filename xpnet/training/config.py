@@ -12,7 +12,7 @@ from xpnet.errors import XpnetError
 
 FRAMEWORKS = ("xpnet", "torch")
 OPTIMIZERS = tuple(optim.OPTIMIZERS)
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
+SCHEDULES = tuple(optim.SCHEDULES)
 ARCHS = ("resnet9", "report2")
 POOL_TIES = ("first", "share")
 INPUTS = ("standard", "raw")

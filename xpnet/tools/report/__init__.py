@@ -162,9 +162,11 @@ def _plan(args) -> _Plan:
 
 def _load(args, comm, plan):
     """-> (the data the runs see, test images cut to --test-subset; the whole data set)."""
-    from xpnet.data import MNIST, default_data_dir, load_mnist
+    from xpnet.data import MNIST
+    from xpnet.data.folder import DataFolder
 
-    data = full = comm.root_first(load_mnist, args.data_dir or default_data_dir(), True, sys.stderr.isatty())
+    # A --data-dir that does not exist is refused, not created and downloaded into.
+    data = full = comm.root_first(DataFolder.choose(args.data_dir).load, sys.stderr.isatty())
     if plan.test_subset:
         if plan.test_subset > len(data.test_labels):
             raise ReportError(f"--test-subset {plan.test_subset} exceeds the {len(data.test_labels)} test images")
