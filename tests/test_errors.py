@@ -3,7 +3,7 @@
 import pytest
 
 from xpnet import backend, checkpoint, distributed
-from xpnet.cli import UserError
+from xpnet.errors import UserError
 from xpnet.data import DataError
 from xpnet.data.images import ImageError
 from xpnet.functional import LabelError

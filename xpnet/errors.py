@@ -14,6 +14,10 @@ class XpnetError(Exception):
     """An error the user can cause and fix: reported as one line, without a traceback."""
 
 
+class UserError(XpnetError):
+    """A command line the user must change (a flag that does not fit the run, a missing file)."""
+
+
 def one_line(e: BaseException, limit: int = 300) -> str:
     """``e``'s message on one line (every run of whitespace one space), at most ``limit`` characters;
     for quoting a library's multi-line error inside our own."""

@@ -18,10 +18,6 @@ from xpnet.cli.argtypes import (OneLineParser, momentum, nonneg_float, nonneg_in
                                 probability, seed, width)
 
 
-class UserError(XpnetError):
-    """An error to report as one line, without a traceback."""
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every flag's default, except where there is none to show."""
 

@@ -12,7 +12,7 @@ import json
 import sys
 
 from xpnet import backend
-from xpnet.cli import UserError
+from xpnet.errors import UserError
 
 BATCH = 256
 

@@ -8,7 +8,7 @@ import os
 import sys
 
 from xpnet import backend
-from xpnet.cli import UserError
+from xpnet.errors import UserError
 from xpnet.data.folder import DataFolder
 from xpnet.errors import XpnetError
 
@@ -185,7 +185,7 @@ def _train(args, comm, stops) -> int:
 def _run(args, comm, stops, cfg, folder, resume, data_rule) -> int:
     """The run once its folder is held: the data, the checks that need it, then ``fit``."""
     from xpnet.training.loop import fit
-    from xpnet.training.provenance import provenance
+    from xpnet.tools.provenance import provenance
 
     data_dir = data_rule
     if resume is not None:

@@ -303,7 +303,7 @@ def fit(
     still spans the whole run, so "stop after 1, resume" equals one uninterrupted run. Returns the
     summary dict (also in summary.json; {} when there was nothing to do). ``extra_meta``: more
     JSON-able entries for every checkpoint's metadata (the CLI stores the data folder there).
-    ``provenance``: what produced the run (see ``xpnet.training.provenance``), kept in
+    ``provenance``: what produced the run (see ``xpnet.tools.provenance``), kept in
     summary.json. Raises TrainingError on a non-finite loss; the last good checkpoint stays.
 
     comm: the data-parallel communicator (``xpnet.distributed``; default: one process). Every

@@ -14,7 +14,7 @@ from _digits import digit_folder
 from xpnet import __version__
 from xpnet.cli import main
 from xpnet.tools.machine import cpu_info
-from xpnet.training.provenance import data_files, git_commit
+from xpnet.tools.provenance import data_files, git_commit
 
 
 def test_a_run_records_what_produced_it(tmp_path, capsys):
