@@ -378,6 +378,27 @@ def test_3_a_stored_width_beyond_the_schema_is_refused_before_a_model_is_built(t
     assert r.rss_mb < 300 and time.monotonic() - t0 < 30, r
 
 
+def test_3_an_evaluation_batch_beyond_the_test_set_runs_as_one_pass_in_bounded_memory(trained, tmp_path, digits):
+    small = xpnet("evaluate", "--checkpoint", trained / "last.safetensors", "--data-dir", digits, "--json",
+                  cwd=tmp_path)
+    huge = xpnet("evaluate", "--checkpoint", trained / "last.safetensors", "--data-dir", digits, "--json",
+                 "--batch-size", str(10**12), cwd=tmp_path)
+    assert small.code == huge.code == 0, (small, huge)
+    a, b = json.loads(small.out), json.loads(huge.out)
+    assert a["test_accuracy"] == b["test_accuracy"] and abs(a["test_loss"] - b["test_loss"]) < 1e-5
+    assert huge.rss_mb < 400, huge
+
+
+def test_3_an_evaluation_batch_that_would_not_fit_in_memory_is_one_line(trained, tmp_path, capsys, monkeypatch):
+    from xpnet.tools import memory
+
+    many = digit_folder(tmp_path / "many", 16, 1500)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
+    r = run(capsys, "evaluate", "--checkpoint", trained / "last.safetensors", "--data-dir", many,
+            "--batch-size", "1500")
+    one_line(r, 1, "--batch-size 1500", "GiB")
+
+
 def test_3_a_stored_num_classes_of_1e12_is_refused(trained, tmp_path, digits, capsys):
     path = rewrite(trained / "last.safetensors", lambda m: m.update(num_classes=10**12),
                    dest=tmp_path / "c.safetensors")
