@@ -62,6 +62,23 @@ def residual(c_in, c_out, shortcut, rng, workspace=None):
     )
 
 
+def stage_table(in_channels: int, channels, res_blocks: int, shortcut: str) -> list[tuple]:
+    """The stages of ResNet-9 in order, as both builders (``ResNet9`` and the PyTorch twin,
+    ``xpnet.reference.TorchResNet9``) read them: (name, kind, channels in, channels out, arg),
+    where kind "block" is conv3x3 + BatchNorm + ReLU (arg: a 2x2 max-pool after it), "residual"
+    two blocks and a skip (arg: the skip, "identity" or "conv"), "pool2" two 2x2 max-pools.
+    channels: the four stages' widths (c1, c2, c3, c4), already scaled."""
+    c1, c2, c3, c4 = channels
+    table = [("conv1", "block", in_channels, c1, False), ("conv2", "block", c1, c2, True),
+             ("res1", "residual", c2, c2, shortcut)]
+    if res_blocks == 2:
+        return table + [("conv3", "block", c2, c3, True), ("conv4", "block", c3, c4, True),
+                        ("res2", "residual", c4, c4, shortcut)]
+    # Three residual blocks: conv3/conv4 become a residual block 128->256 with a conv skip.
+    return table + [("res2", "residual", c2, c3, "conv"), ("pool2", "pool2", c3, c3, None),
+                    ("res3", "residual", c3, c4, shortcut)]
+
+
 class ResNet9(Sequential):
     """x: (N, in_channels, H, W) -> logits (N, num_classes), (H, W) = ``image_size``.
 
@@ -104,19 +121,13 @@ class ResNet9(Sequential):
         # The blocks run one at a time, so they can share their scratch buffers.
         ws = Workspace()
 
-        stages = {
-            "conv1": block(in_channels, c1, rng, workspace=ws),
-            "conv2": block(c1, c2, rng, pool=True, workspace=ws),
-            "res1": residual(c2, c2, shortcut, rng, workspace=ws),
+        make = {
+            "block": lambda c_in, c_out, pool: block(c_in, c_out, rng, pool=pool, workspace=ws),
+            "residual": lambda c_in, c_out, skip: residual(c_in, c_out, skip, rng, workspace=ws),
+            "pool2": lambda *_: Sequential(MaxPool2d(2, 2), MaxPool2d(2, 2)),
         }
-        if res_blocks == 2:
-            stages["conv3"] = block(c2, c3, rng, pool=True, workspace=ws)
-            stages["conv4"] = block(c3, c4, rng, pool=True, workspace=ws)
-            stages["res2"] = residual(c4, c4, shortcut, rng, workspace=ws)
-        else:
-            stages["res2"] = residual(c2, c3, "conv", rng, workspace=ws)
-            stages["pool2"] = Sequential(MaxPool2d(2, 2), MaxPool2d(2, 2))
-            stages["res3"] = residual(c3, c4, shortcut, rng, workspace=ws)
+        stages = {name: make[kind](c_in, c_out, arg)
+                  for name, kind, c_in, c_out, arg in stage_table(in_channels, (c1, c2, c3, c4), res_blocks, shortcut)}
         pool = MaxPool2d(2, 2) if head == "max" else GlobalAvgPool2d()
         tail = [pool, Flatten()]
         if dropout > 0:

@@ -12,7 +12,7 @@ import numpy
 import torch
 from torch import nn
 
-from xpnet.models.resnet9 import CHANNELS
+from xpnet.models.resnet9 import CHANNELS, stage_table
 from xpnet.models.schema import head_features
 
 
@@ -61,17 +61,15 @@ class TorchResNet9(nn.Sequential):
         image_size=(28, 28),
     ):
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in channels)
-        stages = OrderedDict(
-            conv1=block(in_channels, c1), conv2=block(c1, c2, pool=True), res1=residual(c2, c2, shortcut)
-        )
-        if res_blocks == 2:
-            stages["conv3"] = block(c2, c3, pool=True)
-            stages["conv4"] = block(c3, c4, pool=True)
-            stages["res2"] = residual(c4, c4, shortcut)
-        else:
-            stages["res2"] = residual(c2, c3, "conv")
-            stages["pool2"] = nn.Sequential(nn.MaxPool2d(2, 2), nn.MaxPool2d(2, 2))
-            stages["res3"] = residual(c3, c4, shortcut)
+        make = {
+            "block": lambda c_in, c_out, pool: block(c_in, c_out, pool=pool),
+            "residual": residual,
+            "pool2": lambda *_: nn.Sequential(nn.MaxPool2d(2, 2), nn.MaxPool2d(2, 2)),
+        }
+        # The same stage table as xpnet's ResNet9.
+        stages = OrderedDict((name, make[kind](c_in, c_out, arg))
+                             for name, kind, c_in, c_out, arg in stage_table(in_channels, (c1, c2, c3, c4), res_blocks,
+                                                                             shortcut))
         tail = [nn.MaxPool2d(2, 2) if head == "max" else nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         if dropout > 0:
             tail.append(nn.Dropout(dropout))
