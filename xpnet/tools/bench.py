@@ -287,6 +287,10 @@ def _probe(framework, width, batch, backend_name, steps=3):
         for _ in range(steps):
             runner.train_step()
         return backend.memory_pool_bytes() / 2**20
+    if framework == "xpnet":
+        # The compiled loops' code (Numba and LLVM, some 60 MiB resident) loads once per process,
+        # like torch's libraries on its import: before the baseline, not inside the steps.
+        jit.warm_up("float32")
     before = _rss_kib("VmRSS")
     try:  # Linux: reset the high-water mark so it covers the steps alone
         with open("/proc/self/clear_refs", "w") as f:
