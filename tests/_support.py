@@ -63,3 +63,24 @@ def run_without_torch(argv):
         f"sys.exit(main({[str(a) for a in argv]!r}))\n"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def run_plan(xp, plan, x, wt, dz, nb):
+    """A 3x3 convolution plan run chunk by chunk of ``nb`` images, as the fused block runs it.
+
+    x: (N, H, W, C), wt: (O, C, 3, 3), dz: (N, H, W, O) -> (y (N, H, W, O), dw (O, C, 3, 3),
+    dx (N, H, W, C)).
+    """
+    n, h, w, c = x.shape
+    o = wt.shape[0]
+    wk = plan.weights(wt)
+    y = xp.empty((n, h, w, o))
+    dx = xp.empty((n, h, w, c))
+    dw = xp.zeros(plan.dw_shape)
+    part = xp.empty(plan.dw_shape)
+    for n0 in range(0, n, nb):
+        n1 = min(n, n0 + nb)
+        plan.forward_into(x, n0, n1, wk, y[n0:n1], 0)
+        plan.backward_into(x, dz[n0:n1], n0, n1, wk, part, dx[n0:n1], 0)
+        dw += part
+    return y, plan.dw_finish(dw), dx

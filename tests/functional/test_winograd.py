@@ -3,7 +3,7 @@
 
 import numpy
 import pytest
-from _support import assert_close, randn
+from _support import assert_close, randn, run_plan
 
 from xpnet import functional as F
 from xpnet.backend import asnumpy
@@ -100,21 +100,9 @@ def test_plan_matches_im2col(xp, rng, shape, nb, compiled):
     x = randn(xp, rng, n, h, w, c, dtype=numpy.float64)
     wt = randn(xp, rng, o, c, 3, 3, dtype=numpy.float64)
     dz = randn(xp, rng, n, h, w, o, dtype=numpy.float64)
-    results = []
     plans = [_plan(xp, n, h, w, c, o, nb)]
     plans += [Im2col3x3(h, w, c, o, nb, F.Workspace(), numpy.float64, tap_major=tm) for tm in (True, False)]
-    for plan in plans:
-        wk = plan.weights(wt)
-        y = xp.empty((n, h, w, o))
-        dx = xp.empty((n, h, w, c))
-        dw = xp.zeros(plan.dw_shape)
-        part = xp.empty(plan.dw_shape)
-        for n0 in range(0, n, nb):
-            n1 = min(n, n0 + nb)
-            plan.forward_into(x, n0, n1, wk, y[n0:n1], 0)
-            plan.backward_into(x, dz[n0:n1], n0, n1, wk, part, dx[n0:n1], 0)
-            dw += part
-        results.append((y, plan.dw_finish(dw), dx))
+    results = [run_plan(xp, plan, x, wt, dz, nb) for plan in plans]
     assert_close(results[0][0], _direct(x, wt), rtol=1e-10, atol=1e-12, what="y vs the general conv")
     for other in results[1:]:  # Winograd against im2col's two column orders
         for got, ref, what in zip(results[0], other, ("y", "dw", "dx")):

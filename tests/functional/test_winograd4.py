@@ -4,7 +4,7 @@ im2col + GEMM, and its float32 rounding error against float64, bounded."""
 
 import numpy
 import pytest
-from _support import assert_close
+from _support import assert_close, run_plan
 
 from xpnet import functional as F
 from xpnet.functional import winograd4 as W4
@@ -107,21 +107,9 @@ def test_plan_matches_im2col(rng, path, shape, nb):
     x = rng.standard_normal((n, h, w, c))
     wt = rng.standard_normal((o, c, 3, 3))
     dz = rng.standard_normal((n, h, w, o))
-    results = []
     plans = [W4.Winograd4x4(h, w, c, o, nb, F.Workspace(), numpy.float64)]
     plans.append(Im2col3x3(h, w, c, o, nb, F.Workspace(), numpy.float64, tap_major=True))
-    for plan in plans:
-        wk = plan.weights(wt)
-        y = numpy.empty((n, h, w, o))
-        dx = numpy.empty((n, h, w, c))
-        dw = numpy.zeros(plan.dw_shape)
-        part = numpy.empty(plan.dw_shape)
-        for n0 in range(0, n, nb):
-            n1 = min(n, n0 + nb)
-            plan.forward_into(x, n0, n1, wk, y[n0:n1], 0)
-            plan.backward_into(x, dz[n0:n1], n0, n1, wk, part, dx[n0:n1], 0)
-            dw += part
-        results.append((y, plan.dw_finish(dw), dx))
+    results = [run_plan(numpy, plan, x, wt, dz, nb) for plan in plans]
     assert_close(results[0][0], _direct(x, wt), rtol=1e-10, atol=1e-11, what="y vs the general conv")
     for got, ref, what in zip(results[0], results[1], ("y", "dw", "dx")):
         assert got.shape == ref.shape, what
