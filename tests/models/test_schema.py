@@ -1,6 +1,8 @@
 """The model config's schema: every field of a stored config checked (type, bounds, unknown keys)
 before a model is built, in one line naming the field."""
 
+import importlib
+import inspect
 import math
 
 import pytest
@@ -112,3 +114,26 @@ def test_bad_report2_fields_are_one_line_naming_the_field(config, num_classes, f
     with pytest.raises(ModelConfigError, match=field) as e:
         check(config, num_classes)
     assert "\n" not in str(e.value)
+
+
+def _signature_defaults(cls, names):
+    """The constructor's keyword defaults for ``names``, sequences as lists (as a config stores them)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {n: list(params[n].default) if isinstance(params[n].default, (tuple, list)) else params[n].default
+            for n in names}
+
+
+@pytest.mark.parametrize(("module", "cls", "defaults"), [
+    ("xpnet.models", "ResNet9", DEFAULTS),
+    ("xpnet.models", "Report2Net", REPORT2_DEFAULTS),
+    ("xpnet.reference", "TorchResNet9", DEFAULTS),
+    ("xpnet.reference", "TorchReport2Net", REPORT2_DEFAULTS),
+])
+def test_constructor_defaults_are_the_schemas(module, cls, defaults):
+    # The constructors spell their defaults out for the reader; the schema fills a stored config's
+    # missing keys. The two must agree, or a checkpoint without a key would build another network
+    # than the constructor called without it.
+    if module == "xpnet.reference":
+        pytest.importorskip("torch")
+    cls = getattr(importlib.import_module(module), cls)
+    assert _signature_defaults(cls, defaults) == defaults
