@@ -20,6 +20,24 @@ def test_flop_count_of_the_report_model():
     assert conv_flops(ResNet9(width=0.5, rng=0)) < fwd / 3.5
 
 
+def test_report2_network_is_timed_on_its_preset_against_its_twin(tmp_path):
+    from xpnet.models import Report2Net
+    from xpnet.tools.bench import bench_config
+
+    cfg = bench_config(1.0, 64, "torch", "report2")
+    assert (cfg.arch, cfg.lr, cfg.momentum, cfg.dropout, cfg.pool_ties, cfg.framework) == \
+        ("report2", 6.4e-3, 0.0, 0.9, "share", "torch")
+    # 46 MFLOP per image forward, as the model's docstring says: six times ResNet-9 with its channel counts.
+    assert round(conv_flops(Report2Net(rng=0)) / 1e6) == 46
+    assert round(conv_flops(ResNet9(channels=(4, 16, 32, 64), rng=0)) / 1e5) == 77
+    assert main(["--smoke", "--arch", "report2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    (row,) = result["rows"]
+    assert result["arch"] == "report2" and row["train_ratio"] > 0 and row["xpnet_peak_mib"] >= 0
+    assert "second report's network" in (tmp_path / "bench.md").read_text()
+    assert main(["--arch", "report2", "--backend", "cupy", "--dry-run", "--out", str(tmp_path)]) == 2
+
+
 def test_smoke_run_writes_json_and_markdown(tmp_path, capsys):
     assert main(["--smoke", "--no-memory", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())

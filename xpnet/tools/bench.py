@@ -11,6 +11,7 @@ child process per framework, so neither sees the other's allocations).
     xpnet bench --backend cupy        # CuPy vs torch CUDA
     xpnet bench --profile             # where a train step's time goes, stage by stage, vs torch
     xpnet bench --smoke               # seconds: what CI runs
+    xpnet bench --arch report2        # the second report's network, its recipe's step
     xpnet bench --backend cupy --dry-run   # kernel launches and host syncs per step, no GPU needed
 """
 
@@ -33,28 +34,29 @@ from xpnet import backend, nn
 from xpnet.errors import XpnetError
 from xpnet.cli.argtypes import OneLineParser, nonneg_int, positive_float, positive_int
 from xpnet.functional import jit, parallel
-from xpnet.models import ResNet9
+from xpnet.models import build_model
 from xpnet.tools.machine import blas_note, cpu_info, describe_cpu, load_note, passive_omp_wait
-from xpnet.training.config import TrainConfig
+from xpnet.training.config import ARCHS, PRESETS, TrainConfig
 from xpnet.training.runner import build_runner, train_step
 
 
 def conv_flops(model, image_shape=(1, 28, 28)) -> int:
     """Forward multiply-adds x 2 of every Conv2d and Linear for one image.
 
-    A Conv2d inside a fused ConvBlock is never called itself, so the block's input stands in for
-    its convolution's.
+    A Conv2d inside a fused block (ConvBlock, ConvReLU, ResidualReLU) is never called itself, so
+    the block's input stands in for its convolutions' (a residual block's keep their shape).
     """
     from xpnet.functional.conv import output_size
 
     inputs = {}  # id(Conv2d or Linear) -> (module, input shape)
     hooked = []
 
-    def wrap(m, target):
+    def wrap(m, *targets):
         orig = m.forward
 
         def forward(x):
-            inputs[id(target)] = (target, x.shape)
+            for target in targets:
+                inputs[id(target)] = (target, x.shape)
             return orig(x)
 
         object.__setattr__(m, "forward", forward)
@@ -63,8 +65,10 @@ def conv_flops(model, image_shape=(1, 28, 28)) -> int:
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             wrap(m, m)
-        elif isinstance(m, nn.ConvBlock) and m.fused:
+        elif isinstance(m, (nn.ConvBlock, nn.ConvReLU)) and m.fused:
             wrap(m, m.layers[0])
+        elif isinstance(m, nn.ResidualReLU) and m.fused:
+            wrap(m, m.layers[0].layers[0], m.layers[0].layers[2])
     was_training = model.training
     model.eval()
     try:
@@ -105,9 +109,12 @@ def sgemm_peak(seconds=1.0) -> float:
     return best
 
 
-def bench_config(width: float, batch: int, framework: str = "xpnet") -> TrainConfig:
-    """The run bench times: ``xpnet train``'s default recipe at ``width`` and ``batch``."""
-    return TrainConfig(width=width, batch_size=batch, framework=framework)
+def bench_config(width: float, batch: int, framework: str = "xpnet", arch: str = "resnet9") -> TrainConfig:
+    """The run bench times at ``width`` and ``batch``: ``xpnet train``'s default recipe for
+    ResNet-9, the ``report2`` preset (plain SGD, dropout 0.9, tie-sharing pools) for the second
+    report's network."""
+    recipe = dict(PRESETS["report2"], epochs=1) if arch == "report2" else {}
+    return TrainConfig(**{**recipe, "width": width, "batch_size": batch, "framework": framework})
 
 
 class Timed:
@@ -271,10 +278,10 @@ def _rss_kib(field):
     return None
 
 
-def _probe(framework, width, batch, backend_name, steps=3):
+def _probe(framework, width, batch, backend_name, arch="resnet9", steps=3):
     """Run in a child: peak resident (CPU) or pool (GPU) memory of train steps, in MiB."""
     backend.use(backend_name)
-    runner = Timed(bench_config(width, batch, framework))
+    runner = Timed(bench_config(width, batch, framework, arch))
     if backend_name == "cupy":
         runner.train_step()
         if framework == "torch":
@@ -305,8 +312,9 @@ def _probe(framework, width, batch, backend_name, steps=3):
     return (peak - before) / 1024
 
 
-def peak_memory_mib(framework, width, batch, backend_name, threads):
-    cmd = [sys.executable, "-m", "xpnet.tools.bench", "--_probe", framework, str(width), str(batch), backend_name]
+def peak_memory_mib(framework, width, batch, backend_name, threads, arch="resnet9"):
+    cmd = [sys.executable, "-m", "xpnet.tools.bench", "--_probe", framework, str(width), str(batch), backend_name,
+           arch]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), XPNET_THREADS=str(threads))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     if out.returncode != 0:
@@ -345,40 +353,19 @@ def run(args) -> dict:
     # timing, and the seconds are reported on their own line.
     jit_seconds, jit_compiled = jit.warm_up("float32") if args.backend == "numpy" else (0.0, 0)
     peak = sgemm_peak(0.5 if args.smoke else 2.0)
-    flops_fwd = conv_flops(ResNet9(width=args.width, rng=0))
+    flops_fwd = conv_flops(build_model(bench_config(args.width, 1, arch=args.arch).model_config(), 10, 0))
     rows = []
     for batch in args.batch_sizes:
-        runners = {"xpnet": Timed(bench_config(args.width, batch), cuda_graph=args.cuda_graph)}
-        if torch is not None and not args.no_torch:
-            runners["torch"] = Timed(bench_config(args.width, batch, "torch"))
-        for r in runners.values():  # warm-up: allocator pools, BLAS buffers, cuDNN autotuning
-            for _ in range(args.warmup):
-                r.train_step()
-                r.eval_step()
-        if args.profile:
-            rows.append(dict(batch=batch, profile=profile(runners, args.rounds * args.steps)))
-            continue
-        train = _alternate(runners, "train_step", args.rounds, args.steps)
-        evals = _alternate(runners, "eval_step", args.rounds, args.steps)
-        row = dict(batch=batch)
-        for name in runners:
-            row[f"{name}_train_ips"] = batch / train[name]
-            row[f"{name}_eval_ips"] = batch / evals[name]
-            row[f"{name}_train_gflops"] = 3 * flops_fwd * batch / train[name] / 1e9
-            row[f"{name}_train_peak_fraction"] = row[f"{name}_train_gflops"] / peak
-            if not args.no_memory:
-                row[f"{name}_peak_mib"] = peak_memory_mib(name, args.width, batch, args.backend, threads)
-        if "torch" in runners:
-            row["train_ratio"] = row["xpnet_train_ips"] / row["torch_train_ips"]
-            row["eval_ratio"] = row["xpnet_eval_ips"] / row["torch_eval_ips"]
-        rows.append(row)
-        print(_format_row(row), flush=True)
+        rows.append(_batch_row(args, batch, torch, flops_fwd, peak, threads))
+        if not args.profile:
+            print(_format_row(rows[-1]), flush=True)
     limiter.restore_original_limits()
     kernel_threads = parallel.set_threads(previous_kernel_threads)  # the count the run used
     return dict(
         backend=args.backend,
         device=device,
         cuda_graph=args.cuda_graph,
+        arch=args.arch,
         width=args.width,
         threads=threads,
         kernel_threads=kernel_threads,
@@ -397,6 +384,33 @@ def run(args) -> dict:
         train_gflop_per_image=3 * flops_fwd / 1e9,
         rows=rows,
     )
+
+
+def _batch_row(args, batch, torch, flops_fwd, peak, threads) -> dict:
+    """One batch size's row: both frameworks' rates, ratios and memory (or its profile)."""
+    runners = {"xpnet": Timed(bench_config(args.width, batch, arch=args.arch), cuda_graph=args.cuda_graph)}
+    if torch is not None and not args.no_torch:
+        runners["torch"] = Timed(bench_config(args.width, batch, "torch", args.arch))
+    for r in runners.values():  # warm-up: allocator pools, BLAS buffers, cuDNN autotuning
+        for _ in range(args.warmup):
+            r.train_step()
+            r.eval_step()
+    if args.profile:
+        return dict(batch=batch, profile=profile(runners, args.rounds * args.steps))
+    train = _alternate(runners, "train_step", args.rounds, args.steps)
+    evals = _alternate(runners, "eval_step", args.rounds, args.steps)
+    row = dict(batch=batch)
+    for name in runners:
+        row[f"{name}_train_ips"] = batch / train[name]
+        row[f"{name}_eval_ips"] = batch / evals[name]
+        row[f"{name}_train_gflops"] = 3 * flops_fwd * batch / train[name] / 1e9
+        row[f"{name}_train_peak_fraction"] = row[f"{name}_train_gflops"] / peak
+        if not args.no_memory:
+            row[f"{name}_peak_mib"] = peak_memory_mib(name, args.width, batch, args.backend, threads, args.arch)
+    if "torch" in runners:
+        row["train_ratio"] = row["xpnet_train_ips"] / row["torch_train_ips"]
+        row["eval_ratio"] = row["xpnet_eval_ips"] / row["torch_eval_ips"]
+    return row
 
 
 def _load_average():
@@ -430,6 +444,9 @@ def _jit_lines(result):
     return [line, ""]
 
 
+_ARCH_NAMES = {"resnet9": "ResNet-9, default recipe", "report2": "second report's network (report2 preset)"}
+
+
 def markdown(result) -> str:
     if any("profile" in r for r in result["rows"]):
         return "\n".join(profile_markdown(r["batch"], r["profile"]) for r in result["rows"])
@@ -451,6 +468,7 @@ def markdown(result) -> str:
     lines = [
         f"CPU: {describe_cpu(result['cpu'])}" if "cpu" in result else f"CPU: {result['machine']}",
         "",
+        f"{_ARCH_NAMES[result.get('arch', 'resnet9')]}, "
         f"backend {result['backend']} ({result['machine']}{', ' + blas if blas else ''}), width {result['width']}, "
         f"{result['threads']} threads, "
         f"sgemm peak {result['sgemm_peak_gflops']:.0f} GFLOP/s, {result['train_gflop_per_image']:.2f} GFLOP per "
@@ -496,6 +514,8 @@ def build_parser():
                       formatter_class=_HelpFormatter)
     p.add_argument("--backend", choices=backend.BACKENDS, default="numpy", help="array backend")
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[8, 64, 128], help="batch sizes to time")
+    p.add_argument("--arch", choices=ARCHS, default="resnet9",
+                   help="network: ResNet-9 on the default recipe, or the second report's on its preset")
     p.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier of the model")
     p.add_argument("--threads", type=nonneg_int, default=0,
                    help="threads for BLAS, torch and the xpnet kernels (0: all cores)")
@@ -514,15 +534,15 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true",
                    help="with --backend cupy: count kernel launches and host syncs per step on a fake "
                         "device, beside the PyTorch twin's, instead of timing (no GPU needed)")
-    p.add_argument("--_probe", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--_probe", nargs=5, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args._probe:
-        framework, width, batch, backend_name = args._probe
-        print(_probe(framework, float(width), int(batch), backend_name))
+        framework, width, batch, backend_name, arch = args._probe
+        print(_probe(framework, float(width), int(batch), backend_name, arch))
         return 0
     if args.smoke:
         args.batch_sizes, args.width, args.rounds, args.steps, args.warmup = [2], 0.125, 1, 1, 1
@@ -531,6 +551,9 @@ def main(argv=None) -> int:
         return 2
     if args.cuda_graph and args.backend != "cupy":
         print("xpnet bench: error: --cuda-graph replays the step on a GPU: it needs --backend cupy", file=sys.stderr)
+        return 2
+    if args.dry_run and args.arch != "resnet9":
+        print("xpnet bench: error: --dry-run counts ResNet-9's launches only: leave out --arch", file=sys.stderr)
         return 2
     if args.dry_run:
         return _dry_run(args)
