@@ -115,3 +115,52 @@ def test_backward_without_forward_raises():
     block, _ = _pair(2, 3, False)
     with pytest.raises(RuntimeError):
         block.backward(numpy.zeros((1, 3, 4, 4), dtype=numpy.float32))
+
+
+def _bias_fused_pair(kind, c, o, method, seed=0):
+    def layers(rng):
+        if kind == "conv":
+            return [nn.Conv2d(c, o, 3, padding=1, rng=rng), nn.ReLU()]
+        body = nn.Residual(nn.Conv2d(c, c, 3, padding=1, rng=rng), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, rng=rng))
+        return [body, nn.ReLU()]
+
+    block = (nn.ConvReLU if kind == "conv" else nn.ResidualReLU)(*layers(numpy.random.default_rng(seed)), method=method)
+    return block, nn.Sequential(*layers(numpy.random.default_rng(seed)))
+
+
+@pytest.mark.parametrize("kind", ["conv", "residual"])
+@pytest.mark.parametrize("method", ["auto", "exact"])
+def test_bias_fused_blocks_equal_the_plain_sequential(xp, rng, kind, method):
+    block, plain = _bias_fused_pair(kind, 6, 6 if kind == "residual" else 5, method)
+    assert block.fused and list(block.state_dict()) == list(plain.state_dict())
+    x = spread(xp, rng, 3, 6, 7, 9, gap=0.01, dtype=numpy.float32)
+    y, y_ref = block(x), plain(x)
+    assert_close(y, y_ref, rtol=1e-5, atol=1e-5, what="y")
+    dy = randn(xp, rng, *y.shape)
+    block.zero_grad(), plain.zero_grad()
+    assert_close(block.backward(dy), plain.backward(dy), rtol=1e-4, atol=1e-5, what="dx")
+    ours = dict(block.named_parameters())
+    for name, p in plain.named_parameters():
+        assert float(abs(backend.asnumpy(p.grad)).max()) > 0, name
+        assert_close(ours[name].grad, p.grad, rtol=1e-4, atol=1e-4, what=name)
+    block.eval(), plain.eval()
+    assert_close(block(x), plain(x), rtol=1e-5, atol=1e-5, what="eval")
+    with pytest.raises(RuntimeError):  # eval mode keeps nothing for a backward pass
+        block.backward(dy)
+
+
+def test_bias_fused_gradient_check(rng):
+    block, _ = _bias_fused_pair("residual", 3, 3, "auto")
+    check_module(block, spread(numpy, rng, 2, 3, 6, 5, gap=0.01), eps=1e-6, rtol=1e-5)
+
+
+def test_bias_fused_blocks_fall_back_where_they_cannot_fuse():
+    no_bias = nn.ConvReLU(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU())
+    strided = nn.ConvReLU(nn.Conv2d(2, 3, 3, padding=1, stride=2), nn.ReLU())
+    skip = nn.ResidualReLU(nn.Residual(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1),
+                                       shortcut=nn.Conv2d(2, 2, 1)), nn.ReLU())
+    x = numpy.ones((1, 2, 4, 4), dtype=numpy.float32)
+    for block in (no_bias, strided, skip):
+        assert not block.fused
+        y = block(x)
+        assert block.backward(numpy.ones_like(y)).shape == x.shape

@@ -19,6 +19,7 @@ from xpnet.functional.fused import (
     conv_bn_relu_eval_forward,
     conv_bn_relu_train_forward,
 )
+from xpnet.functional.fused_bias import conv_bias_relu_backward, conv_bias_relu_forward
 from xpnet.functional.layout import from_rows, to_rows
 from xpnet.functional.linear import linear_backward, linear_forward
 from xpnet.functional.loss import (
@@ -56,6 +57,8 @@ __all__ = [
     "col2im",
     "conv2d_backward",
     "conv2d_forward",
+    "conv_bias_relu_backward",
+    "conv_bias_relu_forward",
     "conv_bn_relu_backward",
     "conv_bn_relu_eval_forward",
     "conv_bn_relu_train_forward",

@@ -1,6 +1,6 @@
 """Modules: parameters, caches and train/eval mode around ``xpnet.functional``."""
 
-from xpnet.nn.blocks import ConvBlock
+from xpnet.nn.blocks import ConvBlock, ConvReLU, ResidualReLU
 from xpnet.nn.layers import (
     AvgPool2d,
     BatchCounters,
@@ -22,6 +22,7 @@ __all__ = [
     "BatchNorm2d",
     "Conv2d",
     "ConvBlock",
+    "ConvReLU",
     "CrossEntropyLoss",
     "Dropout",
     "Flatten",
@@ -32,5 +33,6 @@ __all__ = [
     "Parameter",
     "ReLU",
     "Residual",
+    "ResidualReLU",
     "Sequential",
 ]
