@@ -166,12 +166,7 @@ def figures(out, results, section, failures, smooth) -> list:
                     yerr=[100 * (r["test"]["sd"] or 0.0) for r in rows], fmt="o-", capsize=4, label="ours (mean ± sd)")
     ax.plot([PUBLISHED["dropout"]], [PUBLISHED["test"]], "D", color="C3", label="report (200 epochs)")
     ax.set(xlabel="dropout rate", ylabel="test accuracy (%)", title="Second report: dropout sweep")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "report2_dropout.png", dpi=100)
-    plt.close(fig)
-    written.append(out / "report2_dropout.png")
+    written.append(_save(plt, fig, ax, out / "report2_dropout.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, style, colour in ((MAIN, "-", "C0"), (TWIN, "--", "C1")):
@@ -180,17 +175,22 @@ def figures(out, results, section, failures, smooth) -> list:
                 x, y = smooth(h["losses"], max(1, len(h["losses"]) // 50))
                 ax.plot(x, y, style, color=colour, alpha=0.8, lw=1, label=name if k == 0 else None)
     ax.set(xlabel="step", ylabel="training loss", title="Second report's network: xpnet and its twin")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "report2_losses.png", dpi=100)
-    plt.close(fig)
-    written.append(out / "report2_losses.png")
+    written.append(_save(plt, fig, ax, out / "report2_losses.png"))
 
     if failures is not None:
         failure_grid(out / "report2_failures.png", *failures)
         written.append(out / "report2_failures.png")
     return written
+
+
+def _save(plt, fig, ax, path):
+    """A one-axes figure's grid and legend, written to ``path`` and closed -> path."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def failure_grid(path, images, labels, preds, columns=10):
