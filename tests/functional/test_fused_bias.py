@@ -55,13 +55,14 @@ def chunking(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["exact", "im2col", "winograd", "winograd4"])
+@pytest.fixture(params=["exact", "exact-winograd4", "im2col", "winograd", "winograd4"])
 def method(request, monkeypatch):
-    """The "exact" method (im2col whatever the shape), and "auto" forced to each CPU plan."""
+    """The "exact" forward (im2col whatever the shape) with its backward on the plan the shape
+    chooses or on F(4x4, 3x3), and "auto" forced to each CPU plan."""
     if request.param == "exact":
         return "exact"
-    monkeypatch.setattr(fused, "CONV3X3_METHOD", request.param)
-    return "auto"
+    monkeypatch.setattr(fused, "CONV3X3_METHOD", request.param.replace("exact-", ""))
+    return "exact" if request.param.startswith("exact") else "auto"
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -9,7 +9,8 @@ applied to it, the chunks spread over threads.
 
 * Forward: per chunk, z = conv(x) into the output, then y = relu(z + b [+ r]) in place.
 * Backward: per chunk, g = dy where y > 0 (the ReLU's mask, read from the output), its column
-  sums (the bias gradient), then the plan's weight and input gradients of that chunk. ``g`` is also
+  sums (the bias gradient), then the plan's weight and input gradients of that chunk (always
+  the plan of ``conv3x3_method``: the "exact" forward's reason does not reach the gradients). ``g`` is also
   the gradient of the residual input, returned for the caller to add to its skip path.
 
 Only the CPU has this body; device arrays run the plain layers (im2col convolution, then bias,
@@ -22,18 +23,16 @@ import numpy
 
 from xpnet.backend import get_array_module
 from xpnet.functional import conv as conv_ops
-from xpnet.functional.activation import relu_forward
 from xpnet.functional import fused
+from xpnet.functional.activation import relu_forward
 from xpnet.functional.conv import Im2col3x3
 from xpnet.functional.fused import _check, _ColumnSums
-from xpnet.functional.parallel import chunk_size
 from xpnet.functional.layout import nchw, nhwc
-from xpnet.functional.parallel import for_chunks, workers
+from xpnet.functional.parallel import chunk_size, for_chunks, workers
 from xpnet.functional.workspace import Workspace
 
-
-# The plans ``exact`` chooses from: im2col + GEMM only. A Winograd layer's outputs carry its
-# transforms' rounding, which differs from pixel to pixel of a tile, so a flat region (MNIST's
+# The forward's plans: "auto" as ``fused`` chooses, or "exact", im2col + GEMM only. A Winograd
+# layer's outputs carry its transforms' rounding, which differs from pixel to pixel of a tile, so a flat region (MNIST's
 # background) comes out as values a few ulps apart instead of equal ones; a max-pool that sends a
 # tied window's gradient to every maximum (``ties="share"``) then sees fewer ties. F(4x4, 3x3)
 # broke a quarter of the second report's net's positive ties at its first pool (32 test images).
@@ -52,8 +51,9 @@ def conv_bias_relu_forward(x, w, b, residual=None, ws=None, method="auto"):
     """y = relu(conv3x3(x, w) + b [+ residual]).
 
     x: (N, C, H, W); w: (O, C, 3, 3); b: (O,); residual: (N, O, H, W) or None.
-    ``method``: "auto" (the plan ``fused.conv3x3_method`` chooses for the shape) or "exact"
-    (im2col + GEMM, whose equal inputs give equal outputs; see ``METHODS``).
+    ``method``: the forward's plan, "auto" (the one ``fused.conv3x3_method`` chooses for the
+    shape) or "exact" (im2col + GEMM, whose equal inputs give equal outputs; see ``METHODS``).
+    The backward always takes the "auto" plan.
     Returns (y: (N, O, H, W), cache). ``cache`` refers to ``x``, ``w`` and ``y`` themselves:
     change none of them in place before the backward pass.
     """
@@ -79,7 +79,7 @@ def conv_bias_relu_forward(x, w, b, residual=None, ws=None, method="auto"):
         numpy.maximum(out, 0.0, out=out)
 
     for_chunks(numpy, n, plan.nb, body)
-    return nchw(y), ("cpu", x, w, y, method)
+    return nchw(y), ("cpu", x, w, y)
 
 
 def _forward_layers(x, w, b, residual):
@@ -103,12 +103,13 @@ def conv_bias_relu_backward(dy, cache, need_dx=True, ws=None):
         g = xp.multiply(dy, y > 0)
         dx, dw, db = conv_ops.conv2d_backward(g, conv_cache)
         return (dx if need_dx else None), dw, db, g
-    _, x, w, y, method = cache
+    _, x, w, y = cache
     ws = Workspace() if ws is None else ws
     xh, dyh = nhwc(x), nhwc(dy)
     n, h, wd, o = y.shape
     c, dt = xh.shape[3], y.dtype
-    plan = _plan(n, h, wd, c, o, dt, ws, method)
+    # Ties live in the forward's values alone: the gradients take the fastest plan either way.
+    plan = _plan(n, h, wd, c, o, dt, ws, "auto")
     nt = workers(numpy)
     g = numpy.empty_like(y)
     db = _ColumnSums(nt, numpy.ones(plan.nb * h * wd, dtype=dt))
