@@ -149,3 +149,24 @@ def test_global_avgpool_matches_torch_and_gradient_check(xp, rng):
         [x],
         dy,
     )
+
+
+@pytest.mark.parametrize("ties", ["first", "share"])
+@pytest.mark.parametrize(("shape", "k"), [((2, 3, 6, 6), (2, 2)), ((2, 3, 7, 5), (2, 2)), ((1, 2, 7, 8), (3, 2))])
+def test_maxpool_disjoint_windows_match_torch_with_ties(xp, ties, shape, k):
+    # Windows that tile the input (stride = kernel) take the backward that writes each tap's
+    # gradient in place; odd edges no window covers get zero.
+    rng = numpy.random.default_rng(5)
+    x = tied(xp, rng, shape)
+    y, cache = F.maxpool2d_forward(x, k, k, 0, ties=ties)
+    dy = randn(xp, rng, *y.shape)
+    dx = F.maxpool2d_backward(dy, cache)
+
+    def reference(x):
+        if ties == "share":
+            return max_pool2d_sharing_ties(x, k, k, 0)
+        return torch.nn.functional.max_pool2d(x, k, k)
+
+    ty, (tdx,) = torch_run(reference, [x], dy)
+    assert_close(y, ty)
+    assert_close(dx, tdx, rtol=0, atol=1e-6)

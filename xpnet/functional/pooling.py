@@ -98,12 +98,33 @@ def maxpool2d_backward(dy, cache):
     n, c, h, w = x_shape
     ph, pw = padding
     dyh = nhwc(dy)
+    if tuple(stride) == (kh, kw) and not (ph or pw):
+        return _disjoint_windows_backward(xp, dyh, cache, x_shape, (kh, kw))
     dxpad = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dy.dtype)
     for t in range(kh * kw):
         rows, cols = _tap(t // kw, t % kw, ho, wo, stride, (1, 1))
         won = (xpad[:, rows, cols, :] == y) if cache[0] == "share" else (arg == t)
         dxpad[:, rows, cols, :] += xp.where(won, dyh, 0)
     return nchw(dxpad[:, ph : ph + h, pw : pw + w, :])
+
+
+def _disjoint_windows_backward(xp, dyh, cache, x_shape, k):
+    """maxpool2d_backward where the windows tile the input without overlap (stride = kernel, no
+    padding): each tap's gradient is written straight into its strided view of dx, one pass per
+    tap and no accumulation; only the edge rows and columns that no window covers are zeroed."""
+    kh, kw = k
+    n, c, h, w = x_shape
+    ho, wo = dyh.shape[1:3]
+    dx = (xp.zeros if h != kh * ho or w != kw * wo else xp.empty)((n, h, w, c), dtype=dyh.dtype)
+    won = xp.empty(dyh.shape, dtype=bool)
+    for t in range(kh * kw):
+        rows, cols = _tap(t // kw, t % kw, ho, wo, (kh, kw), (1, 1))
+        if cache[0] == "share":
+            xp.equal(cache[1][:, rows, cols, :], cache[2], out=won)
+        else:
+            xp.equal(cache[1], t, out=won)
+        xp.multiply(dyh, won, out=dx[:, rows, cols, :])
+    return nchw(dx)
 
 
 def _windows2(a):
