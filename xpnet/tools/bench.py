@@ -534,15 +534,16 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true",
                    help="with --backend cupy: count kernel launches and host syncs per step on a fake "
                         "device, beside the PyTorch twin's, instead of timing (no GPU needed)")
-    p.add_argument("--_probe", nargs=5, help=argparse.SUPPRESS)
+    # FRAMEWORK WIDTH BATCH BACKEND [ARCH]: the memory probe's child (ResNet-9 without ARCH)
+    p.add_argument("--_probe", nargs="+", help=argparse.SUPPRESS)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args._probe:
-        framework, width, batch, backend_name, arch = args._probe
-        print(_probe(framework, float(width), int(batch), backend_name, arch))
+        framework, width, batch, backend_name, *arch = args._probe
+        print(_probe(framework, float(width), int(batch), backend_name, *arch[:1]))
         return 0
     if args.smoke:
         args.batch_sizes, args.width, args.rounds, args.steps, args.warmup = [2], 0.125, 1, 1, 1
