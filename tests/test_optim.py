@@ -138,3 +138,35 @@ def test_on_the_device_an_update_and_a_zero_fill_are_one_launch_each(fake_cupy, 
     opt.zero_grad()
     assert fake_cupy.since(counts)["ops"] == 1
     assert all(not backend.asnumpy(p.grad).any() and p.zeroed for p in params)
+
+
+@pytest.mark.parametrize("name", ["sgd", "sgd_momentum_wd", "sgd_nesterov"])
+def test_compiled_sgd_gives_the_numpy_forms_bits(name, monkeypatch):
+    """The compiled update (``jit``, one pass, split over threads from THREADED_UPDATE_SIZE
+    values) equals the NumPy passes bit for bit, large and small parameters alike."""
+    from xpnet.functional import jit
+
+    if not jit.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(optim, "THREADED_UPDATE_SIZE", 64)
+    make = CASES[name][0]
+    rng = numpy.random.default_rng(2)
+    shapes = {"big": (40, 7), "small": (5,)}
+    start = {k: rng.standard_normal(s).astype(numpy.float32) for k, s in shapes.items()}
+    grads = [{k: rng.standard_normal(s).astype(numpy.float32) for k, s in shapes.items()} for _ in range(4)]
+    results = {}
+    for on in (True, False):
+        previous = jit.set_enabled(on)
+        try:
+            params = {k: nn.Parameter(a.copy()) for k, a in start.items()}
+            opt = make(list(params.items()))
+            for g in grads:
+                for k, p in params.items():
+                    p.grad[...] = g[k]
+                opt.step()
+            results[on] = {k: p.data for k, p in params.items()}
+        finally:
+            jit.set_enabled(previous)
+    for k in shapes:
+        assert not numpy.array_equal(results[True][k], start[k])
+        numpy.testing.assert_array_equal(results[True][k], results[False][k])

@@ -17,6 +17,8 @@ import numpy
 
 from xpnet import backend
 from xpnet.backend import get_array_module
+from xpnet.functional import jit
+from xpnet.functional.parallel import for_chunks, workers
 from xpnet.nn.module import FlatParameters
 
 # The updates as elementwise functions of one parameter's arrays, written in place: on CuPy each
@@ -50,6 +52,33 @@ def _adam(p, g, m, v, lr_bc1, beta1, beta2, c1, c2, inv_sqrt_bc2, eps, wd, decay
     v *= beta2
     v += c2 * (d * d)
     p -= lr_bc1 * (m / (backend.xp().sqrt(v) * inv_sqrt_bc2 + eps))
+
+
+# Parameters from this many values up are split over the CPU threads; smaller ones take one.
+THREADED_UPDATE_SIZE = 1 << 16
+
+
+def _compiled(name, arrays):
+    """The compiled CPU loop ``name`` (``jit``) if it is there and every array is a C-contiguous
+    NumPy array (the loops walk them flat), else None: the NumPy form runs."""
+    loop = jit.kernel(name)
+    if loop is None or not all(type(a) is numpy.ndarray and a.flags.c_contiguous for a in arrays):
+        return None
+    return loop
+
+
+def _run_flat(loop, arrays, scalars):
+    """``loop(*flat arrays, *scalars)`` over chunks of the flattened arrays, spread over the
+    threads when they are large: one pass over memory where NumPy makes six to nine, on every
+    core (at width 1.0 the update is ~10 % of a batch-8 step on one thread)."""
+    flat = [a.reshape(-1) for a in arrays]
+    n = flat[0].shape[0]
+    nb = -(-n // workers(numpy)) if n >= THREADED_UPDATE_SIZE else n
+
+    def body(t, i0, i1):
+        loop(*(a[i0:i1] for a in flat), *scalars)
+
+    for_chunks(numpy, n, max(nb, 1), body)
 
 
 def _flatten(params):
@@ -169,10 +198,15 @@ class SGD(Optimizer):
         s = p.data.dtype.type  # scalars in the parameter's dtype: float32 math for float32 weights
         lr, wd = s(self.lr) if self.scalars is None else self.scalars[0], s(self.weight_decay)
         if not self.momentum:
-            backend.fuse(_sgd)(p.data, p.grad, lr, wd)
+            arrays, scalars, step, name = (p.data, p.grad), (lr, wd), _sgd, "sgd"
+        else:
+            arrays, scalars = (p.data, p.grad, state["momentum_buffer"]), (lr, wd, s(self.momentum))
+            step, name = (_sgd_nesterov, "sgd_nesterov") if self.nesterov else (_sgd_momentum, "sgd_momentum")
+        loop = _compiled(name, arrays) if self.scalars is None else None
+        if loop is not None:
+            _run_flat(loop, arrays, scalars)
             return
-        step = _sgd_nesterov if self.nesterov else _sgd_momentum
-        backend.fuse(step)(p.data, p.grad, state["momentum_buffer"], lr, wd, s(self.momentum))
+        backend.fuse(step)(*arrays, *scalars)
 
 
 class Adam(Optimizer):

@@ -523,10 +523,42 @@ def bn_input_grad(g, z, ca, cb, cc, sums):
         sums[j % nc] += acc[j]
 
 
+# -- the optimizer's update over one parameter (``optim``) ---------------------------------------
+# The same float32 operations in the same order as optim's NumPy forms (no fused multiply-add:
+# fastmath is off), so both paths give the same bits; one pass instead of six to nine.
+
+
+@njit(**_JIT)
+def sgd(p, g, lr, wd):
+    """``optim._sgd`` over flat (n,) arrays: p <- p - lr * (g + wd * p)."""
+    for i in range(p.shape[0]):
+        p[i] = p[i] - lr * (g[i] + wd * p[i])
+
+
+@njit(**_JIT)
+def sgd_momentum(p, g, buf, lr, wd, momentum):
+    """``optim._sgd_momentum`` over flat (n,) arrays."""
+    for i in range(p.shape[0]):
+        b = buf[i] * momentum + (g[i] + wd * p[i])
+        buf[i] = b
+        p[i] = p[i] - lr * b
+
+
+@njit(**_JIT)
+def sgd_nesterov(p, g, buf, lr, wd, momentum):
+    """``optim._sgd_nesterov`` over flat (n,) arrays."""
+    for i in range(p.shape[0]):
+        d = g[i] + wd * p[i]
+        b = buf[i] * momentum + d
+        buf[i] = b
+        p[i] = p[i] - lr * (d + momentum * b)
+
+
 LOOPS = (
     wino2_input, wino2_input_adjoint, wino2_output, wino2_output_adjoint,
     wino4_input, wino4_input_adjoint, wino4_output, wino4_output_adjoint,
     bn_centered_sums, bn_affine_relu, bn_affine_relu_pool, bn_relu_grad_sums, bn_pool_relu_grad_sums, bn_input_grad,
+    sgd, sgd_momentum, sgd_nesterov,
 )
 
 
@@ -555,3 +587,7 @@ def warm_up(dtype):
     bn_relu_grad_sums(rows, rows, rows, c, rows.copy(), numpy.zeros((2, 2)))
     bn_pool_relu_grad_sums(p, p, out, c, c, c, out.copy(), numpy.zeros((2, 2)))
     bn_input_grad(rows.copy(), rows, c, c, c, numpy.zeros(2))
+    flat, one = rows.reshape(-1), c[0]
+    sgd(flat, flat.copy(), one, one)
+    sgd_momentum(flat, flat.copy(), flat.copy(), one, one, one)
+    sgd_nesterov(flat, flat.copy(), flat.copy(), one, one, one)
