@@ -137,6 +137,7 @@ def test_tiny_resnet_gradient_check(xp):
     rng = numpy.random.default_rng(2)
     for cfg in (dict(), dict(shortcut="conv", head="avg"), dict(res_blocks=3)):
         net = ResNet9(width=1 / 32, rng=1, **cfg)
+        net.conv1.input_grad = True  # the check covers the images' gradient too
         x = xp.asarray(rng.standard_normal((3, 1, 28, 28)))
         check_module(net, x, eps=1e-6, rtol=1e-5)
 
@@ -163,3 +164,22 @@ def test_other_image_sizes_match_the_twin(image_size, head):
 def test_images_the_max_head_cannot_take_are_refused_before_building(image_size):
     with pytest.raises(ValueError, match="too small for this network"):
         ResNet9(image_size=image_size)
+
+
+def test_the_first_block_skips_the_images_gradient_unless_asked(xp):
+    """model.backward returns None (conv1 computes no input gradient) and leaves every parameter
+    gradient as it is with the input gradient switched on; on, it returns the images' gradient."""
+    rng = numpy.random.default_rng(3)
+    x = xp.asarray(rng.standard_normal((3, 1, 28, 28)).astype(numpy.float32))
+    labels = xp.asarray(rng.integers(0, 10, 3))
+    grads = {}
+    for on in (False, True):
+        net = ResNet9(width=0.125, rng=0).train()
+        net.conv1.input_grad = on
+        loss_fn = nn.CrossEntropyLoss()
+        loss_fn(net(x), labels)
+        dx = net.backward(loss_fn.backward())
+        assert (dx is None) != on and (dx is None or dx.shape == x.shape)
+        grads[on] = {k: backend.asnumpy(p.grad) for k, p in net.named_parameters()}
+    for k, g in grads[False].items():
+        numpy.testing.assert_array_equal(g, grads[True][k], err_msg=k)

@@ -41,12 +41,13 @@ from xpnet.models import schema
 from xpnet.models.schema import CHANNELS, HEADS, RES_BLOCKS, SHORTCUTS  # noqa: F401
 
 
-def block(c_in, c_out, rng, pool=False, workspace=None):
-    """Conv3x3(pad 1) + BatchNorm2d + ReLU, optionally followed by MaxPool2d(2, 2), run fused."""
+def block(c_in, c_out, rng, pool=False, workspace=None, input_grad=True):
+    """Conv3x3(pad 1) + BatchNorm2d + ReLU, optionally followed by MaxPool2d(2, 2), run fused
+    (``input_grad``: as ``ConvBlock``'s)."""
     layers = [Conv2d(c_in, c_out, 3, padding=1, rng=rng), BatchNorm2d(c_out), ReLU()]
     if pool:
         layers.append(MaxPool2d(2, 2))
-    return ConvBlock(*layers, workspace=workspace)
+    return ConvBlock(*layers, workspace=workspace, input_grad=input_grad)
 
 
 def residual(c_in, c_out, shortcut, rng, workspace=None):
@@ -95,7 +96,9 @@ class ResNet9(Sequential):
         rng: seed or ``numpy.random.Generator`` for the initial weights and dropout masks.
 
     Every argument is checked against ``schema`` (bounds included) before anything is allocated:
-    ModelConfigError names the first bad one.
+    ModelConfigError names the first bad one. ``backward`` fills the parameters' gradients and
+    returns None: the first block computes no gradient for the images (set
+    ``model.conv1.input_grad = True`` for one).
     """
 
     def __init__(
@@ -121,12 +124,15 @@ class ResNet9(Sequential):
         # The blocks run one at a time, so they can share their scratch buffers.
         ws = Workspace()
 
+        # The images need no gradient: the first block skips its input gradient (a GEMM and nine
+        # strided adds a chunk), so ``backward`` returns None.
         make = {
-            "block": lambda c_in, c_out, pool: block(c_in, c_out, rng, pool=pool, workspace=ws),
-            "residual": lambda c_in, c_out, skip: residual(c_in, c_out, skip, rng, workspace=ws),
+            "block": lambda name, c_in, c_out, pool: block(c_in, c_out, rng, pool=pool, workspace=ws,
+                                                           input_grad=name != "conv1"),
+            "residual": lambda name, c_in, c_out, skip: residual(c_in, c_out, skip, rng, workspace=ws),
             "pool2": lambda *_: Sequential(MaxPool2d(2, 2), MaxPool2d(2, 2)),
         }
-        stages = {name: make[kind](c_in, c_out, arg)
+        stages = {name: make[kind](name, c_in, c_out, arg)
                   for name, kind, c_in, c_out, arg in stage_table(in_channels, (c1, c2, c3, c4), res_blocks, shortcut)}
         pool = MaxPool2d(2, 2) if head == "max" else GlobalAvgPool2d()
         tail = [pool, Flatten()]

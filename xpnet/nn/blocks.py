@@ -46,11 +46,13 @@ class ConvBlock(Sequential):
 
     ``ConvBlock(Conv2d(c, o, 3, padding=1), BatchNorm2d(o), ReLU()[, MaxPool2d(2, 2)])``.
     ``workspace``: scratch buffers to use (share one across a model's blocks to save memory);
-    a private one by default.
+    a private one by default. ``input_grad``: False for a network's first block, whose input
+    (the images) needs no gradient: the fused backward then skips it and returns None.
     """
 
-    def __init__(self, *layers, workspace=None):
+    def __init__(self, *layers, workspace=None, input_grad=True):
         super().__init__(*layers)
+        object.__setattr__(self, "input_grad", bool(input_grad))
         object.__setattr__(self, "fused", _fusable(self.layers))
         object.__setattr__(self, "workspace", Workspace() if workspace is None else workspace)
         object.__setattr__(self, "_cache", None)
@@ -97,9 +99,11 @@ class ConvBlock(Sequential):
             if conv.bias is not None:
                 conv.bias.take_zeroed()
             return fused_device.backward(
-                dy, cache, grads, conv.weight.take_zeroed(), True, self.workspace, bn.reduce_sums
+                dy, cache, grads, conv.weight.take_zeroed(), self.input_grad, self.workspace, bn.reduce_sums
             )
-        dx, dw, db, dgamma, dbeta = F.conv_bn_relu_backward(dy, cache, ws=self.workspace, reduce_sums=bn.reduce_sums)
+        dx, dw, db, dgamma, dbeta = F.conv_bn_relu_backward(
+            dy, cache, need_dx=self.input_grad, ws=self.workspace, reduce_sums=bn.reduce_sums
+        )
         conv.weight.grad += dw
         if conv.bias is not None:
             conv.bias.grad += db
