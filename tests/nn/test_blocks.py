@@ -143,7 +143,9 @@ def test_bias_fused_blocks_equal_the_plain_sequential(xp, rng, kind, method):
     for name, p in plain.named_parameters():
         assert float(abs(backend.asnumpy(p.grad)).max()) > 0, name
         assert_close(ours[name].grad, p.grad, rtol=1e-4, atol=1e-4, what=name)
+    assert block.forward_method() == method
     block.eval(), plain.eval()
+    assert block.forward_method() == "auto"  # no backward pass to count ties in eval mode
     assert_close(block(x), plain(x), rtol=1e-5, atol=1e-5, what="eval")
     with pytest.raises(RuntimeError):  # eval mode keeps nothing for a backward pass
         block.backward(dy)

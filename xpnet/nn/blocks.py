@@ -131,6 +131,11 @@ class _BiasFused(Sequential):
         object.__setattr__(self, "workspace", Workspace() if workspace is None else workspace)
         object.__setattr__(self, "_cache", None)
 
+    def forward_method(self):
+        """The forward's plan: ``method`` in training; "auto" in eval mode, where no backward
+        pass counts ties (the logits move by rounding only)."""
+        return self.method if self.training else "auto"
+
     def _fused_here(self, x):
         return self.fused and backend.get_array_module(x) is numpy
 
@@ -156,7 +161,8 @@ class ConvReLU(_BiasFused):
         if not self._fused_here(x):
             return super().forward(x)
         conv = self.layers[0]
-        y, cache = F.conv_bias_relu_forward(x, conv.weight.data, conv.bias.data, ws=self.workspace, method=self.method)
+        y, cache = F.conv_bias_relu_forward(x, conv.weight.data, conv.bias.data, ws=self.workspace,
+                                            method=self.forward_method())
         self._keep(cache)
         return y
 
@@ -192,7 +198,7 @@ class ResidualReLU(_BiasFused):
         if not self._fused_here(x):
             return super().forward(x)
         conv1, _, conv2 = self.layers[0].layers
-        ws, method = self.workspace, self.method
+        ws, method = self.workspace, self.forward_method()
         h, cache1 = F.conv_bias_relu_forward(x, conv1.weight.data, conv1.bias.data, ws=ws, method=method)
         y, cache2 = F.conv_bias_relu_forward(h, conv2.weight.data, conv2.bias.data, residual=x, ws=ws, method=method)
         self._keep((cache1, cache2))
