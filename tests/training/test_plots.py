@@ -53,3 +53,32 @@ def test_write_all_reads_the_runs_losses_csv(tmp_path):
     images = numpy.zeros((4, 28, 28), numpy.uint8)
     plots.write_all(tmp_path, history(2), images, numpy.array([0, 1, 2, 3]), numpy.array([0, 1, 3, 3]), 10)
     assert all((tmp_path / f).stat().st_size > 0 for f in ("curves.png", "failures.png", "confusion.png"))
+
+
+def test_failure_mosaic_places_each_wrong_digit_under_its_caption_row():
+    rng = numpy.random.default_rng(1)
+    images = rng.integers(0, 256, (7, 5, 4)).astype(numpy.uint8)
+    wrong = numpy.array([1, 4, 6])
+    canvas, corners = plots.failure_mosaic(images, wrong, columns=2, gap=1, title_rows=3)
+    assert canvas.shape == (2 * (3 + 5 + 1), 2 * (4 + 1))
+    assert corners == [(3, 0), (3, 5), (12, 0)]
+    for (top, left), i in zip(corners, wrong):
+        assert numpy.array_equal(canvas[top:top + 5, left:left + 4], images[i])
+    drawn = numpy.zeros(canvas.shape, bool)
+    for top, left in corners:
+        drawn[top:top + 5, left:left + 4] = True
+    assert numpy.isnan(canvas[~drawn]).all()  # captions, gaps and the empty fourth cell stay blank
+
+
+def test_failures_captions_name_prediction_then_label(tmp_path, monkeypatch):
+    plt = plots._pyplot()
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)
+    labels, preds = numpy.array([3, 1, 4, 1, 5]), numpy.array([3, 7, 4, 2, 5])
+    plots.failures(tmp_path / "f.png", numpy.zeros((5, 28, 28), numpy.uint8), labels, preds)
+    (fig,) = drawn
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.texts] == ["7 / 1", "2 / 1"]
+    assert "(2 shown)" in fig._suptitle.get_text() and (tmp_path / "f.png").stat().st_size > 0
+    monkeypatch.undo()
+    plt.close(fig)
