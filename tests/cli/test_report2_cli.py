@@ -88,6 +88,7 @@ def test_the_torch_twin_takes_the_same_steps(capsys, trained, data_dir, tmp_path
     ("flags", "message"),
     [(["--arch", "report2", "--head", "avg"], "--head applies to --arch resnet9 only"),
      (["--arch", "report2", "--res-blocks", "3"], "--res-blocks applies to --arch resnet9 only"),
+     (["--arch", "report2", "--logit-scale", "0.125"], "--logit-scale applies to --arch resnet9 only"),
      (["--pool-ties", "share"], "--pool-ties applies to --arch report2 only"),
      (["--init", "pytorch"], "--init applies to --arch report2 only"),
      (["--arch", "report2", "--sync-bn"], "no BatchNorm")],

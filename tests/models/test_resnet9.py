@@ -18,6 +18,7 @@ VARIANTS = {
     "three_blocks": dict(res_blocks=3),
     "avg_head": dict(head="avg"),
     "narrow_dropout": dict(channels=(4, 16, 32, 64), dropout=0.5),
+    "logit_scale": dict(channels=(4, 8, 8, 16), logit_scale=0.125),
 }
 
 
@@ -183,3 +184,17 @@ def test_the_first_block_skips_the_images_gradient_unless_asked(xp):
         grads[on] = {k: backend.asnumpy(p.grad) for k, p in net.named_parameters()}
     for k, g in grads[False].items():
         numpy.testing.assert_array_equal(g, grads[True][k], err_msg=k)
+
+
+def test_logit_scale_multiplies_the_logits_and_their_gradient(xp):
+    rng = numpy.random.default_rng(2)
+    x = xp.asarray(rng.standard_normal((4, 1, 28, 28)).astype(numpy.float32))
+    plain, scaled = (ResNet9(channels=(4, 8, 8, 16), rng=7, logit_scale=s) for s in (1.0, 0.125))
+    assert_close(scaled(x), 0.125 * backend.asnumpy(plain(x)), rtol=1e-6, atol=1e-7, what="logits")
+    dy = xp.asarray(rng.standard_normal((4, 10)).astype(numpy.float32))
+    plain.zero_grad(), scaled.zero_grad()
+    plain.backward(0.125 * dy)
+    scaled.backward(dy)
+    for (name, p), q in zip(plain.named_parameters(), scaled.parameters()):
+        assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, what=name)
+    assert list(scaled.state_dict()) == list(plain.state_dict())  # no parameter of its own

@@ -10,6 +10,8 @@ from xpnet.gradient_check import check_module
 
 torch = pytest.importorskip("torch")
 
+from xpnet.reference.resnet9 import Scale as TorchScale  # noqa: E402
+
 # (xpnet layer factory, torch layer factory, input shape, input kind)
 LAYERS = {
     "conv": (lambda: nn.Conv2d(3, 4, 3, padding=1), lambda: torch.nn.Conv2d(3, 4, 3, padding=1), (2, 3, 6, 5)),
@@ -31,6 +33,7 @@ LAYERS = {
     "global_avgpool": (nn.GlobalAvgPool2d, lambda: torch.nn.AdaptiveAvgPool2d(1), (2, 3, 3, 4)),
     "flatten": (nn.Flatten, torch.nn.Flatten, (2, 3, 2, 2)),
     "linear": (lambda: nn.Linear(6, 4), lambda: torch.nn.Linear(6, 4), (5, 6)),
+    "scale": (lambda: nn.Scale(0.125), lambda: TorchScale(0.125), (5, 6)),
 }
 
 

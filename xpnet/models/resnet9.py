@@ -34,6 +34,7 @@ from xpnet.nn import (
     MaxPool2d,
     ReLU,
     Residual,
+    Scale,
     Sequential,
 )
 
@@ -90,6 +91,8 @@ class ResNet9(Sequential):
             1x1-conv shortcut, followed by the stage's two pools.
         head: "max" (MaxPool2d(2) before the classifier) or "avg" (global average pooling).
         dropout: drop probability applied before the linear layer (0 for none).
+        logit_scale: a constant the logits are multiplied by (``nn.Scale``; 1 for none). 1/8, as
+            in Myrtle's DAWNBench ResNet-9, is the fast preset's.
         channels: the four base channel counts (default 64, 128, 256, 256), before ``width``.
         image_size: (H, W) of the input images (28x28 by default); the max head's linear layer
             follows it.
@@ -110,13 +113,15 @@ class ResNet9(Sequential):
         res_blocks=2,
         head="max",
         dropout=0.0,
+        logit_scale=1.0,
         channels=CHANNELS,
         image_size=(28, 28),
         rng=None,
     ):
         config = schema.check(
             dict(in_channels=in_channels, width=width, shortcut=shortcut, res_blocks=res_blocks,
-                 head=head, dropout=dropout, channels=list(channels), image_size=list(image_size)),
+                 head=head, dropout=dropout, logit_scale=logit_scale, channels=list(channels),
+                 image_size=list(image_size)),
             num_classes, prefix="ResNet9",
         )
         rng = numpy.random.default_rng(rng)
@@ -139,6 +144,8 @@ class ResNet9(Sequential):
         if dropout > 0:
             tail.append(Dropout(dropout, rng=rng))
         tail.append(Linear(schema.head_features(c4, image_size, head), num_classes, rng=rng))
+        if logit_scale != 1.0:
+            tail.append(Scale(logit_scale))
         stages["classifier"] = Sequential(*tail)
         super().__init__(stages)
         object.__setattr__(self, "batch_counters", BatchCounters(self))

@@ -37,6 +37,7 @@ MAX_CHANNELS = 1024
 MAX_IN_CHANNELS = 16
 MAX_CLASSES = 1000
 MAX_IMAGE_SIDE = 1024
+MAX_LOGIT_SCALE = 100.0
 # Three 2x2 max-pools lie between the input and the head (res_blocks 2 or 3 alike); the "max"
 # head pools once more. Each pool halves a side, rounding down, and a side may not reach 0.
 POOLS_BEFORE_HEAD = 3
@@ -48,6 +49,7 @@ DEFAULTS = dict(
     res_blocks=2,
     head="max",
     dropout=0.0,
+    logit_scale=1.0,
     channels=list(CHANNELS),
     image_size=[28, 28],
 )
@@ -146,10 +148,15 @@ def check(config, num_classes=None, prefix: str = "model_config") -> dict:
         res_blocks=_choice_int(c["res_blocks"], f"{prefix}.res_blocks"),
         head=_choice(c["head"], f"{prefix}.head", HEADS),
         dropout=_number(c["dropout"], f"{prefix}.dropout"),
+        logit_scale=_number(c["logit_scale"], f"{prefix}.logit_scale"),
         channels=_ints(c["channels"], f"{prefix}.channels", 4, 1, MAX_CHANNELS),
         image_size=_ints(c["image_size"], f"{prefix}.image_size", 2, 1, MAX_IMAGE_SIDE),
     )
     _check_width(out, prefix)
+    if not 0.0 < out["logit_scale"] <= MAX_LOGIT_SCALE:
+        raise ModelConfigError(
+            f"{prefix}.logit_scale must be in (0, {MAX_LOGIT_SCALE:g}], got {out['logit_scale']:g}"
+        )
     side = min_image_side(out["head"])
     h, w = out["image_size"]
     if min(h, w) < side:

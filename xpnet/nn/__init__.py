@@ -13,6 +13,7 @@ from xpnet.nn.layers import (
     Linear,
     MaxPool2d,
     ReLU,
+    Scale,
 )
 from xpnet.nn.module import Module, Parameter, Residual, Sequential
 
@@ -34,5 +35,6 @@ __all__ = [
     "ReLU",
     "Residual",
     "ResidualReLU",
+    "Scale",
     "Sequential",
 ]

@@ -345,6 +345,30 @@ class Flatten(_Cached):
         return dy.reshape(self._take_cache())
 
 
+class Scale(_Cached):
+    """x: any shape -> ``factor`` * x, a fixed multiplier; backward: ``factor`` * dy.
+
+    ResNet-9's ``logit_scale`` puts one after the classifier: logits scaled by 1/8 (as in
+    Myrtle's DAWNBench ResNet-9) soften the softmax early in training, which a one-epoch run
+    feels (docs/results.md).
+    """
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x):
+        self._keep(True)
+        return x * self.factor
+
+    def backward(self, dy):
+        self._take_cache()
+        return dy * self.factor
+
+    def extra_repr(self):
+        return f"factor={self.factor:g}"
+
+
 class CrossEntropyLoss:
     """Mean softmax cross-entropy over a batch; ``label_smoothing`` as in PyTorch.
 

@@ -31,6 +31,17 @@ class Residual(nn.Sequential):
         return out + (x if self.shortcut is None else self.shortcut(x))
 
 
+class Scale(nn.Module):
+    """x -> factor * x, as ``xpnet.nn.Scale``."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x):
+        return x * self.factor
+
+
 def block(c_in, c_out, pool=False):
     layers = [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
     if pool:
@@ -57,6 +68,7 @@ class TorchResNet9(nn.Sequential):
         res_blocks=2,
         head="max",
         dropout=0.0,
+        logit_scale=1.0,
         channels=CHANNELS,
         image_size=(28, 28),
     ):
@@ -74,6 +86,8 @@ class TorchResNet9(nn.Sequential):
         if dropout > 0:
             tail.append(nn.Dropout(dropout))
         tail.append(nn.Linear(head_features(c4, image_size, head), num_classes))
+        if logit_scale != 1.0:
+            tail.append(Scale(logit_scale))
         stages["classifier"] = nn.Sequential(*tail)
         super().__init__(stages)
 

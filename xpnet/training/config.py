@@ -17,8 +17,8 @@ ARCHS = ("resnet9", "report2")
 POOL_TIES = ("first", "share")
 INPUTS = ("standard", "raw")
 # Fields only one of the networks takes (the command line refuses them with the other).
-ARCH_ONLY = {"shortcut": "resnet9", "res_blocks": "resnet9", "head": "resnet9", "pool_ties": "report2",
-             "init": "report2"}
+ARCH_ONLY = {"shortcut": "resnet9", "res_blocks": "resnet9", "head": "resnet9", "logit_scale": "resnet9",
+             "pool_ties": "report2", "init": "report2"}
 INITS = ("report", "pytorch")
 
 
@@ -59,6 +59,7 @@ class TrainConfig:
     res_blocks: int = 2
     head: str = "max"
     dropout: float = 0.0
+    logit_scale: float = 1.0
     train_subset: int = 0
     seed: int = 0
     eval_batch_size: int = 200
@@ -87,6 +88,7 @@ class TrainConfig:
             res_blocks=self.res_blocks,
             head=self.head,
             dropout=self.dropout,
+            logit_scale=self.logit_scale,
             image_size=list(self.image_size),
         )
 
@@ -129,7 +131,7 @@ class TrainConfig:
         except schema.ModelConfigError as e:
             text = str(e)
             if flags:  # the flag names the user typed
-                for field in ("width", "shortcut", "res_blocks", "head", "dropout", "init"):
+                for field in ("width", "shortcut", "res_blocks", "head", "dropout", "init", "logit_scale"):
                     text = text.replace(f"config.{field}", name(field))
                 text = text.replace("config.ties", name("pool_ties"))
             raise ConfigError(text) from None
