@@ -562,32 +562,60 @@ LOOPS = (
 )
 
 
-def warm_up(dtype):
-    """Compile every loop above for ``dtype`` and C-contiguous arrays, the layouts the kernels
-    pass, on tiny arrays (or load them from Numba's cache)."""
+# The order a ResNet-9 train step first calls the loops (recorded with an empty cache, fast preset;
+# the default recipe's widths choose the same loops): its forward pass, its backward pass, then the
+# optimizer's update. F(2x2, 3x3)'s loops serve narrower layers and plain SGD the other recipes.
+STEP_ORDER = (
+    "bn_centered_sums", "bn_affine_relu", "wino4_input", "wino4_output", "bn_affine_relu_pool",
+    "bn_relu_grad_sums", "bn_input_grad", "bn_pool_relu_grad_sums", "wino4_output_adjoint", "wino4_input_adjoint",
+    "sgd_nesterov",
+)
+ALL_ORDER = ("wino2_input", "wino2_output", "wino2_output_adjoint", "wino2_input_adjoint") + STEP_ORDER[:-1] + (
+    "sgd", "sgd_momentum", "sgd_nesterov")
+
+
+def _calls(dtype):
+    """name -> a call of that loop on tiny C-contiguous arrays of ``dtype``, the layouts and
+    scalar types the kernels pass (so a call compiles, or loads, exactly what a run uses)."""
     coef = numpy.array((2, 4, 5, 8), dtype=dtype)
     xpad = numpy.zeros((1, 6, 6, 2), dtype=dtype)
     u = numpy.zeros((36, 1, 1, 1, 2), dtype=dtype)
-    wino4_input(xpad, u, coef)
-    wino4_input_adjoint(u, xpad, coef)
     out = numpy.zeros((1, 4, 4, 2), dtype=dtype)
-    wino4_output(u, out, coef)
-    wino4_output_adjoint(out, u, coef)
-    u2 = u[:16].copy()
-    wino2_input(xpad[:, :4, :4].copy(), u2)
-    wino2_input_adjoint(u2, xpad[:, :4, :4].copy())
-    wino2_output(u2, out[:, :2, :2].copy())
-    wino2_output_adjoint(out[:, :2, :2].copy(), u2)
+    u2, xpad2, out2 = u[:16].copy(), xpad[:, :4, :4].copy(), out[:, :2, :2].copy()
     c = numpy.ones(2, dtype=dtype)
     rows = out.reshape(-1, 2)
-    bn_centered_sums(rows, numpy.zeros((3, 2)))
-    bn_affine_relu(rows, c, c, rows)
     p = numpy.zeros((1, 2, 2, 2), dtype=dtype)
-    bn_affine_relu_pool(out, c, c, p)
-    bn_relu_grad_sums(rows, rows, rows, c, rows.copy(), numpy.zeros((2, 2)))
-    bn_pool_relu_grad_sums(p, p, out, c, c, c, out.copy(), numpy.zeros((2, 2)))
-    bn_input_grad(rows.copy(), rows, c, c, c, numpy.zeros(2))
     flat, one = rows.reshape(-1), c[0]
-    sgd(flat, flat.copy(), one, one)
-    sgd_momentum(flat, flat.copy(), flat.copy(), one, one, one)
-    sgd_nesterov(flat, flat.copy(), flat.copy(), one, one, one)
+    return dict(
+        wino4_input=lambda: wino4_input(xpad, u, coef),
+        wino4_input_adjoint=lambda: wino4_input_adjoint(u, xpad, coef),
+        wino4_output=lambda: wino4_output(u, out, coef),
+        wino4_output_adjoint=lambda: wino4_output_adjoint(out, u, coef),
+        wino2_input=lambda: wino2_input(xpad2, u2),
+        wino2_input_adjoint=lambda: wino2_input_adjoint(u2, xpad2),
+        wino2_output=lambda: wino2_output(u2, out2),
+        wino2_output_adjoint=lambda: wino2_output_adjoint(out2, u2),
+        bn_centered_sums=lambda: bn_centered_sums(rows, numpy.zeros((3, 2))),
+        bn_affine_relu=lambda: bn_affine_relu(rows, c, c, rows),
+        bn_affine_relu_pool=lambda: bn_affine_relu_pool(out, c, c, p),
+        bn_relu_grad_sums=lambda: bn_relu_grad_sums(rows, rows, rows, c, rows.copy(), numpy.zeros((2, 2))),
+        bn_pool_relu_grad_sums=lambda: bn_pool_relu_grad_sums(p, p, out, c, c, c, out.copy(), numpy.zeros((2, 2))),
+        bn_input_grad=lambda: bn_input_grad(rows.copy(), rows, c, c, c, numpy.zeros(2)),
+        sgd=lambda: sgd(flat, flat.copy(), one, one),
+        sgd_momentum=lambda: sgd_momentum(flat, flat.copy(), flat.copy(), one, one, one),
+        sgd_nesterov=lambda: sgd_nesterov(flat, flat.copy(), flat.copy(), one, one, one),
+    )
+
+
+def warm_up(dtype, names=ALL_ORDER):
+    """Compile the loops ``names``, in that order, for ``dtype`` (or load them from Numba's
+    cache)."""
+    calls = _calls(dtype)
+    for name in names:
+        calls[name]()
+
+
+def compiled(name):
+    """How many signatures of loop ``name`` this process has compiled (rather than loaded from
+    the cache)."""
+    return sum(globals()[name].stats.cache_misses.values())
