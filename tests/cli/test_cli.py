@@ -489,3 +489,46 @@ def test_tests_find_the_shared_mnist_beside_the_repository(tmp_path):
     assert shared_mnist(repo) is None
     (tmp_path / "shared" / "data" / "mnist").mkdir(parents=True)
     assert shared_mnist(repo) == tmp_path / "shared" / "data" / "mnist"
+
+
+class _FakeHelper:
+    """Stands in for ``jit.compile_ahead``'s helper process: counts its start and stops."""
+
+    def __init__(self):
+        self.started, self.stops = 0, 0
+
+    def start(self, *args, **kwargs):
+        self.started += 1
+        return self
+
+    def stop(self):
+        self.stops += 1
+        return []
+
+
+def test_train_starts_the_compile_helper_and_stops_it_after_the_first_step(capsys, tmp_path, synthetic_dir,
+                                                                            monkeypatch):
+    from xpnet.functional import jit
+    from xpnet.training import loop
+
+    fake = _FakeHelper()
+    monkeypatch.setattr(jit, "compile_ahead", fake.start)
+    steps, real_step = [], loop.train_step
+
+    def step(*args):
+        steps.append(fake.stops)  # how many stops had come before each step
+        return real_step(*args)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    code, _, _ = run(capsys, "train", "--data-dir", synthetic_dir, "--out", tmp_path / "a", "--epochs", "1", *SMALL)
+    assert code == 0 and fake.started == 1
+    assert steps[:2] == [0, 1] and fake.stops >= 1  # stopped after the first step, before the second
+
+    # A run that fails after the helper started (its data unreadable) stops it too.
+    fake.stops = 0
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        (tmp_path / f"{name}.gz").write_bytes((Path(synthetic_dir) / f"{name}.gz").read_bytes())
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    code, _, err = run(capsys, "train", "--data-dir", tmp_path, "--out", tmp_path / "b", *SMALL)
+    _one_line_error(code, err)
+    assert fake.started == 2 and fake.stops == 1

@@ -109,3 +109,10 @@ def test_backend_arrays_stay_float32(tmp_path):
     arrays, _ = checkpoint.load(model_path)
     assert all(v.dtype == numpy.float32 for k, v in arrays.items() if k.endswith("weight"))
     assert backend.name() == "numpy"
+
+
+def test_first_step_is_called_once(tmp_path):
+    calls = []
+    cfg = TrainConfig(epochs=2, train_subset=64, **TINY)  # four steps
+    fit(cfg, _digits(), tmp_path, plots=False, log=lambda s: None, first_step=lambda: calls.append(1))
+    assert calls == [1]

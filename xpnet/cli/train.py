@@ -168,6 +168,17 @@ def _announce(cfg, data, data_dir, out, comm):
             _log(note)
 
 
+def _compile_ahead(cfg, comm):
+    """A helper process that compiles the CPU loops a ResNet-9 step calls while this one reads
+    the data (only where Numba's cache lacks them: ``jit.compile_ahead``), or None. Under mpiexec
+    none: the ranks of a host already keep its cores busy, each compiling alongside the others."""
+    if backend.name() != "numpy" or cfg.framework != "xpnet" or cfg.arch != "resnet9" or comm.size > 1:
+        return None
+    from xpnet.functional import jit
+
+    return jit.compile_ahead()
+
+
 def _train(args, comm, stops) -> int:
     backend.use(args.backend)
     if args.cuda_graph and args.backend != "cupy":
@@ -175,14 +186,18 @@ def _train(args, comm, stops) -> int:
     if args.cuda_graph and comm.size > 1:
         raise UserError("--cuda-graph runs in one process for now, not under mpiexec")
     cfg, folder, resume, data_rule = _plan(args, comm)
+    helper = None
     try:
-        return _run(args, comm, stops, cfg, folder, resume, data_rule)
+        helper = _compile_ahead(cfg, comm)
+        return _run(args, comm, stops, cfg, folder, resume, data_rule, helper)
     finally:
+        if helper is not None:
+            helper.stop()
         if folder.lock is not None:
             folder.lock.release()
 
 
-def _run(args, comm, stops, cfg, folder, resume, data_rule) -> int:
+def _run(args, comm, stops, cfg, folder, resume, data_rule, helper=None) -> int:
     """The run once its folder is held: the data, the checks that need it, then ``fit``."""
     from xpnet.training.loop import fit
     from xpnet.tools.provenance import provenance
@@ -207,7 +222,7 @@ def _run(args, comm, stops, cfg, folder, resume, data_rule) -> int:
         stop_after=args.stop_after, plots=not args.no_plots, log=_log,
         extra_meta={"data_dir": str(data_dir.path.resolve())}, comm=comm,
         provenance=provenance(data_dir.path, getattr(args, "argv", None)) if comm.is_root else None,
-        cuda_graph=args.cuda_graph, stops=stops,
+        cuda_graph=args.cuda_graph, stops=stops, first_step=helper.stop if helper is not None else None,
     )
     if not comm.is_root:
         return 0

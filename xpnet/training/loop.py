@@ -104,6 +104,7 @@ class _Run:
                  num_classes, stops):
         self.cfg, self.runner, self.data, self.folder, self.comm = cfg, runner, data, folder, comm
         self.stops = stops
+        self.first_step = None  # fit's, called once after the first train step
         self.rng, self.position, self.log, self.progress = rng, position, log, progress
         self.extra_meta, self.num_classes = extra_meta or {}, num_classes
         images, labels = data.train_images, data.train_labels
@@ -169,6 +170,9 @@ class _Run:
                     f"loss became {e.loss} at epoch {epoch + 1}, step {runner.steps + 1}; stopped, and "
                     f"{self.kept()}"
                 ) from None
+            if self.first_step is not None:
+                self.first_step, done = None, self.first_step
+                done()
             t.losses.append(loss)
             t.done += 1
             # Counted on the device: the loss is the step's one host synchronisation.
@@ -293,6 +297,7 @@ def fit(
     provenance=None,
     cuda_graph=False,
     stops=None,
+    first_step=None,
 ) -> dict:
     """Train on ``data`` (an ``xpnet.data.MNIST``) and write results into ``out_dir`` (a path or a
     ``RunFolder``).
@@ -316,6 +321,9 @@ def fit(
     without one ``fit`` installs its own. SIGINT or SIGTERM ends the run at the next safe point
     with a checkpoint and one line saying which, raising ``stops.Interrupted`` (a
     KeyboardInterrupt). A run whose loss or state becomes non-finite raises TrainingError.
+
+    first_step: called once after the first train step (the command line stops the process
+    that compiled the CPU loops ahead there: ``jit.compile_ahead``).
     """
     with contextlib.ExitStack() as stack:
         if stops is None:
@@ -324,11 +332,11 @@ def fit(
         # with one line, which NumPy's warnings would only bury.
         stack.enter_context(numpy.errstate(over="ignore", invalid="ignore", divide="ignore"))
         return _fit(cfg, data, out_dir, resume, epochs, stop_after, progress, log, plots, extra_meta, comm,
-                    provenance, cuda_graph, stops)
+                    provenance, cuda_graph, stops, first_step)
 
 
 def _fit(cfg, data, out_dir, resume, epochs, stop_after, progress, log, plots, extra_meta, comm, provenance,
-         cuda_graph, stops) -> dict:
+         cuda_graph, stops, first_step=None) -> dict:
     comm = distributed.Solo() if comm is None else comm
     folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
     if comm.is_root:
@@ -342,6 +350,7 @@ def _fit(cfg, data, out_dir, resume, epochs, stop_after, progress, log, plots, e
     rng = numpy.random.default_rng(None if cfg is None else cfg.seed)
     cfg, runner, position = _start(cfg, resume, epochs, num_classes, rng, data.image_shape)
     run = _Run(cfg, runner, data, folder, comm, rng, position, log, progress, extra_meta, num_classes, stops)
+    run.first_step = first_step
     runner.start(comm)
     if not stops.armed:
         stops.arm(f"{resume.path} is kept" if resume is not None else "no checkpoint was saved yet")
