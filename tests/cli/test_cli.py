@@ -222,7 +222,8 @@ def test_help_shows_every_default_and_the_presets_own(capsys):
         assert re.search(re.escape(flag) + r" [^-]*\(default: " + re.escape(default) + r"\)", text), flag
     assert re.search(r"--stop-after N [^(]*\(default: none", text)
     fast = _help(capsys, "train", "--preset", "fast", "--help")
-    assert "--epochs EPOCHS epochs (default: 2)" in fast and "--width WIDTH channel multiplier (default: 0.25)" in fast
+    assert "--epochs EPOCHS epochs (default: 1)" in fast and "--width WIDTH channel multiplier (default: 0.25)" in fast
+    assert re.search(r"--logit-scale LOGIT_SCALE [^(]*\(default: 0.125\)", fast)
     bench = _help(capsys, "bench", "--help")
     assert "``" not in bench
     for flag, default in [("--backend {numpy,cupy}", "numpy"), ("--batch-sizes", "[8, 64, 128]"),

@@ -105,7 +105,7 @@ def _add_train(sub, d, preset, fmt):
     t.add_argument("--head", choices=HEADS, default=d.head, help="pooling before the classifier")
     t.add_argument("--dropout", type=probability, default=d.dropout, help="dropout before the linear layer")
     t.add_argument("--logit-scale", type=positive_float, default=d.logit_scale,
-                   help="multiply the logits by this constant (the fast preset's 0.125 softens the softmax early on)")
+                   help="multiply the logits by this constant: the fast preset's 1/8 softens the softmax early on")
     t.add_argument("--pool-ties", choices=POOL_TIES, default=d.pool_ties,
                    help="report2's max-pool backward on tied maxima: first (as PyTorch) or share (every maximum)")
     t.add_argument("--init", choices=INITS, default=d.init,
