@@ -9,6 +9,7 @@ and a GPU are present.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 # PyTorch's OpenMP threads spin while they wait; on a machine shared with other work that makes
@@ -84,6 +85,12 @@ def shared_mnist(repo_root) -> Path | None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "torch: needs the PyTorch reference")
+    # Started as a background job of a script (`pytest &`, no job control), this process and
+    # every run it starts inherit SIGINT ignored, and xpnet rightly leaves an ignored SIGINT
+    # alone: the Ctrl-C tests would then see runs that cannot be interrupted. Restore Python's
+    # default, so they test xpnet, not how the suite was launched.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # The tests on real data then run from a plain `python -m pytest` as they do under .ci/run.
     if not os.environ.get("XPNET_DATA"):
         found = shared_mnist(Path(__file__).resolve().parents[1])
