@@ -640,6 +640,34 @@ def test_6_a_checkpoint_and_data_of_different_image_sizes_are_one_line(tmp_path,
     one_line(run(capsys, "predict", "--checkpoint", out / "last.safetensors", tmp_path / "z.png"), 1, "32x32")
 
 
+def test_6_a_cropped_run_reads_central_windows_of_larger_images_and_refuses_smaller(tmp_path, capsys, digits):
+    from PIL import Image
+
+    out = tmp_path / "o"
+    assert run(capsys, "train", "--data-dir", digits, "--out", out, "--epochs", "1", "--crop", "20", *TINY).code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    r = run(capsys, "evaluate", "--checkpoint", out / "last.safetensors", "--data-dir", digits, "--json")
+    assert r.code == 0 and json.loads(r.out)["test_accuracy"] == summary["test_accuracy"]
+    one_line(run(capsys, "evaluate", "--checkpoint", out / "last.safetensors", "--data-dir",
+                 _sized_set(tmp_path / "small", 16, 16)), 1, "central 20x20 windows", "16x16")
+    one_line(run(capsys, "train", "--resume", out, "--data-dir", _sized_set(tmp_path / "s2", 18, 18)), 1,
+             "crop 20 is larger", "18x18")
+    digit = numpy.zeros((28, 28), numpy.uint8)
+    digit[6:22, 12:16] = 255
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    r = run(capsys, "predict", "--checkpoint", out / "last.safetensors", tmp_path / "one.png", "--json")
+    # The model read the 20x20 centre of the prepared 28x28 field and answered.
+    assert r.code in (0, 3) and len(json.loads(r.out)["top3"]) == 3
+
+
+@pytest.mark.parametrize("crop, says", [("29", "--crop 29 is larger than the data's 28x28 images"),
+                                        ("12", "too small")])
+def test_6_a_crop_the_data_or_network_cannot_take_is_refused_up_front(tmp_path, capsys, digits, crop, says):
+    out = tmp_path / "o"
+    one_line(run(capsys, "train", "--data-dir", digits, "--out", out, "--crop", crop, *TINY), 1, says)
+    assert not out.exists() or not any(out.iterdir())
+
+
 @pytest.mark.parametrize("h, w, head", [(8, 8, "max"), (1, 1, "avg"), (28, 5, "max"), (4, 28, "avg")])
 def test_6_sizes_the_network_cannot_take_are_refused_up_front(tmp_path, capsys, h, w, head):
     folder = _sized_set(tmp_path / "d", h, w)

@@ -473,6 +473,60 @@ def test_translate_matches_loop_including_large_shifts():
     numpy.testing.assert_array_equal(got, expected)
 
 
+def test_crop_follows_the_documented_draws_after_the_shifts():
+    n, k, c = 19, 1, 4
+    images, ids = id_images(n, h=6, w=7), numpy.arange(n)
+    got = list(mnist.batches(images, ids, 5, numpy.random.default_rng(5), augment=k, crop=c))
+    replay = numpy.random.default_rng(5)
+    order = replay.permutation(n)
+    offsets = replay.integers(-k, k + 1, size=(n, 2))
+    tops, lefts = replay.integers(0, 6 - c + 1, size=n), replay.integers(0, 7 - c + 1, size=n)
+    expected = numpy.stack([reference_shift(images[i], *offsets[j])[tops[j]:tops[j] + c, lefts[j]:lefts[j] + c]
+                            for j, i in enumerate(order)])
+    x = numpy.concatenate([x for x, _ in got])
+    assert x.shape == (n, 1, c, c)
+    numpy.testing.assert_array_equal(numpy.concatenate([y for _, y in got]), order)
+    numpy.testing.assert_allclose(x, reference_normalize(expected), rtol=1e-6, atol=1e-6)
+
+
+def test_crop_leaves_the_shuffle_and_shifts_as_without_it():
+    # The corners are drawn last, so a run's permutation and shifts do not depend on its crop.
+    images, ids = id_images(30, h=8, w=8), numpy.arange(30)
+    plain = list(mnist.batches(images, ids, 7, numpy.random.default_rng(2), augment=2))
+    cropped = list(mnist.batches(images, ids, 7, numpy.random.default_rng(2), augment=2, crop=8))
+    for (x1, y1), (x2, y2) in zip(plain, cropped, strict=True):
+        numpy.testing.assert_array_equal(y1, y2)
+        numpy.testing.assert_array_equal(x1, x2)  # an 8x8 window of 8x8 images is the image
+
+
+def test_crop_windows_reach_every_position():
+    images = numpy.broadcast_to(numpy.arange(5 * 6, dtype=numpy.uint8).reshape(1, 5, 6), (400, 5, 6))
+    x = numpy.concatenate([x for x, _ in mnist.batches(images, numpy.zeros(400), 100, numpy.random.default_rng(0),
+                                                       shuffle=False, crop=3)])
+    # Each window's top-left pixel tells its corner: every one of the 3x4 corners is drawn.
+    corners = {divmod(int(v), 6) for v in numpy.rint(x[:, 0, 0, 0] * mnist.STD * 255 + mnist.MEAN * 255)}
+    assert corners == {(i, j) for i in range(3) for j in range(4)}
+
+
+def test_crop_windows_match_slicing():
+    rng = numpy.random.default_rng(1)
+    images = rng.integers(0, 256, size=(12, 7, 9), dtype=numpy.uint8)
+    corners = numpy.stack([rng.integers(0, 3, size=12), rng.integers(0, 5, size=12)], 1)
+    got = mnist.crop_windows(images, corners, 5)
+    expected = numpy.stack([im[t:t + 5, s:s + 5] for im, (t, s) in zip(images, corners, strict=True)])
+    assert got.dtype == numpy.uint8
+    numpy.testing.assert_array_equal(got, expected)
+
+
+def test_center_crop_takes_the_middle_and_rounds_toward_the_top_left():
+    images = id_images(3, h=7, w=8)
+    numpy.testing.assert_array_equal(mnist.center_crop(images, 4), images[:, 1:5, 2:6])
+    numpy.testing.assert_array_equal(mnist.center_crop(images, 5), images[:, 1:6, 1:6])
+    assert mnist.center_crop(images, 0) is images
+    with pytest.raises(ValueError, match="crop 8"):
+        mnist.center_crop(images, 8)
+
+
 def test_normalize_stays_float32():
     x = mnist.normalize(numpy.full((2, 3, 3), 255, numpy.uint8))
     assert x.dtype == numpy.float32 and x.shape == (2, 1, 3, 3)
@@ -498,6 +552,9 @@ def test_raw_inputs_keep_the_pixel_values():
         ({"augment": -1}, "augment"),
         ({"rng": None}, "rng"),
         ({"rng": None, "shuffle": False, "augment": 1}, "rng"),
+        ({"rng": None, "shuffle": False, "crop": 2}, "rng"),
+        ({"crop": 6}, "crop"),
+        ({"crop": -1}, "crop"),
         ({"labels": numpy.zeros(3)}, "labels"),
     ],
 )

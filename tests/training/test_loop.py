@@ -72,6 +72,36 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
         numpy.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_a_cropped_run_resumes_exactly_and_is_evaluated_on_central_windows(tmp_path):
+    from xpnet.data import center_crop
+    from xpnet.training.runner import evaluate, stored_crop
+
+    data = _digits()
+    cfg = TrainConfig(epochs=2, crop=20, **TINY)
+    fit(cfg, data, tmp_path / "a", plots=False, log=lambda s: None)
+    fit(cfg, data, tmp_path / "b", stop_after=1, plots=False, log=lambda s: None)
+    fit(None, data, tmp_path / "b", resume=tmp_path / "b" / "last.safetensors", plots=False, log=lambda s: None)
+    a, meta = _weights(tmp_path / "a" / "last.safetensors")
+    b, _ = _weights(tmp_path / "b" / "last.safetensors")
+    for k in a:
+        numpy.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert meta["model_config"]["image_size"] == [20, 20] and stored_crop(meta) == 20
+    model, _, _ = load_model(tmp_path / "a" / "last.safetensors")
+    _, acc, _, _ = evaluate(model, center_crop(data.test_images, 20), data.test_labels, 50)
+    assert acc == meta["history"][-1]["test_accuracy"]
+
+
+def test_a_crop_larger_than_the_images_is_refused_naming_the_field():
+    from xpnet.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--crop 29 is larger than the data's 28x28 images"):
+        TrainConfig(crop=29).for_data((28, 28), flags=True)
+    with pytest.raises(ConfigError, match=r"config.crop 9 is larger than the data's 8x30 images"):
+        TrainConfig(crop=9).for_data((8, 30))
+    assert TrainConfig(crop=24).for_data((28, 30)).image_size == (24, 24)
+    assert TrainConfig().for_data((32, 30)).image_size == (32, 30)
+
+
 def test_outputs_and_learning(tmp_path):
     data = _digits(n_train=300, n_test=100)
     summary = fit(TrainConfig(epochs=3, **TINY), data, tmp_path, log=lambda s: None)

@@ -82,3 +82,19 @@ def test_a_non_finite_loss_stops_before_the_update():
     for k, p in runner.model.named_parameters():  # the weights (BatchNorm's statistics aside)
         numpy.testing.assert_array_equal(p.data, before[k], err_msg=k)
     assert "loss became nan" in str(e.value)
+
+
+@pytest.mark.parametrize("crop, size, says", [
+    (True, [1, 1], "config.crop must be an integer"),
+    (-1, [28, 28], "config.crop must be an integer"),
+    ("24", [24, 24], "config.crop must be an integer"),
+    (24.0, [24, 24], "config.crop must be an integer"),
+    (24, [28, 28], "config.crop 24 disagrees with model_config.image_size"),
+    (24, None, "config.crop 24 disagrees with model_config.image_size"),
+])
+def test_a_stored_crop_is_checked_before_use(crop, size, says):
+    model_config = {} if size is None else {"image_size": size}
+    with pytest.raises(checkpoint.CheckpointError, match=says):
+        runner_mod.stored_crop({"config": {"crop": crop}, "model_config": model_config}, "c.safetensors")
+    assert runner_mod.stored_crop({"config": {}, "model_config": {"image_size": [28, 28]}}) == 0
+    assert runner_mod.stored_crop({"config": {"crop": 24}, "model_config": {"image_size": [24, 24]}}) == 24

@@ -96,6 +96,8 @@ def _add_train(sub, d, preset, fmt):
     t.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule")
     t.add_argument("--label-smoothing", type=probability, default=d.label_smoothing, help="label smoothing of the loss")
     t.add_argument("--augment", type=nonneg_int, default=d.augment, help="random shifts of up to N pixels")
+    t.add_argument("--crop", type=nonneg_int, default=d.crop,
+                   help="train on random NxN windows of the images, evaluate on the central one (0: whole images)")
     t.add_argument("--arch", choices=ARCHS, default=d.arch,
                    help="network: resnet9 (the first report's) or report2 (the second report's narrow net, "
                    "no BatchNorm)")

@@ -15,6 +15,23 @@ def model_image_size(meta) -> tuple:
     return tuple(meta["model_config"].get("image_size", (28, 28)))
 
 
+def model_view(images, meta, path, where):
+    """The images a checkpoint's model reads: their central crop where its run trained on crops
+    (``TrainConfig.crop``), else the images themselves; images (N, H, W). UserError in one line
+    where they do not fit the model. ``where`` names the images' source in that line."""
+    from xpnet.data import center_crop
+    from xpnet.training.runner import stored_crop
+
+    size, crop = model_image_size(meta), stored_crop(meta, path)
+    h, w = images.shape[1:]
+    if crop and min(h, w) >= crop:
+        return center_crop(images, crop)
+    if (h, w) != size:
+        reads = f"central {crop}x{crop} windows of" if crop else f"{size[0]}x{size[1]}"
+        raise UserError(f"{path}: its model reads {reads} images, but {where} holds {h}x{w} images")
+    return images
+
+
 def _check_eval_batch(batch: int, meta, image_size, n: int) -> int:
     """The batch evaluation runs: at most the test set (in eval mode every image is classified on
     its own, so a larger batch is the same single pass), refused in one line where even a training
@@ -45,12 +62,8 @@ def cmd_evaluate(args) -> int:
     model, _, meta = load_model(args.checkpoint)
     folder = DataFolder.choose(args.data_dir)
     images, labels = folder.load_test(progress=sys.stderr.isatty())
+    images = model_view(images, meta, args.checkpoint, folder)
     size = model_image_size(meta)
-    if tuple(images.shape[1:]) != size:
-        raise UserError(
-            f"{args.checkpoint}: its model reads {size[0]}x{size[1]} images, but {folder} holds "
-            f"{images.shape[1]}x{images.shape[2]} images"
-        )
     batch = _check_eval_batch(args.batch_size, meta, size, len(labels))
     loss, acc, _, _ = evaluate(model, backend.to_device(images), backend.to_device(labels), batch,
                                inputs=stored_inputs(meta, args.checkpoint))

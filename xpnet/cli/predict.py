@@ -21,14 +21,16 @@ NO_DIGIT = 3  # every image was read, and at least one holds no digit (or none t
 UNREADABLE = 1  # at least one image could not be read (a line on stderr for each)
 
 
-def _probabilities(model, images, inputs="standard"):
-    """images (N, 28, 28) uint8 -> softmax probabilities (N, 10) on the host."""
+def _probabilities(model, images, inputs="standard", crop=0):
+    """images (N, 28, 28) uint8 -> softmax probabilities (N, 10) on the host; a model trained on
+    crops reads their central crop x crop windows."""
     import numpy
 
-    from xpnet.data import normalize
+    from xpnet.data import center_crop, normalize
     from xpnet.functional import softmax
 
-    logits = backend.asnumpy(model(normalize(backend.to_device(images), inputs))).astype(numpy.float64)
+    x = normalize(backend.to_device(center_crop(images, crop)), inputs)
+    logits = backend.asnumpy(model(x)).astype(numpy.float64)
     return softmax(logits)
 
 
@@ -81,14 +83,14 @@ def cmd_predict(args) -> int:
     import numpy
 
     from xpnet.data.images import ImageError, prepare
-    from xpnet.training.runner import load_model, stored_inputs
+    from xpnet.training.runner import load_model, stored_crop, stored_inputs
 
     backend.use(args.backend)
     model, _, meta = load_model(args.checkpoint)
     from xpnet.cli.evaluate import model_image_size
 
-    size = model_image_size(meta)
-    if size != (28, 28):
+    size, crop = model_image_size(meta), stored_crop(meta, args.checkpoint)
+    if size != (28, 28) and not 0 < crop <= 28:
         raise UserError(f"{args.checkpoint}: its model reads {size[0]}x{size[1]} images; predict prepares "
                         f"images as MNIST's 28x28 digits")
     inputs = stored_inputs(meta, args.checkpoint)
@@ -105,7 +107,8 @@ def cmd_predict(args) -> int:
         digits = [i for i, (_, prep) in enumerate(ready) if prep.no_digit is None]
         probs = [None] * len(ready)
         if digits:
-            for i, p in zip(digits, _probabilities(model, numpy.stack([ready[i][1].image for i in digits]), inputs)):
+            stacked = numpy.stack([ready[i][1].image for i in digits])
+            for i, p in zip(digits, _probabilities(model, stacked, inputs, crop)):
                 probs[i] = p
         for (path, prep), p in zip(ready, probs):
             save(path, prep.image)

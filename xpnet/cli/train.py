@@ -143,9 +143,10 @@ def _hold(comm, out, resume, overwrite):
 def _fit_data(cfg, resume, data, data_dir):
     """-> the config with the data's image size; a resumed run's must be the data's."""
     if resume is None:
-        # The classifier follows the images' size; one the network cannot take is refused here.
-        return dataclasses.replace(cfg, image_size=data.image_shape).check(flags=True)
-    if tuple(cfg.image_size) != data.image_shape:
+        # The classifier follows the images' size (or the crop's); one the network cannot take is
+        # refused here.
+        return cfg.for_data(data.image_shape, flags=True).check(flags=True)
+    if tuple(cfg.for_data(data.image_shape).image_size) != tuple(cfg.image_size):
         raise UserError(
             f"the run being resumed trained on {_size(cfg.image_size)} images, but {data_dir} holds "
             f"{_size(data.image_shape)} images"

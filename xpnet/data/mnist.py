@@ -526,20 +526,49 @@ def translate(images, offsets):
     return xp.where(inside, gathered, xp.zeros((), dtype=images.dtype))
 
 
+def crop_windows(images, corners, size: int):
+    """The ``size`` x ``size`` window of each image whose top-left pixel is its own corner.
+
+    images: (B, H, W), corners: (B, 2) integers on the same backend with
+    0 <= corner <= (H - size, W - size); out[b, i, j] = images[b, top[b] + i, left[b] + j].
+    Returns (B, size, size) of images' dtype. One gather, no per-sample loop.
+    """
+    xp = backend.get_array_module(images, corners)
+    span = xp.arange(size)
+    rows = corners[:, 0:1] + span[None, :]  # (B, size)
+    cols = corners[:, 1:2] + span[None, :]
+    return images[xp.arange(len(images))[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def center_crop(images, size: int):
+    """The central ``size`` x ``size`` window of every image (a view): images (N, H, W) ->
+    (N, size, size), or the images themselves for ``size`` 0. Where H - size is odd the window
+    sits half a pixel nearer the top (and left), as torchvision's CenterCrop rounds."""
+    if not size:
+        return images
+    h, w = images.shape[1:]
+    if not 0 < size <= min(h, w):
+        raise ValueError(f"crop {size} does not fit in {h}x{w} images")
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[:, top:top + size, left:left + size]
+
+
 def batches(images, labels, batch_size: int, rng=None, shuffle: bool = True, augment: int = 0,
-            drop_last: bool = False, inputs: str = "standard"):
+            drop_last: bool = False, inputs: str = "standard", crop: int = 0):
     """Minibatches ``(x, y)`` on the current backend: x (B, 1, H, W) float32, y (B,) int64.
 
     images: (N, H, W) uint8 and labels: (N,), host or current-backend arrays (put the images on
     the device once, with ``backend.to_device``, rather than once per batch). x is normalised with
     MNIST's MEAN and STD (``inputs="raw"``: left as 0-255 values); ``augment=k`` shifts each image
-    by a random (dy, dx) in [-k, k]^2 with zero fill. The last batch is smaller unless ``drop_last``.
+    by a random (dy, dx) in [-k, k]^2 with zero fill; ``crop=c`` then takes a random c x c window
+    of each (every position equally likely), so x is (B, 1, c, c). The last batch is smaller unless
+    ``drop_last``.
 
-    ``rng`` (a host numpy.random.Generator; only needed for ``shuffle`` or ``augment``) is drawn
-    from here, when batches() is called, not while iterating: the permutation of all N items,
-    then the (N, 2) offsets. So the generator's state after the call does not depend on how many
-    batches the caller consumes, and ``rng.bit_generator.state`` saved at an epoch boundary
-    resumes exactly.
+    ``rng`` (a host numpy.random.Generator; only needed for ``shuffle``, ``augment`` or ``crop``)
+    is drawn from here, when batches() is called, not while iterating: the permutation of all N
+    items, then the (N, 2) offsets, then the (N, 2) window corners. So the generator's state after
+    the call does not depend on how many batches the caller consumes, and
+    ``rng.bit_generator.state`` saved at an epoch boundary resumes exactly.
     """
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -549,8 +578,10 @@ def batches(images, labels, batch_size: int, rng=None, shuffle: bool = True, aug
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if images.ndim != 3:
         raise ValueError(f"images must be (N, H, W), got shape {tuple(images.shape)}")
-    if (shuffle or augment) and rng is None:
-        raise ValueError("shuffle and augment need a numpy.random.Generator rng")
+    if not (isinstance(crop, int) and 0 <= crop <= min(images.shape[1:])):
+        raise ValueError(f"crop must be an integer in 0..{min(images.shape[1:])}, got {crop!r}")
+    if (shuffle or augment or crop) and rng is None:
+        raise ValueError("shuffle, augment and crop need a numpy.random.Generator rng")
     on_device = backend.is_cupy_array(images) or backend.is_cupy_array(labels)
     if on_device and backend.name() != "cupy":
         raise backend.BackendError(
@@ -560,21 +591,28 @@ def batches(images, labels, batch_size: int, rng=None, shuffle: bool = True, aug
     n = len(images)
     order = rng.permutation(n) if shuffle else numpy.arange(n)
     offsets = rng.integers(-augment, augment + 1, size=(n, 2)) if augment else None
+    corners = None
+    if crop:
+        h, w = images.shape[1:]
+        corners = numpy.stack([rng.integers(0, h - crop + 1, size=n), rng.integers(0, w - crop + 1, size=n)], 1)
     if inputs not in INPUTS:
         raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
-    return _iterate(images, labels, order, offsets, batch_size, drop_last, inputs)
+    return _iterate(images, labels, order, offsets, corners, crop, batch_size, drop_last, inputs)
 
 
-def _iterate(images, labels, order, offsets, batch_size, drop_last, inputs):
-    # The permutation and offsets cross to the device once per epoch, not once per batch.
+def _iterate(images, labels, order, offsets, corners, crop, batch_size, drop_last, inputs):
+    # The permutation, offsets and corners cross to the device once per epoch, not once per batch.
     order_dev = backend.to_device(order)
     offsets_dev = None if offsets is None else backend.to_device(offsets)
+    corners_dev = None if corners is None else backend.to_device(corners)
     n = len(order)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         x = backend.to_device(_take(images, order, order_dev, start, batch_size))
         if offsets_dev is not None:
             x = translate(x, offsets_dev[start:start + batch_size])
+        if corners_dev is not None:
+            x = crop_windows(x, corners_dev[start:start + batch_size], crop)
         y = backend.to_device(_take(labels, order, order_dev, start, batch_size), dtype="int64")
         yield normalize(x, inputs), y
 

@@ -95,7 +95,7 @@ def check_batch(cfg, data, warn) -> None:
         raise ConfigError(f"--batch-size {cfg.batch_size} exceeds {used}")
     if backend.name() != "numpy" or cfg.batch_size <= max(PROBES):
         return
-    need = estimate_step_bytes(cfg, 10, data.image_shape, cfg.batch_size)
+    need = estimate_step_bytes(cfg, 10, cfg.for_data(data.image_shape).image_size, cfg.batch_size)
     available = available_bytes()
     ok, tight = fits(need, available)
     gib = 2.0**30

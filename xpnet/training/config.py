@@ -34,7 +34,7 @@ MAX_EPOCHS = 1_000_000
 MAX_BATCH = 1 << 20
 # Integer fields: (lowest, highest).
 _INTS = dict(epochs=(1, MAX_EPOCHS), batch_size=(1, MAX_BATCH), augment=(0, 64), train_subset=(0, 1 << 40),
-             seed=(0, 2**128 - 1), eval_batch_size=(1, MAX_BATCH))
+             seed=(0, 2**128 - 1), eval_batch_size=(1, MAX_BATCH), crop=(0, 1 << 16))
 # Real fields: (lowest, highest, whether the lowest itself is allowed); all must be finite.
 _REALS = dict(lr=(0.0, math.inf, False), momentum=(0.0, 1.0, True), weight_decay=(0.0, math.inf, True),
               label_smoothing=(0.0, 1.0, True))
@@ -54,6 +54,8 @@ class TrainConfig:
     schedule: str = "onecycle"
     label_smoothing: float = 0.1
     augment: int = 2
+    # Train on random crop x crop windows of the images and evaluate on their central one (0: whole).
+    crop: int = 0
     width: float = 1.0
     shortcut: str = "identity"
     res_blocks: int = 2
@@ -91,6 +93,17 @@ class TrainConfig:
             logit_scale=self.logit_scale,
             image_size=list(self.image_size),
         )
+
+    def for_data(self, data_shape, flags: bool = False) -> TrainConfig:
+        """This config with ``image_size`` set to what the network reads from images of
+        ``data_shape`` (H, W): the crop's square, else the images' own size; ConfigError where the
+        crop is larger than the images."""
+        h, w = data_shape
+        if self.crop > min(h, w):
+            name = "--crop" if flags else "config.crop"
+            raise ConfigError(f"{name} {self.crop} is larger than the data's {h}x{w} images")
+        size = (self.crop, self.crop) if self.crop else (int(h), int(w))
+        return dataclasses.replace(self, image_size=size)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

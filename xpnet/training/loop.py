@@ -28,7 +28,7 @@ import time
 import numpy
 
 from xpnet import backend, distributed
-from xpnet.data import batches
+from xpnet.data import batches, center_crop
 from xpnet.training.config import TrainConfig, TrainingError
 from xpnet.training.graphs import CHECK_EVERY
 from xpnet.training.rundir import METRICS, Position, Resume, RunFolder
@@ -111,7 +111,8 @@ class _Run:
         if cfg.train_subset:
             images, labels = images[: cfg.train_subset], labels[: cfg.train_subset]
         self.train = backend.to_device(images), backend.to_device(labels)
-        self.test = backend.to_device(data.test_images), backend.to_device(data.test_labels)
+        # A cropped run is evaluated on the test images' central windows.
+        self.test = backend.to_device(center_crop(data.test_images, cfg.crop)), backend.to_device(data.test_labels)
         self.steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
         self.schedule = build_schedule(cfg, self.steps_per_epoch)
 
@@ -158,7 +159,7 @@ class _Run:
         """The epoch's batch loop, from batch ``skip`` on, until its end or a stop request."""
         cfg, runner = self.cfg, self.runner
         it = self.comm.shard(batches(*self.train, cfg.batch_size, self.rng, shuffle=True, augment=cfg.augment,
-                                     inputs=cfg.inputs))
+                                     inputs=cfg.inputs, crop=cfg.crop))
         bar = _progress(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", self.progress, self.log, done=skip)
         t = _Totals(0.0, 0, 0, skip, runner.steps, [], self.schedule(max(runner.steps - 1, 0)))
         for x, y in itertools.islice(it, skip, None):
@@ -270,11 +271,11 @@ def _start(cfg, resume, epochs, num_classes, rng, image_shape):
     if resume is None:
         if epochs is not None:
             cfg = dataclasses.replace(cfg, epochs=int(epochs))
-        # The classifier follows the images' size.
-        cfg = dataclasses.replace(cfg, image_size=image_shape)
+        # The classifier follows the images' size (or the crop's).
+        cfg = cfg.for_data(image_shape)
         return cfg, build_runner(cfg, num_classes, rng), Position()
     cfg = resume.config(epochs)
-    if tuple(cfg.image_size) != image_shape:
+    if tuple(cfg.for_data(image_shape).image_size) != tuple(cfg.image_size):
         raise TrainingError(f"{resume.path}: the run trained on {cfg.image_size} images, the data holds {image_shape}")
     # Built from our generator, so dropout draws from it; its state is restored by the epoch.
     runner = build_runner(cfg, int(resume.meta["num_classes"]), rng)

@@ -235,6 +235,21 @@ def read_run(path):
     return arrays, meta
 
 
+def stored_crop(meta: dict, path="checkpoint") -> int:
+    """The side of the central window a checkpoint's model reads from each image
+    (``TrainConfig.crop``; 0, the whole image, for checkpoints written before the field existed).
+    A crop must be the square the model was built for (``model_config.image_size``)."""
+    config = meta.get("config")
+    crop = config.get("crop", 0) if isinstance(config, dict) else 0
+    if isinstance(crop, bool) or not isinstance(crop, int) or not 0 <= crop <= 1 << 16:
+        raise checkpoint.CheckpointError(f"{path}: config.crop must be an integer in 0..65536, got {crop!r:.60}")
+    size = meta["model_config"].get("image_size")
+    if crop and list(size or ()) != [crop, crop]:
+        raise checkpoint.CheckpointError(
+            f"{path}: config.crop {crop} disagrees with model_config.image_size {size!r:.60}")
+    return crop
+
+
 def stored_inputs(meta: dict, path="checkpoint") -> str:
     """How the run a checkpoint's ``meta`` comes from scaled its pixels (``TrainConfig.inputs``;
     "standard" for checkpoints written before the field existed)."""

@@ -20,16 +20,17 @@ def time_steps(cfg, data, steps, eval_batches, warmup) -> dict:
     The clock is read after a ``synchronize``; ``warmup`` untimed steps come first (PyTorch's
     first dozen steps on new shapes run several times slower than the rest).
     """
-    from xpnet.data import batches
+    from xpnet.data import batches, center_crop
     from xpnet.training.runner import build_runner, build_schedule, train_step
 
+    cfg = cfg.for_data(data.image_shape)
     rng = numpy.random.default_rng(cfg.seed)
     runner = build_runner(cfg, 10, rng)
     schedule = build_schedule(cfg, math.ceil(len(data.train_labels) / cfg.batch_size))
     n = (steps + warmup) * cfg.batch_size
     images, labels = backend.to_device(data.train_images[:n]), backend.to_device(data.train_labels[:n])
     it = batches(images, labels, cfg.batch_size, rng, shuffle=True, augment=cfg.augment, drop_last=True,
-                 inputs=cfg.inputs)
+                 inputs=cfg.inputs, crop=cfg.crop)
     times = []
     for i, (x, y) in enumerate(it):
         runner.synchronize()
@@ -39,7 +40,8 @@ def time_steps(cfg, data, steps, eval_batches, warmup) -> dict:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     m = min(len(data.test_labels), eval_batches * cfg.eval_batch_size)
-    test_images, test_labels = backend.to_device(data.test_images[:m]), backend.to_device(data.test_labels[:m])
+    test_images = backend.to_device(center_crop(data.test_images[:m], cfg.crop))
+    test_labels = backend.to_device(data.test_labels[:m])
     runner.evaluate(test_images[: cfg.eval_batch_size], test_labels[: cfg.eval_batch_size], cfg.eval_batch_size)
     runner.synchronize()
     t0 = time.perf_counter()
