@@ -259,6 +259,21 @@ def test_two_ranks_with_sync_bn_equal_one_process(tmp_path, digits, reference):
 
 
 @needs_mpi
+def test_two_ranks_take_the_same_steps_of_a_real_number_of_epochs(tmp_path, digits):
+    """1.7 epochs of 3 global batches: 5 steps on each rank (the second epoch stops after 2),
+    ending where one process ends."""
+    flags = ["--epochs", "1.7", "--sync-bn", *SMALL]
+    assert main(["train", "--data-dir", str(digits), "--out", str(tmp_path / "one"), *flags]) == 0
+    r = _train("--data-dir", digits, "--out", tmp_path / "two", *flags)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("epoch 2/2") == 1 and "after 1.7 epochs" in r.stdout
+    one, meta_one = _weights(tmp_path / "one" / "last.safetensors")
+    two, meta_two = _weights(tmp_path / "two" / "last.safetensors")
+    assert (meta_one["step"], meta_two["step"], meta_two["ranks"]) == (5, 5, 2)
+    assert _rel_diff(one, two) < EQUAL
+
+
+@needs_mpi
 def test_checkpoints_resume_across_world_sizes(tmp_path, digits, reference):
     """2 ranks -> 1 process and 1 process -> 2 ranks, each stopped after epoch 1 and resumed,
     end where one uninterrupted process ends."""

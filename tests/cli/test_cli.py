@@ -222,7 +222,11 @@ def test_help_shows_every_default_and_the_presets_own(capsys):
         assert re.search(re.escape(flag) + r" [^-]*\(default: " + re.escape(default) + r"\)", text), flag
     assert re.search(r"--stop-after N [^(]*\(default: none", text)
     fast = _help(capsys, "train", "--preset", "fast", "--help")
-    assert "--epochs EPOCHS epochs (default: 1)" in fast and "--width WIDTH channel multiplier (default: 0.25)" in fast
+    from xpnet.training.config import PRESETS
+
+    epochs = re.escape(str(PRESETS["fast"]["epochs"]))
+    assert re.search(r"--epochs EPOCHS passes over the training set[^(]*\(default: " + epochs + r"\)", fast)
+    assert "--width WIDTH channel multiplier (default: 0.25)" in fast
     assert re.search(r"--logit-scale LOGIT_SCALE [^(]*\(default: 0.125\)", fast)
     bench = _help(capsys, "bench", "--help")
     assert "``" not in bench
@@ -362,6 +366,28 @@ def test_metrics_show_the_learning_rate_within_each_epoch(trained):
         assert mean[epoch] == pytest.approx(sum(steps) / 4) and peak[epoch] == pytest.approx(max(steps))
     # The last value alone would hide the peak of 0.1 within the first epoch.
     assert peak[0] == pytest.approx(0.1) and lr[0] < 0.08 and lr[1] < 1e-5
+
+
+def test_a_real_number_of_epochs_trains_and_resumes(capsys, synthetic_dir, tmp_path):
+    """--epochs 1.5 of 4 batches: 6 steps, the second epoch of 2; said plainly, stored as given;
+    --epochs 2.0 is the integer 2."""
+    out = tmp_path / "real"
+    code, text, err = run(capsys, "train", "--data-dir", synthetic_dir, "--out", out, "--epochs", "1.5", *SMALL)
+    assert code == 0, err
+    assert "epoch 2/2 " in text and "after 1.5 epochs" in text
+    _, meta = checkpoint.load(out / "last.safetensors")
+    assert meta["step"] == 6 and meta["config"]["epochs"] == 1.5
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 2
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 1.5
+    code, text, _ = run(capsys, "train", "--resume", out, "--epochs", "1.5")
+    assert code == 0 and "nothing to do" in text
+    code, _, err = run(capsys, "train", "--resume", out, "--epochs", "1.75")
+    assert "ended inside epoch 2" in _one_line_error(code, err)
+    code, _, err = run(capsys, "train", "--data-dir", synthetic_dir, "--out", tmp_path / "two", "--epochs", "2.0",
+                       "--stop-after", "1", *SMALL)
+    assert code == 0, err
+    _, meta = checkpoint.load(tmp_path / "two" / "last.safetensors")
+    assert meta["config"]["epochs"] == 2 and isinstance(meta["config"]["epochs"], int)
 
 
 def test_a_constant_schedule_run_can_be_extended(capsys, synthetic_dir, tmp_path):

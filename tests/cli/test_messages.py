@@ -20,7 +20,14 @@ from xpnet.training.loop import LineProgress
 @pytest.mark.parametrize(
     "argv, expect",
     [
-        (["train", "--epochs", "two"], "argument --epochs: must be a positive integer, got 'two'"),
+        (["train", "--epochs", "two"], "argument --epochs: must be a positive number of epochs, got 'two'"),
+        (["train", "--epochs", "0"], "argument --epochs: must be a positive number of epochs, got 0"),
+        (["train", "--epochs", "-1"], "argument --epochs: must be a positive number of epochs, got -1"),
+        (["train", "--epochs", "-0.5"], "argument --epochs: must be a positive number of epochs, got -0.5"),
+        (["train", "--epochs", "nan"], "argument --epochs: must be a positive number of epochs, got nan"),
+        (["train", "--epochs", "inf"], "argument --epochs: must be a positive number of epochs, got inf"),
+        (["train", "--epochs", "x"], "argument --epochs: must be a positive number of epochs, got 'x'"),
+        (["report", "--epochs", "0"], "argument --epochs: must be a positive number of epochs, got 0"),
         (["train", "--lr", "fast"], "argument --lr: must be a finite positive number, got 'fast'"),
         (["train", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["evaluate", "--batch-size", "x", "--checkpoint", "c"], "must be a positive integer, got 'x'"),

@@ -146,3 +146,68 @@ def test_first_step_is_called_once(tmp_path):
     cfg = TrainConfig(epochs=2, train_subset=64, **TINY)  # four steps
     fit(cfg, _digits(), tmp_path, plots=False, log=lambda s: None, first_step=lambda: calls.append(1))
     assert calls == [1]
+
+
+def test_a_real_number_of_epochs_ends_inside_the_last(tmp_path):
+    """1.7 epochs of 3 batches: round(5.1) = 5 steps, two epochs (the second of 2 batches), each
+    with its row and checkpoint; the schedule ends at the last step; the generator moves on as in
+    two whole epochs (the partial one draws its whole shuffle)."""
+    data, lines = _digits(), []
+    summary = fit(TrainConfig(epochs=1.7, **TINY), data, tmp_path / "a", plots=False, log=lines.append)
+    _, meta = _weights(tmp_path / "a" / "last.safetensors")
+    assert meta["step"] == 5 and (meta["epoch"], meta["batch"]) == (2, 0) and len(meta["history"]) == 2
+    assert len((tmp_path / "a" / "metrics.csv").read_text().splitlines()) == 1 + 2
+    assert len((tmp_path / "a" / "losses.csv").read_text().splitlines()) == 1 + 5
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/2", "2/2"]
+    assert summary["epochs"] == 1.7 and json.loads((tmp_path / "a" / "summary.json").read_text())["epochs"] == 1.7
+    assert meta["config"]["epochs"] == 1.7
+    from xpnet.optim import OneCycle
+
+    assert meta["history"][-1]["lr"] == OneCycle(TINY["lr"], 5, pct_start=0.25)(4) < 1e-5
+    fit(TrainConfig(epochs=2, **TINY), data, tmp_path / "b", plots=False, log=lambda s: None)
+    _, whole = _weights(tmp_path / "b" / "last.safetensors")
+    assert meta["rng_state"] == whole["rng_state"] and whole["step"] == 6
+
+
+def _interrupt_at(monkeypatch, step):
+    """SGD's ``step``-th update (from 1) raises SIGINT in its middle; -> undo()."""
+    import xpnet.training.runner as train_mod
+
+    real_step = train_mod.optim.SGD.step
+    calls = {"n": 0}
+
+    def flaky_step(self):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        real_step(self)
+
+    monkeypatch.setattr(train_mod.optim.SGD, "step", flaky_step)
+    return lambda: monkeypatch.setattr(train_mod.optim.SGD, "step", real_step)
+
+
+def test_interrupt_inside_the_partial_epoch_resumes_exactly(tmp_path, monkeypatch):
+    """1.7 epochs of 3 batches: Ctrl-C in step 4 stops inside the partial epoch 2 (steps 4 and 5);
+    resumed, the run ends bit for bit where the uninterrupted one does, as does a stop after one
+    epoch and its resume."""
+    data = _digits()
+    cfg = TrainConfig(epochs=1.7, **TINY)  # 5 steps
+    fit(cfg, data, tmp_path / "a", plots=False, log=lambda s: None)
+    a, meta_a = _weights(tmp_path / "a" / "last.safetensors")
+    undo, lines = _interrupt_at(monkeypatch, 4), []
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, data, tmp_path / "b", plots=False, log=lines.append)
+    undo()
+    _, meta = _weights(tmp_path / "b" / "last.safetensors")
+    assert (meta["epoch"], meta["batch"], meta["step"]) == (1, 1, 4)
+    assert any("at epoch 2, batch 1/2" in line for line in lines), lines
+    fit(None, data, tmp_path / "b", resume=tmp_path / "b" / "last.safetensors", plots=False, log=lambda s: None)
+    fit(cfg, data, tmp_path / "c", stop_after=1, plots=False, log=lambda s: None)
+    fit(None, data, tmp_path / "c", resume=tmp_path / "c" / "last.safetensors", plots=False, log=lambda s: None)
+    for run in ("b", "c"):
+        b, meta_b = _weights(tmp_path / run / "last.safetensors")
+        assert a.keys() == b.keys() and any(k.startswith("optim.") for k in a)
+        for k in a:
+            numpy.testing.assert_array_equal(a[k], b[k], err_msg=f"{run}: {k}")
+        assert (meta_b["step"], meta_b["rng_state"]) == (5, meta_a["rng_state"])
+        assert json.loads((tmp_path / run / "summary.json").read_text())["epochs"] == 1.7

@@ -59,6 +59,29 @@ def test_new_epochs():
     runs.check_new_epochs({**meta, "config": {**config, "schedule": "constant"}}, 9, 10)
 
 
+def test_new_epochs_may_be_real():
+    # A one-cycle run of 1.3 epochs of 10 steps (13 steps), interrupted at epoch 2, batch 2.
+    config = dict(epochs=1.3, schedule="onecycle", lr=0.1, batch_size=128)
+    meta = dict(config=config, epoch=1, batch=2, step=12)
+    runs.check_new_epochs(meta, 1.3, 10)
+    with pytest.raises(RunError, match=r"^--epochs 1.5: this run's onecycle .* over its 1.3 epochs.*--epochs 1.5$"):
+        runs.check_new_epochs(meta, 1.5, 10)
+    constant = {**meta, "config": {**config, "schedule": "constant"}}
+    runs.check_new_epochs(constant, 2.5, 10)
+    runs.check_new_epochs(constant, 1.2, 10)  # 12 steps: the batches done, no more
+    with pytest.raises(RunError, match=r"^--epochs 1.1 is fewer than the 1.2 epochs this run has done$"):
+        runs.check_new_epochs(constant, 1.1, 10)
+    with pytest.raises(RunError, match=r"^--epochs 0.5 is fewer than the 1.2 epochs"):
+        runs.check_new_epochs(constant, 0.5, 10)
+    # Finished: its second epoch ended after 3 of 10 batches, its shuffle spent; no going on.
+    ended = {**constant, "epoch": 2, "batch": 0, "step": 13}
+    runs.check_new_epochs(ended, 1.3, 10)
+    with pytest.raises(RunError, match=r"^--epochs 3: this run ended inside epoch 2, after 3 of its batches"):
+        runs.check_new_epochs(ended, 3, 10)
+    with pytest.raises(RunError, match=r"^--epochs 1.2 is fewer than the 1.3 epochs"):
+        runs.check_new_epochs(ended, 1.2, 10)
+
+
 def test_a_held_folder_is_refused_naming_the_holder_and_free_again_after_release(tmp_path):
     lock = runs.claim(tmp_path / "r")
     with pytest.raises(runs.RunError, match=f"in use by another xpnet run \\(process {os.getpid()}\\)"):

@@ -11,7 +11,7 @@ from xpnet.data import batches
 from xpnet.training import runner as runner_mod
 from xpnet.training.config import TrainConfig
 from xpnet.training.loop import fit
-from xpnet.training.runner import XpnetRunner, build_schedule
+from xpnet.training.runner import XpnetRunner, build_schedule, epoch_batches, total_steps
 
 FRAMEWORKS = ["xpnet", pytest.param("torch", marks=pytest.mark.skipif(
     pytest.importorskip("importlib.util").find_spec("torch") is None, reason="needs torch"))]
@@ -98,3 +98,32 @@ def test_a_stored_crop_is_checked_before_use(crop, size, says):
         runner_mod.stored_crop({"config": {"crop": crop}, "model_config": model_config}, "c.safetensors")
     assert runner_mod.stored_crop({"config": {}, "model_config": {"image_size": [28, 28]}}) == 0
     assert runner_mod.stored_crop({"config": {"crop": 24}, "model_config": {"image_size": [24, 24]}}) == 24
+
+
+@pytest.mark.parametrize("epochs, per_epoch, total", [
+    (4, 469, 1876), (1, 1, 1), (1_000_000, 2**40, 10**6 * 2**40),  # integers: exactly epochs x steps
+    (1.3, 469, 610), (1.5, 4, 6), (2.0, 469, 938), (0.5, 3, 2),  # reals: rounded (0.5 x 3 = 1.5 -> 2)
+    (1e-9, 469, 1), (0.001, 2, 1),  # a sliver of an epoch is still one step
+])
+def test_total_steps(epochs, per_epoch, total):
+    assert total_steps(epochs, per_epoch) == total
+    assert isinstance(total_steps(epochs, per_epoch), int)
+
+
+def test_epoch_batches_are_whole_epochs_then_the_rest():
+    assert [epoch_batches(610, 469, e) for e in range(2)] == [469, 141]
+    assert [epoch_batches(8, 4, e) for e in range(2)] == [4, 4]
+    assert epoch_batches(1, 469, 0) == 1
+
+
+def test_a_real_number_of_epochs_lays_the_schedule_over_its_steps():
+    """1.3 epochs of 10 steps: every schedule spans 13 steps and ends at the run's last step."""
+    from xpnet import optim
+
+    expect = dict(onecycle=optim.OneCycle(0.1, 13, pct_start=0.25), cosine=optim.Cosine(0.1, 13, warmup=5),
+                  step=optim.StepLR(0.1, step_size=4, gamma=0.1))
+    for name, want in expect.items():
+        lr = build_schedule(TrainConfig(epochs=1.3, schedule=name, lr=0.1), 10)
+        assert [lr(s) for s in range(14)] == [want(s) for s in range(14)], name
+    end = build_schedule(TrainConfig(epochs=1.3, lr=0.1), 10)
+    assert end(12) < 1e-5 < end(11)  # one-cycle's last step, at the end of the partial epoch

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from xpnet import backend
 from xpnet.errors import XpnetError
-from xpnet.cli.argtypes import (OneLineParser, momentum, nonneg_float, nonneg_int, positive_float, positive_int,
-                                probability, seed, width)
+from xpnet.cli.argtypes import (OneLineParser, epoch_count, momentum, nonneg_float, nonneg_int, positive_float,
+                                positive_int, probability, seed, width)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -86,7 +86,8 @@ def _add_train(sub, d, preset, fmt):
     _add_backend(t)
     t.add_argument("--framework", choices=FRAMEWORKS, default=d.framework,
                    help="xpnet, or its PyTorch twin under the same loop (needs the reference extra)")
-    t.add_argument("--epochs", type=positive_int, default=d.epochs, help="epochs")
+    t.add_argument("--epochs", type=epoch_count, default=d.epochs,
+                   help="passes over the training set; a real such as 1.3 ends inside the last one")
     t.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="training batch size")
     t.add_argument("--lr", type=positive_float, default=d.lr, help="peak learning rate")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="optimizer")

@@ -38,6 +38,19 @@ def positive_int(text):
     return v
 
 
+def epoch_count(text):
+    """A number of epochs: a positive integer, or a positive real (1.3: one epoch and 30 % of the
+    next); a whole real (2.0) is the integer."""
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        pass
+    v = _parse(float, text, "a positive number of epochs")
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of epochs, got {text}")
+    return int(v) if v.is_integer() else v
+
+
 def nonneg_int(text):
     v = _parse(int, text, "a non-negative integer")
     if v < 0:

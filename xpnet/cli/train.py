@@ -29,7 +29,9 @@ def _log(line):
 
 
 def _plural(n, word):
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    from xpnet.training.config import epochs_text
+
+    return f"{epochs_text(n)} {word}" if n == 1 else f"{epochs_text(n)} {word}s"
 
 
 def _check_arch(cfg, given):

@@ -230,12 +230,15 @@ def failure_cases(folder, data):
 
 
 def scale(grid, train_images, test_subset, seeds) -> str:
+    from xpnet.training.config import epochs_text
+    from xpnet.training.runner import total_steps
+
     cfg = efficiency_job(grid)
     main = next(c for name, _, c in grid if name == MAIN)
     n = main.train_subset
     subset = f"the first {n:,} training images" if n else f"all {train_images:,} training images"
     test = f"the first {test_subset:,} test images" if test_subset else "the whole test set"
     width = "full width" if cfg.width == 1.0 else f"width {cfg.width:g} (channels scaled)"
-    steps = main.epochs * math.ceil((main.train_subset or train_images) / main.batch_size)
-    return (f"{main.epochs} epoch(s) of {subset} ({steps:,} steps of batch {main.batch_size}), {width}, {test}, "
-            f"{seeds} seed(s) per run.")
+    steps = total_steps(main.epochs, math.ceil((main.train_subset or train_images) / main.batch_size))
+    return (f"{epochs_text(main.epochs)} epoch(s) of {subset} ({steps:,} steps of batch {main.batch_size}), "
+            f"{width}, {test}, {seeds} seed(s) per run.")

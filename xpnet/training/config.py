@@ -33,7 +33,7 @@ class ConfigError(XpnetError, ValueError):
 MAX_EPOCHS = 1_000_000
 MAX_BATCH = 1 << 20
 # Integer fields: (lowest, highest).
-_INTS = dict(epochs=(1, MAX_EPOCHS), batch_size=(1, MAX_BATCH), augment=(0, 64), train_subset=(0, 1 << 40),
+_INTS = dict(batch_size=(1, MAX_BATCH), augment=(0, 64), train_subset=(0, 1 << 40),
              seed=(0, 2**128 - 1), eval_batch_size=(1, MAX_BATCH), crop=(0, 1 << 16))
 # Real fields: (lowest, highest, whether the lowest itself is allowed); all must be finite.
 _REALS = dict(lr=(0.0, math.inf, False), momentum=(0.0, 1.0, True), weight_decay=(0.0, math.inf, True),
@@ -44,7 +44,8 @@ _REALS = dict(lr=(0.0, math.inf, False), momentum=(0.0, 1.0, True), weight_decay
 class TrainConfig:
     """Everything that defines a run; stored in every checkpoint and in summary.json."""
 
-    epochs: int = 4
+    # A real trains round(epochs x steps per epoch) steps: 1.3 is one epoch and 30 % of the next.
+    epochs: int | float = 4
     batch_size: int = 128
     lr: float = 0.1
     optimizer: str = "sgd"
@@ -119,6 +120,9 @@ class TrainConfig:
         def name(field):
             return f"--{field.replace('_', '-')}" if flags else f"config.{field}"
 
+        v = self.epochs
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and 0 < v <= MAX_EPOCHS):
+            raise ConfigError(f"{name('epochs')} must be a finite number in (0, {MAX_EPOCHS}], got {_short(v)}")
         for field, (low, high) in _INTS.items():
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not low <= v <= high:
@@ -149,6 +153,13 @@ class TrainConfig:
                 text = text.replace("config.ties", name("pool_ties"))
             raise ConfigError(text) from None
         return self
+
+
+def epochs_text(epochs) -> str:
+    """A number of epochs as a person writes it: 4, 1.3 (not 1.3000000000000003)."""
+    if isinstance(epochs, numbers.Integral) or float(epochs).is_integer():
+        return str(int(epochs))
+    return f"{float(epochs):.12g}"
 
 
 def _short(value) -> str:

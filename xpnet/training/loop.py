@@ -32,7 +32,7 @@ from xpnet.data import batches, center_crop
 from xpnet.training.config import TrainConfig, TrainingError
 from xpnet.training.graphs import CHECK_EVERY
 from xpnet.training.rundir import METRICS, Position, Resume, RunFolder
-from xpnet.training.runner import NonFiniteLoss, build_runner, build_schedule, train_step
+from xpnet.training.runner import NonFiniteLoss, build_runner, build_schedule, epoch_batches, total_steps, train_step
 from xpnet.training.stops import StopRequests
 
 __all__ = ["METRICS", "LineProgress", "StopRequests", "fit"]
@@ -115,6 +115,9 @@ class _Run:
         self.test = backend.to_device(center_crop(data.test_images, cfg.crop)), backend.to_device(data.test_labels)
         self.steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
         self.schedule = build_schedule(cfg, self.steps_per_epoch)
+        # A real number of epochs ends inside the last one: the epochs run are those begun.
+        self.total = total_steps(cfg.epochs, self.steps_per_epoch)
+        self.epochs = -(-self.total // self.steps_per_epoch)
 
     def meta(self, epoch, batch, rng_state) -> dict:
         """A checkpoint's metadata: the run's recipe and where it stands."""
@@ -160,9 +163,10 @@ class _Run:
         cfg, runner = self.cfg, self.runner
         it = self.comm.shard(batches(*self.train, cfg.batch_size, self.rng, shuffle=True, augment=cfg.augment,
                                      inputs=cfg.inputs, crop=cfg.crop))
-        bar = _progress(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", self.progress, self.log, done=skip)
+        todo = epoch_batches(self.total, self.steps_per_epoch, epoch)
+        bar = _progress(todo, f"epoch {epoch + 1}/{self.epochs}", self.progress, self.log, done=skip)
         t = _Totals(0.0, 0, 0, skip, runner.steps, [], self.schedule(max(runner.steps - 1, 0)))
-        for x, y in itertools.islice(it, skip, None):
+        for x, y in itertools.islice(it, skip, todo):
             t.lr = self.schedule(runner.steps)
             try:
                 loss, hits = train_step(runner, x, y, t.lr)
@@ -221,7 +225,8 @@ class _Run:
             self.folder.save(self.runner, self.meta(epoch, t.done, start_state))
             self.folder.write_losses(t.first_step, t.losses)
         self.stops.keep(f"{self.folder.last} (epoch {epoch + 1}, batch {t.done}) is kept")
-        self.log(f"interrupted: saved {self.folder.last} at epoch {epoch + 1}, batch {t.done}/{self.steps_per_epoch}")
+        todo = epoch_batches(self.total, self.steps_per_epoch, epoch)
+        self.log(f"interrupted: saved {self.folder.last} at epoch {epoch + 1}, batch {t.done}/{todo}")
         raise self.stops.interrupted()
 
     def end_epoch(self, epoch, t: _Totals, t0):
@@ -245,7 +250,7 @@ class _Run:
         p = self.position
         p.history.append(row)
         self.log(
-            f"epoch {epoch + 1}/{self.cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4%}"
+            f"epoch {epoch + 1}/{self.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4%}"
             f"  test loss {test_loss:.4f} acc {test_acc:.4%}  {row['seconds']:.1f}s"
         )
         is_best, p.best = test_acc > p.best, max(p.best, test_acc)
@@ -257,9 +262,12 @@ class _Run:
         return row, preds
 
     def summary(self, row, provenance) -> dict:
+        """summary.json: ``epochs`` is the epochs trained, the config's own number at the end
+        (1.3, where the metrics' last row is epoch 2)."""
         history = self.position.history
+        done = self.cfg.epochs if row["epoch"] == self.epochs else row["epoch"]
         return dict(
-            test_accuracy=row["test_accuracy"], best_test_accuracy=self.position.best, epochs=row["epoch"],
+            test_accuracy=row["test_accuracy"], best_test_accuracy=self.position.best, epochs=done,
             seconds=sum(r["seconds"] for r in history), backend=backend.name(),
             config=dataclasses.asdict(self.cfg), model_config=self.cfg.model_config(),
             parameters=self.runner.parameters, **({"provenance": provenance} if provenance else {}),
@@ -270,7 +278,7 @@ def _start(cfg, resume, epochs, num_classes, rng, image_shape):
     """-> (config, runner, position) of a new run, or of the run ``resume`` continues."""
     if resume is None:
         if epochs is not None:
-            cfg = dataclasses.replace(cfg, epochs=int(epochs))
+            cfg = dataclasses.replace(cfg, epochs=epochs)
         # The classifier follows the images' size (or the crop's).
         cfg = cfg.for_data(image_shape)
         return cfg, build_runner(cfg, num_classes, rng), Position()
@@ -360,13 +368,13 @@ def _fit(cfg, data, out_dir, resume, epochs, stop_after, progress, log, plots, e
             raise TrainingError("--cuda-graph replays xpnet's own step (--framework xpnet)")
         runner.use_cuda_graph()
     summary = {}
-    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, position.epoch + int(stop_after))
+    end_epoch = run.epochs if stop_after is None else min(run.epochs, position.epoch + int(stop_after))
     for epoch in range(position.epoch, end_epoch):
         row, preds = run.epoch(epoch)
         summary = run.summary(row, provenance)
         if comm.is_root:
             folder.write_summary(summary)
-        if plots and epoch + 1 == cfg.epochs and comm.is_root:
+        if plots and epoch + 1 == run.epochs and comm.is_root:
             _plots(folder.path, position.history, data, preds, num_classes, log)
         # A signal during the evaluation, the saves or the figures: the epoch is whole and saved.
         if stops.agree(comm):

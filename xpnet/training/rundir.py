@@ -24,7 +24,8 @@ the figures. The rules ``xpnet train`` follows:
   total number of steps, so a new total would make the learning rate jump (a finished 4-epoch
   one-cycle run on MNIST ends near 4e-7; stretched to 8 epochs, its next step would be near
   0.075). Such a run cannot be extended; start a new run with more epochs. A constant schedule
-  has no total and may be extended (or shortened down to the epochs already done).
+  has no total and may be extended (or shortened down to the batches already done). ``--epochs``
+  takes a real: 1.3 epochs train ``round(1.3 x steps per epoch)`` steps, the last epoch partial.
 """
 
 from __future__ import annotations
@@ -230,16 +231,24 @@ def conflicts(stored: dict, given: dict) -> str | None:
     )
 
 
-def check_new_epochs(meta: dict, epochs: int, steps_per_epoch: int) -> None:
-    """Refuse a new total of ``epochs`` for the run whose checkpoint metadata is ``meta``."""
-    from xpnet.training.config import TrainConfig
-    from xpnet.training.runner import build_schedule
+def check_new_epochs(meta: dict, epochs, steps_per_epoch: int) -> None:
+    """Refuse a new total of ``epochs`` (an int or a real) for the run whose checkpoint metadata
+    is ``meta``."""
+    from xpnet.training.config import TrainConfig, epochs_text
+    from xpnet.training.runner import build_schedule, total_steps
 
-    config, done = meta["config"], int(meta["epoch"])
+    config, done, shown = meta["config"], int(meta["epoch"]), epochs_text(epochs)
     if epochs == config["epochs"]:
         return
-    if epochs < done:
-        raise RunError(f"--epochs {epochs} is fewer than the {done} epochs this run has done")
+    # Where the run stands, in batches (the last epoch of a real number of epochs is partial).
+    old = total_steps(config["epochs"], steps_per_epoch)
+    at = min(done * steps_per_epoch, old) + int(meta.get("batch", 0))
+    if total_steps(epochs, steps_per_epoch) < at:
+        raise RunError(f"--epochs {shown} is fewer than the {epochs_text(at / steps_per_epoch)} epochs this run "
+                       f"has done")
+    if old % steps_per_epoch and done * steps_per_epoch > old:
+        raise RunError(f"--epochs {shown}: this run ended inside epoch {done}, after {old % steps_per_epoch} of "
+                       f"its batches, so it cannot go on; start a new run with --epochs {shown}")
     schedule = config["schedule"]
     if schedule not in EXTENDABLE_SCHEDULES:
         cfg = TrainConfig.from_dict(config)
@@ -247,10 +256,10 @@ def check_new_epochs(meta: dict, epochs: int, steps_per_epoch: int) -> None:
         now = build_schedule(cfg, steps_per_epoch)(step)
         new = build_schedule(TrainConfig.from_dict({**config, "epochs": epochs}), steps_per_epoch)(step)
         raise RunError(
-            f"--epochs {epochs}: this run's {schedule} learning rate is laid out over its "
-            f"{config['epochs']} epochs, and a new total would move its next step's rate from "
+            f"--epochs {shown}: this run's {schedule} learning rate is laid out over its "
+            f"{epochs_text(config['epochs'])} epochs, and a new total would move its next step's rate from "
             f"{now:.2g} to {new:.2g}; only a constant schedule can be extended, so start a new run "
-            f"with --epochs {epochs}"
+            f"with --epochs {shown}"
         )
 
 
@@ -317,8 +326,9 @@ class RunFolder:
     def write_summary(self, summary: dict) -> None:
         _replace(self.summary, json.dumps(summary, indent=2) + "\n")
 
-    def finished(self, epochs: int) -> dict | None:
-        """The summary of a run that has done its ``epochs``, else None."""
+    def finished(self, epochs) -> dict | None:
+        """The summary of a run that has done its ``epochs`` (summary.json holds the config's
+        number once the run has ended: 1.3 after a partial last epoch), else None."""
         if not self.summary.exists():
             return None
         summary = json.loads(self.summary.read_text())
@@ -400,7 +410,7 @@ class Resume:
 
         cfg = TrainConfig.from_dict(self.meta["config"])
         if epochs is not None:
-            cfg.epochs = int(epochs)
+            cfg.epochs = epochs
         return cfg
 
     def conflicts(self, given: dict) -> str | None:
@@ -408,7 +418,7 @@ class Resume:
         which ``check_epochs`` rules on), or None."""
         return conflicts(self.meta["config"], {k: v for k, v in given.items() if k != "epochs"})
 
-    def check_epochs(self, epochs: int, steps_per_epoch: int) -> None:
+    def check_epochs(self, epochs, steps_per_epoch: int) -> None:
         check_new_epochs(self.meta, epochs, steps_per_epoch)
 
     def position(self) -> Position:

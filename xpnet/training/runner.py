@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import numpy
 
@@ -52,8 +53,25 @@ def train_step(runner, x, y, lr: float):
     return loss, runner.hits(logits, y)
 
 
+def total_steps(epochs, steps_per_epoch: int) -> int:
+    """The optimizer steps of a run of ``epochs`` (a positive int or real) epochs: its schedule's
+    length and where its loop stops. Integer epochs: exactly ``epochs * steps_per_epoch``; a real
+    rounds to the nearest step, at least one (1.3 epochs of 469 batches: 610 steps)."""
+    if isinstance(epochs, numbers.Integral):
+        return int(epochs) * steps_per_epoch
+    return max(1, round(epochs * steps_per_epoch))
+
+
+def epoch_batches(total: int, steps_per_epoch: int, epoch: int) -> int:
+    """How many batches epoch ``epoch`` (from 0) of a run of ``total`` steps trains:
+    ``steps_per_epoch``, but the rest in the last, partial one (which draws its shuffle and
+    offsets as a whole epoch does, so the generator moves on alike, then stops early). The run
+    has ``ceil(total / steps_per_epoch)`` epochs."""
+    return min(steps_per_epoch, total - epoch * steps_per_epoch)
+
+
 def build_schedule(cfg: TrainConfig, steps_per_epoch: int):
-    total = max(2, cfg.epochs * steps_per_epoch)
+    total = max(2, total_steps(cfg.epochs, steps_per_epoch))
     if cfg.schedule == "onecycle":
         return optim.OneCycle(cfg.lr, total, pct_start=0.25)
     if cfg.schedule == "cosine":

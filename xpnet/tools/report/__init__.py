@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 from xpnet import backend
-from xpnet.cli.argtypes import OneLineParser, nonneg_float, nonneg_int, positive_float, positive_int, probability
+from xpnet.cli.argtypes import (OneLineParser, epoch_count, nonneg_float, nonneg_int, positive_float, positive_int,
+                                probability)
 from xpnet.errors import XpnetError
 from xpnet.tools import report2
 from xpnet.tools.report.efficiency import efficiency_table
@@ -36,6 +37,7 @@ from xpnet.tools.report.figures import ablation_figure, figures, loss_figure, sm
 from xpnet.tools.report.grid import (ABLATION_ROWS, ACCURACY_ROWS, PASS_THROUGH, PUBLISHED, QUICK, RECIPES, RUNS,
                                      SECTIONS, TWINS, ReportError, run_configs, train_run)
 from xpnet.tools.report.tables import markdown, mean_sd, pct, run_stat, seconds, tables
+from xpnet.training.config import epochs_text
 from xpnet.training.rundir import RunFolder
 
 __all__ = ["ABLATION_ROWS", "ACCURACY_ROWS", "PUBLISHED", "RUNS", "TWINS", "ReportError", "ablation_figure",
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="width of the timed job (default: the runs' width)")
     p.add_argument("--no-plots", action="store_true", help="skip every PNG figure")
     g = p.add_argument_group("flags of xpnet train passed to every run (default: the recipe's)")
-    g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--epochs", type=epoch_count)
     g.add_argument("--batch-size", type=positive_int)
     g.add_argument("--lr", type=positive_float)
     g.add_argument("--momentum", type=nonneg_float)
@@ -114,8 +116,8 @@ def _scale(recipe, cfg, seeds, test_subset, train_images, quick) -> str:
               else f"all {train_images:,} training images")
     test = f"the first {test_subset:,} test images" if test_subset else "the whole test set"
     width = "full width" if cfg.width == 1.0 else f"width {cfg.width:g}"
-    return (f"{'--quick, ' if quick else ''}recipe `{recipe}` ({width}, {cfg.epochs} epoch(s), batch {cfg.batch_size}, "
-            f"{subset}, {test}), {seeds} seed(s) per run.")
+    return (f"{'--quick, ' if quick else ''}recipe `{recipe}` ({width}, {epochs_text(cfg.epochs)} epoch(s), "
+            f"batch {cfg.batch_size}, {subset}, {test}), {seeds} seed(s) per run.")
 
 
 @dataclasses.dataclass
@@ -235,7 +237,8 @@ def _assemble(args, plan, results, data, eff, second) -> dict:
             backend=args.backend, command="xpnet report " + " ".join(args.argv), machine=_machine(),
             omp_wait_policy=plan.wait_policy, when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             scale=_scale(args.recipe, cfg0, plan.seeds, plan.test_subset, len(data.train_labels), args.quick),
-            run_scale=f"{'full width' if cfg0.width == 1.0 else f'width {cfg0.width:g}'}, {cfg0.epochs} epoch(s)"
+            run_scale=f"{'full width' if cfg0.width == 1.0 else f'width {cfg0.width:g}'}, "
+                      f"{epochs_text(cfg0.epochs)} epoch(s)"
                       f"{f', {cfg0.train_subset:,} images' if cfg0.train_subset else ''}",
             configs={f"{n}-seed{s}": dataclasses.asdict(c) for n, s, c in plan.grid},
         ),
