@@ -193,7 +193,10 @@ def main(argv=None) -> int:
     from xpnet.cli import deps
 
     argv = sys.argv[1:] if argv is None else argv
+    from xpnet import allocator
     from xpnet.functional import parallel
+
+    allocator.keep_freed_memory()  # a step's freed arrays serve the next step (xpnet.allocator)
 
     try:
         parallel.threads()  # reads XPNET_THREADS: a bad value is a usage error, not a traceback
