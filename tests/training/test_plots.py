@@ -82,3 +82,16 @@ def test_failures_captions_name_prediction_then_label(tmp_path, monkeypatch):
     assert "(2 shown)" in fig._suptitle.get_text() and (tmp_path / "f.png").stat().st_size > 0
     monkeypatch.undo()
     plt.close(fig)
+
+
+def test_a_partial_last_epoch_ends_where_its_last_step_does():
+    # --epochs 1.3 at 100 steps an epoch: 130 steps, two rows, the second after 0.3 of an epoch.
+    steps = numpy.arange(130)
+    fig = plots.curves_figure(history(2), (steps, numpy.linspace(2, 0.5, 130)), steps_per_epoch=100)
+    loss_ax, acc_ax = fig.axes
+    raw, _, test = loss_ax.get_lines()[:3]
+    assert numpy.allclose(raw.get_xdata(), (steps + 1) / 100)
+    assert numpy.allclose(test.get_xdata(), [1, 1.3])
+    for ax in (loss_ax, acc_ax):
+        assert [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"] == [1]
+    assert "at epoch 1.3" in acc_ax.get_title()

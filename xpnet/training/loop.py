@@ -375,7 +375,7 @@ def _fit(cfg, data, out_dir, resume, epochs, stop_after, progress, log, plots, e
         if comm.is_root:
             folder.write_summary(summary)
         if plots and epoch + 1 == run.epochs and comm.is_root:
-            _plots(folder.path, position.history, data, preds, num_classes, log)
+            _plots(folder.path, position.history, data, preds, num_classes, log, run.steps_per_epoch)
         # A signal during the evaluation, the saves or the figures: the epoch is whole and saved.
         if stops.agree(comm):
             log(f"interrupted: saved {folder.last} at the end of epoch {epoch + 1}")
@@ -383,10 +383,10 @@ def _fit(cfg, data, out_dir, resume, epochs, stop_after, progress, log, plots, e
     return summary
 
 
-def _plots(out_dir, history, data, preds, num_classes, log):
+def _plots(out_dir, history, data, preds, num_classes, log, steps_per_epoch=None):
     try:
         from xpnet.training import plots
     except ImportError as e:
         log(f"plots skipped: {e}")
         return
-    plots.write_all(out_dir, history, data.test_images, data.test_labels, preds, num_classes)
+    plots.write_all(out_dir, history, data.test_images, data.test_labels, preds, num_classes, steps_per_epoch)

@@ -6,6 +6,7 @@ Needs matplotlib, a dependency of xpnet; drawn off-screen with the Agg backend.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy
@@ -69,6 +70,8 @@ def curves_figure(history, losses=None, steps_per_epoch=None):
         steps, values = losses
         per_epoch = steps_per_epoch or max(1, round((int(steps.max()) + 1) / max(1, len(history))))
         x = (steps + 1) / per_epoch  # in epochs: step k of epoch e ends at e - 1 + (k + 1) / per_epoch
+        # A partial last epoch (--epochs 1.3) ends where its last step does, not at a whole epoch.
+        epochs = numpy.minimum(epochs, float(x[-1])) if steps_per_epoch else epochs
         window = max(5, len(values) // 50)
         ax1.plot(x, values, color="tab:blue", alpha=0.25, linewidth=0.7, label="train loss, every step")
         ax1.plot(x, smooth(values, window), color="tab:blue", linewidth=1.8,
@@ -84,12 +87,12 @@ def curves_figure(history, losses=None, steps_per_epoch=None):
         ax2.annotate(f"{a:.2f}%", (e, a), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8,
                      color="tab:orange")
     best = max(range(len(test)), key=test.__getitem__) if test else None
-    title = "Accuracy" if best is None else f"Accuracy (best test {test[best]:.2f}% at epoch {int(epochs[best])})"
+    title = "Accuracy" if best is None else f"Accuracy (best test {test[best]:.2f}% at epoch {epochs[best]:g})"
     ax2.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
     ax2.margins(y=0.15)  # room for the labels above the points
     last = float(epochs.max()) if len(epochs) else 1.0
     for ax in (ax1, ax2):
-        for e in range(1, int(last)):
+        for e in range(1, math.ceil(last)):
             ax.axvline(e, color="grey", linestyle=":", linewidth=0.8)
         ax.set_xlim(0 if ax is ax1 and losses is not None else 0.5, last + 0.25)
         ax.set_xticks(range(1, int(last) + 1) if last <= 20 else ax.get_xticks())
@@ -168,9 +171,9 @@ def confusion(path, labels, preds, num_classes):
     plt.close(fig)
 
 
-def write_all(out_dir, history, images, labels, preds, num_classes):
+def write_all(out_dir, history, images, labels, preds, num_classes, steps_per_epoch=None):
     """curves.png, failures.png and confusion.png into ``out_dir``."""
     out_dir = Path(out_dir)
-    curves(out_dir / "curves.png", history, read_losses(out_dir / "losses.csv"))
+    curves(out_dir / "curves.png", history, read_losses(out_dir / "losses.csv"), steps_per_epoch)
     failures(out_dir / "failures.png", images, labels, preds)
     confusion(out_dir / "confusion.png", labels, preds, num_classes)
