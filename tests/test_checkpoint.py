@@ -513,6 +513,10 @@ def run_meta():
 def test_a_good_run_meta_passes():
     checkpoint.check_run_meta("c", run_meta(), resume=True)
     checkpoint.check_run_meta("c", {"model_config": {}, "num_classes": 10})
+    # Inside an epoch, the generator's state after the batches done; optional (older checkpoints).
+    inside = dict(run_meta(), batch=2, rng_state_now=numpy.random.default_rng(1).bit_generator.state)
+    checkpoint.check_run_meta("c", inside, resume=True)
+    checkpoint.check_run_meta("c", dict(inside, rng_state_now=None), resume=True)
 
 
 @pytest.mark.parametrize(
@@ -537,6 +541,13 @@ def test_a_good_run_meta_passes():
         ("rng_state", {"bit_generator": "MT19937", "state": {}}, "rng_state"),
         ("rng_state", {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}}, "rng_state"),
         ("rng_state", 5, "rng_state"),
+        ("rng_state_now", {"bit_generator": "MT19937", "state": {}}, "rng_state_now must be a PCG64"),
+        ("rng_state_now", {"bit_generator": "PCG64", "state": [1, 2], "has_uint32": 0, "uinteger": 0},
+         "rng_state_now is not a valid"),
+        ("rng_state_now", {"bit_generator": "PCG64", "state": {"state": -1, "inc": 1}, "has_uint32": 0,
+                           "uinteger": 0}, "rng_state_now is not a valid"),
+        ("rng_state_now", "PCG64", "rng_state_now must be a PCG64"),
+        ("rng_state_now", numpy.random.default_rng(1).bit_generator.state, "rng_state_now belongs to a checkpoint"),
         ("optimizer_state", [], "optimizer_state must be a JSON object"),
         ("optimizer_state", {"lr": 0.1}, "optimizer_state has no steps"),
         ("optimizer_state", {"steps": 1, "lr": float("inf")}, "optimizer_state.lr"),

@@ -438,6 +438,12 @@ def check_run_meta(path, meta: dict, resume: bool = False) -> None:
                                               for k, v in row.items())):
             bad(f"history[{i}]", f"must map column names to finite numbers, got {_short(row)}")
     _check_rng_state(path, meta["rng_state"])
+    # Saved inside an epoch only (batch > 0): the generator as the interrupted step left it.
+    now = meta.get("rng_state_now")
+    if now is not None:
+        _check_rng_state(path, now, "rng_state_now")
+        if meta["batch"] == 0:
+            bad("rng_state_now", "belongs to a checkpoint saved inside an epoch (batch > 0), got batch 0")
     opt = meta["optimizer_state"]
     if not isinstance(opt, dict):
         bad("optimizer_state", f"must be a JSON object, got {_short(opt)}")
@@ -462,14 +468,14 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _check_rng_state(path, state) -> None:
-    """The generator state must be one a fresh PCG64 takes (numpy checks the fields)."""
+def _check_rng_state(path, state, field="rng_state") -> None:
+    """The generator state ``field`` must be one a fresh PCG64 takes (numpy checks the fields)."""
     if not (isinstance(state, dict) and state.get("bit_generator") == "PCG64"):
-        raise CheckpointError(f"{path}: rng_state must be a PCG64 generator state, got {_short(state)}")
+        raise CheckpointError(f"{path}: {field} must be a PCG64 generator state, got {_short(state)}")
     try:
         numpy.random.PCG64().state = state
     except (TypeError, ValueError, KeyError, OverflowError) as e:
-        raise CheckpointError(f"{path}: rng_state is not a valid PCG64 state ({_one_line(e)})") from None
+        raise CheckpointError(f"{path}: {field} is not a valid PCG64 state ({_one_line(e)})") from None
 
 
 def check_tensors(path, arrays: dict, expected: dict, prefix: str = MODEL) -> None:

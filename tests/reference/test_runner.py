@@ -102,6 +102,38 @@ def test_torch_checkpoint_is_read_by_xpnet_and_resumes_exactly(tmp_path):
     assert abs(acc - summary["test_accuracy"]) <= 1 / 40
 
 
+def test_twin_with_dropout_resumes_a_ctrl_c_inside_an_epoch(tmp_path, monkeypatch):
+    # HostDropout draws from the run's generator during the steps, as xpnet's Dropout does.
+    import os
+    import signal
+
+    import xpnet.training.loop as loop
+
+    data = digit_set(96, 40)  # 3 batches an epoch
+    cfg = TrainConfig(epochs=2, framework="torch", dropout=0.3, **TINY)
+    fit(cfg, data, tmp_path / "a", **QUIET)
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def flaky_step(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:  # Ctrl-C in the second batch of the second epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args)
+
+    monkeypatch.setattr(loop, "train_step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, data, tmp_path / "b", **QUIET)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    _, meta = checkpoint.load(tmp_path / "b" / "last.safetensors")
+    assert (meta["epoch"], meta["batch"]) == (1, 2)
+    fit(None, data, tmp_path / "b", resume=tmp_path / "b" / "last.safetensors", **QUIET)
+    a, meta_a = checkpoint.load(tmp_path / "a" / "last.safetensors")
+    b, meta_b = checkpoint.load(tmp_path / "b" / "last.safetensors")
+    assert sorted(a) == sorted(b) and meta_a["rng_state"] == meta_b["rng_state"]
+    for k in a:
+        numpy.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
 def test_cli_trains_the_twin_and_evaluate_reads_it(capsys, tmp_path):
     digit_folder(tmp_path, 128, 60)
     out = tmp_path / "run"

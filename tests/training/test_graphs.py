@@ -178,3 +178,39 @@ def test_a_nan_stops_a_graph_run_and_keeps_the_last_good_checkpoint(tmp_path, fa
         fit(TrainConfig(epochs=2, **{**TINY, "lr": 1e30}), data, tmp_path, plots=False, log=lambda s: None,
             cuda_graph=True)
     assert (tmp_path / "last.safetensors").read_bytes() == before
+
+
+def test_a_graph_run_with_dropout_resumes_a_ctrl_c_inside_an_epoch_exactly(tmp_path, fake_cupy, monkeypatch):
+    """Each replay's dropout seeds are drawn on the host before it (``load_seed``): the generator's
+    state saved at a Ctrl-C inside an epoch is where the resumed replays draw from."""
+    import os
+    import signal
+
+    from _digits import TINY, digit_set
+
+    import xpnet.training.loop as loop
+    from xpnet import checkpoint
+    from xpnet.training.config import TrainConfig
+
+    data = digit_set(96, 20, seed=0)  # 3 batches an epoch
+    cfg = TrainConfig(epochs=2, dropout=0.3, **TINY)
+    quiet = dict(plots=False, log=lambda s: None, cuda_graph=True)
+    loop.fit(cfg, data, tmp_path / "a", **quiet)
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def flaky_step(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args)
+
+    monkeypatch.setattr(loop, "train_step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        loop.fit(cfg, data, tmp_path / "b", **quiet)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    loop.fit(None, data, tmp_path / "b", resume=tmp_path / "b" / "last.safetensors", **quiet)
+    a, meta_a = checkpoint.load(tmp_path / "a" / "last.safetensors")
+    b, meta_b = checkpoint.load(tmp_path / "b" / "last.safetensors")
+    assert meta_a["rng_state"] == meta_b["rng_state"]
+    for k in a:
+        numpy.testing.assert_array_equal(a[k], b[k], err_msg=k)

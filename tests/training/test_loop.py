@@ -43,11 +43,8 @@ def test_two_epochs_equal_one_epoch_plus_resume(tmp_path):
     assert hist_a == hist_b
 
 
-def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
-    data = _digits()
-    cfg = TrainConfig(epochs=1, **TINY)
-    fit(cfg, data, tmp_path / "a", plots=False, log=lambda s: None)
-
+def _interrupt_in_step(monkeypatch, n, run):
+    """``run()`` with Ctrl-C arriving in the middle of its ``n``-th optimizer step."""
     import xpnet.training.runner as train_mod
 
     real_step = train_mod.optim.SGD.step
@@ -55,21 +52,56 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
 
     def flaky_step(self):
         calls["n"] += 1
-        if calls["n"] == 2:  # Ctrl-C arrives in the middle of the second step
+        if calls["n"] == n:
             os.kill(os.getpid(), signal.SIGINT)
         real_step(self)
 
     monkeypatch.setattr(train_mod.optim.SGD, "step", flaky_step)
     with pytest.raises(KeyboardInterrupt):
-        fit(cfg, data, tmp_path / "b", plots=False, log=lambda s: None)
+        run()
     monkeypatch.setattr(train_mod.optim.SGD, "step", real_step)
-    _, meta = _weights(tmp_path / "b" / "last.safetensors")
-    assert (meta["epoch"], meta["batch"]) == (0, 2)
-    fit(None, data, tmp_path / "b", resume=tmp_path / "b" / "last.safetensors", plots=False, log=lambda s: None)
-    a, _ = _weights(tmp_path / "a" / "last.safetensors")
-    b, _ = _weights(tmp_path / "b" / "last.safetensors")
+
+
+def _assert_same_run(a_path, b_path):
+    """Two checkpoints with bit-identical weights, optimizer state, step and generator state."""
+    a, meta_a = _weights(a_path)
+    b, meta_b = _weights(b_path)
+    assert a.keys() == b.keys() and any(k.startswith("optim.") for k in a)
     for k in a:
         numpy.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert meta_a["optimizer_state"] == meta_b["optimizer_state"] and meta_a["step"] == meta_b["step"]
+    assert meta_a["rng_state"] == meta_b["rng_state"]
+
+
+@pytest.mark.parametrize(("dropout", "epochs", "stop_in"), [(0.0, 1, 2), (0.3, 1, 2), (0.3, 2, 5), (0.3, 1.7, 4)])
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, dropout, epochs, stop_in):
+    # Dropout draws its masks from the run's generator during the steps: the checkpoint's state
+    # after the last batch done, not the epoch's start, is where the resumed steps draw from.
+    data = _digits()  # 3 batches an epoch; 1.7 epochs end in the second batch of the second
+    cfg = TrainConfig(epochs=epochs, dropout=dropout, **TINY)
+    fit(cfg, data, tmp_path / "a", plots=False, log=lambda s: None)
+    _interrupt_in_step(monkeypatch, stop_in, lambda: fit(cfg, data, tmp_path / "b", plots=False, log=lambda s: None))
+    _, meta = _weights(tmp_path / "b" / "last.safetensors")
+    assert (meta["epoch"], meta["batch"]) == divmod(stop_in, 3)
+    assert meta["rng_state_now"] != meta["rng_state"]
+    fit(None, data, tmp_path / "b", resume=tmp_path / "b" / "last.safetensors", plots=False, log=lambda s: None)
+    _assert_same_run(tmp_path / "a" / "last.safetensors", tmp_path / "b" / "last.safetensors")
+    _, meta = _weights(tmp_path / "b" / "last.safetensors")
+    assert "rng_state_now" not in meta  # an epoch's end: its rng_state is the generator as it is
+
+
+def test_a_checkpoint_without_the_state_inside_the_epoch_resumes_as_before(tmp_path, monkeypatch):
+    # Older checkpoints (no rng_state_now) resume; without dropout, exactly.
+    data = _digits()
+    cfg = TrainConfig(epochs=1, **TINY)
+    fit(cfg, data, tmp_path / "a", plots=False, log=lambda s: None)
+    _interrupt_in_step(monkeypatch, 2, lambda: fit(cfg, data, tmp_path / "b", plots=False, log=lambda s: None))
+    path = tmp_path / "b" / "last.safetensors"
+    arrays, meta = checkpoint.load(path)
+    del meta["rng_state_now"]
+    checkpoint.save(path, arrays, meta)
+    fit(None, data, tmp_path / "b", resume=path, plots=False, log=lambda s: None)
+    _assert_same_run(tmp_path / "a" / "last.safetensors", path)
 
 
 def test_a_cropped_run_resumes_exactly_and_is_evaluated_on_central_windows(tmp_path):

@@ -2,10 +2,13 @@
 
 ``fit(config, data, out_dir)`` trains a ResNet-9, evaluates it on the test set after every epoch
 and writes ``metrics.csv``, ``summary.json``, the ``last``/``best`` checkpoints and the plots into
-``out_dir``. Everything random comes from one host generator seeded by ``config.seed``; a
-checkpoint holds its state as of the start of the epoch in progress, plus how many batches of that
-epoch were done, so ``resume`` continues exactly where a run stopped, between epochs or in the
-middle of one (Ctrl-C).
+``out_dir``. Everything random comes from one host generator seeded by ``config.seed``: an
+epoch's shuffle, shifts and crop corners, drawn when the epoch starts, and the dropout masks,
+drawn during its steps. A checkpoint holds its state as of the start of the epoch in progress,
+plus how many batches of that epoch were done and, inside an epoch (Ctrl-C), its state after the
+last of them; ``resume`` redraws the epoch's order from the first, skips what was trained and
+takes up the second, so it continues exactly where a run stopped, between epochs or in the
+middle of one.
 
 The loop's parts: ``_Run`` holds what a run needs (its config, runner, data, schedule, folder and
 position); ``_Run.train_batches`` is an epoch's batch loop, ``_Run.end_epoch`` evaluates, writes
@@ -119,13 +122,15 @@ class _Run:
         self.total = total_steps(cfg.epochs, self.steps_per_epoch)
         self.epochs = -(-self.total // self.steps_per_epoch)
 
-    def meta(self, epoch, batch, rng_state) -> dict:
-        """A checkpoint's metadata: the run's recipe and where it stands."""
+    def meta(self, epoch, batch, rng_state, rng_state_now=None) -> dict:
+        """A checkpoint's metadata: the run's recipe and where it stands (``rng_state_now``: the
+        generator's state inside an epoch, after its ``batch`` batches)."""
         p = self.position
+        now = {} if rng_state_now is None else dict(rng_state_now=rng_state_now)
         return dict(
             config=dataclasses.asdict(self.cfg), model_config=self.cfg.model_config(),
             num_classes=self.num_classes, backend=backend.name(), epoch=epoch, batch=batch,
-            step=self.runner.steps, rng_state=rng_state, history=p.history, best_accuracy=p.best,
+            step=self.runner.steps, rng_state=rng_state, **now, history=p.history, best_accuracy=p.best,
             ranks=self.comm.size, **self.extra_meta,
         )
 
@@ -136,8 +141,9 @@ class _Run:
             self.rng.bit_generator.state = p.rng_state
         start_state, p.rng_state = self.rng.bit_generator.state, None
         skip = p.batch if epoch == p.epoch else 0
+        now, p.rng_state_now = (p.rng_state_now if skip else None), None
         t0 = time.perf_counter()
-        totals = self.train_batches(epoch, skip)
+        totals = self.train_batches(epoch, skip, now)
         if self.stops.requested:
             self.interrupted(epoch, totals, start_state)
         return self.end_epoch(epoch, totals, t0)
@@ -158,11 +164,16 @@ class _Run:
                     f"{epoch + 1}; stopped, and {self.kept()}"
                 )
 
-    def train_batches(self, epoch, skip) -> _Totals:
-        """The epoch's batch loop, from batch ``skip`` on, until its end or a stop request."""
+    def train_batches(self, epoch, skip, rng_state_now=None) -> _Totals:
+        """The epoch's batch loop, from batch ``skip`` on, until its end or a stop request;
+        ``rng_state_now``: the generator's state after those ``skip`` batches (None: as it is
+        once the epoch's order is drawn, exact only if no dropout drew)."""
         cfg, runner = self.cfg, self.runner
         it = self.comm.shard(batches(*self.train, cfg.batch_size, self.rng, shuffle=True, augment=cfg.augment,
                                      inputs=cfg.inputs, crop=cfg.crop))
+        if rng_state_now is not None:
+            # batches() drew the epoch's order above; what the skipped steps' dropout drew is in this.
+            self.rng.bit_generator.state = rng_state_now
         todo = epoch_batches(self.total, self.steps_per_epoch, epoch)
         bar = _progress(todo, f"epoch {epoch + 1}/{self.epochs}", self.progress, self.log, done=skip)
         t = _Totals(0.0, 0, 0, skip, runner.steps, [], self.schedule(max(runner.steps - 1, 0)))
@@ -217,12 +228,14 @@ class _Run:
         bar.set_postfix(loss=f"{t.losses[-1]:.4f}", lr=f"{t.lr:.4g}")
 
     def interrupted(self, epoch, t: _Totals, start_state):
-        """Save with the epoch's starting generator state and the batches done (a resume replays
-        the same shuffle and skips what was trained), then end the run."""
+        """Save with the epoch's starting generator state, the batches done and the generator's
+        state now (a resume replays the same shuffle, skips what was trained and draws the next
+        dropout masks where this run would have), then end the run."""
         self.runner.settle()
         self.check_finite(epoch, "in")
         if self.comm.is_root:
-            self.folder.save(self.runner, self.meta(epoch, t.done, start_state))
+            now = self.rng.bit_generator.state if t.done else None
+            self.folder.save(self.runner, self.meta(epoch, t.done, start_state, now))
             self.folder.write_losses(t.first_step, t.losses)
         self.stops.keep(f"{self.folder.last} (epoch {epoch + 1}, batch {t.done}) is kept")
         todo = epoch_batches(self.total, self.steps_per_epoch, epoch)

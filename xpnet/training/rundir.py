@@ -376,14 +376,16 @@ def _replace(path: Path, text: str) -> None:
 @dataclasses.dataclass
 class Position:
     """Where a run stands: the epoch in progress, the batches of it done, the finished epochs'
-    rows, the best test accuracy so far, and the generator's state at the start of that epoch
-    (None: the generator as it is)."""
+    rows, the best test accuracy so far, the generator's state at the start of that epoch (None:
+    the generator as it is) and, inside an epoch, its state after the last batch done (what
+    dropout drew since; None in a checkpoint older than that field)."""
 
     epoch: int = 0
     batch: int = 0
     history: list = dataclasses.field(default_factory=list)
     best: float = -1.0
     rng_state: dict | None = None
+    rng_state_now: dict | None = None
 
 
 class Resume:
@@ -424,7 +426,7 @@ class Resume:
     def position(self) -> Position:
         m = self.meta
         return Position(int(m["epoch"]), int(m["batch"]), list(m["history"]), float(m["best_accuracy"]),
-                        m["rng_state"])
+                        m["rng_state"], m.get("rng_state_now"))
 
     def restore(self, runner) -> None:
         """The checkpoint's weights and optimizer state into ``runner``, once their names, shapes,
