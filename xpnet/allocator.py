@@ -7,7 +7,7 @@ top of its heaps back to the OS above its trim threshold; both thresholds move w
 freed before, so whether a step reuses memory or faults its arrays in page by page again depends
 on the history of the heap. Measured on a 2-core Intel Xeon (a width-0.25 step at batch 128 on
 24x24 images): 98-107 ms and about 7,500 page faults a step with glibc's defaults, 75-77 ms and
-almost none with the thresholds fixed here; a whole fast-preset run paid 6-10 s of system time
+almost none with the thresholds fixed here; a whole fast-preset run paid 6-12 s of system time
 in page faults or 1.5 s, by chance. ``keep_freed_memory`` fixes them: blocks up to 32 MiB (the
 largest mmap threshold glibc accepts on 64-bit machines) come from the heap, and freed memory
 stays with the process. The process's peak memory is unchanged; it is only not returned early.
