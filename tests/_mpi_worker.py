@@ -61,6 +61,54 @@ def interrupt_one_rank():
         print(f"rank {comm.rank} stopped after {len(steps)} steps", flush=True)
 
 
+def dropout_resume():
+    """Two epochs with dropout over uneven slices (global batch 31: 16 + 15 images), straight,
+    then with Ctrl-C on rank 0 inside the second epoch and a resume. Prints whether the ranks
+    drew each epoch from the same generator state and whether the resumed run ends where the
+    straight one does."""
+    from pathlib import Path
+
+    import xpnet.training.loop as loop
+    from xpnet import checkpoint
+
+    comm = distributed.world()
+    rng = numpy.random.default_rng(0)
+    images = rng.integers(0, 255, (128, 28, 28)).astype(numpy.uint8)
+    labels = rng.integers(0, 10, 128)
+    data = MNIST(images[:96], labels[:96], images[96:], labels[96:])
+    cfg = TrainConfig(epochs=2, batch_size=31, width=0.125, dropout=0.3)
+    out, quiet = Path(sys.argv[2]), dict(comm=comm, plots=False, log=lambda s: None)
+    real_batches, states = loop.batches, []
+
+    def batches(*args, **kwargs):
+        states.append(args[3].bit_generator.state)  # the run's generator, as the epoch starts
+        return real_batches(*args, **kwargs)
+
+    loop.batches = batches
+    fit(cfg, data, out / "once", **quiet)
+    every, drawn = comm.allgather(states), len(states)
+    sync, steps = comm.sync_grads, []
+
+    def sync_grads():
+        steps.append(1)
+        if comm.rank == 0 and len(steps) == 6:  # the second batch of the second epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        sync()
+
+    comm.sync_grads = sync_grads
+    try:
+        fit(cfg, data, out / "twice", **quiet)
+    except KeyboardInterrupt:
+        pass
+    comm.sync_grads = sync
+    fit(None, data, out / "twice", resume=out / "twice" / "last.safetensors", **quiet)
+    if comm.is_root:
+        once, _ = checkpoint.load(out / "once" / "last.safetensors")
+        twice, _ = checkpoint.load(out / "twice" / "last.safetensors")
+        exact = once.keys() == twice.keys() and all(numpy.array_equal(once[k], twice[k]) for k in once)
+        print(f"epochs drawn {drawn}, ranks agree {every[0] == every[1]}, resume exact {exact}", flush=True)
+
+
 def rank_stops():
     """Rank 1 stops itself (SIGSTOP) after the first barrier: rank 0's watchdog must end the job."""
     comm = distributed.world()
@@ -103,4 +151,5 @@ def train_on_device():
 
 if __name__ == "__main__":
     {"rank_raises": rank_raises, "weights_diverge": weights_diverge, "interrupt_one_rank": interrupt_one_rank,
-     "rank_stops": rank_stops, "nccl_on_device": nccl_on_device, "train_on_device": train_on_device}[sys.argv[1]]()
+     "rank_stops": rank_stops, "dropout_resume": dropout_resume, "nccl_on_device": nccl_on_device,
+     "train_on_device": train_on_device}[sys.argv[1]]()

@@ -349,10 +349,12 @@ def test_a_bad_mpi_timeout_is_one_line(monkeypatch):
 
 
 @needs_mpi
-def test_uneven_slices_with_sync_bn_equal_one_process(tmp_path, digits):
+@pytest.mark.parametrize("dropout", ["0", "0.3"])
+def test_uneven_slices_with_sync_bn_equal_one_process(tmp_path, digits, dropout):
     """A global batch of 31 over 2 ranks: slices of 16 and 15, weighted by their share (and a
-    last batch of 3 split 2 + 1)."""
-    flags = ["--data-dir", str(digits), "--epochs", "1", "--sync-bn", *SMALL, "--batch-size", "31"]
+    last batch of 3 split 2 + 1); with dropout, each rank's rows of one process's masks."""
+    flags = ["--data-dir", str(digits), "--epochs", "1", "--sync-bn", *SMALL, "--batch-size", "31",
+             "--dropout", dropout]
     assert main(["train", "--out", str(tmp_path / "one"), *flags]) == 0
     r = _train("--out", tmp_path / "two", *flags)
     assert r.returncode == 0, r.stderr
@@ -374,6 +376,17 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     assert saved == [("1", "3", "6")], r.stdout  # rank 0 alone
     _, meta = checkpoint.load(tmp_path / "run" / "last.safetensors")
     assert (meta["epoch"], meta["batch"], meta["step"], meta["ranks"]) == (0, 3, 3, 2)
+
+
+@needs_mpi
+def test_dropout_over_uneven_slices_keeps_the_ranks_generators_equal_and_resumes_exactly(tmp_path):
+    """Each rank draws the global batch's dropout mask and keeps its rows, so the ranks' generators
+    draw alike whatever their slices' sizes: they shuffle every epoch alike, and a Ctrl-C inside an
+    epoch resumes bit for bit."""
+    worker = str(Path(__file__).with_name("_mpi_worker.py"))
+    r = _mpirun(sys.executable, worker, "dropout_resume", tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "epochs drawn 2, ranks agree True, resume exact True" in r.stdout, r.stdout
 
 
 @needs_mpi

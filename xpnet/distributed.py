@@ -2,10 +2,11 @@
 
 ``mpiexec -n N xpnet train ...`` starts N processes (ranks) that train one model together. Each
 rank builds the same global batch from the same host random generator (same shuffle, same
-augmentation) and takes its own contiguous slice of it; the loss gradient is scaled by
-``slice / global batch``, so the sum of the ranks' gradients is the gradient of the global batch,
-formed by one in-place Allreduce of a flat buffer that every ``Parameter.grad`` is a view of.
-Rank 0 reads checkpoints (the contents are broadcast) and alone writes files.
+augmentation, and dropout masks drawn for the whole batch: ``draw_rows``) and takes its own
+contiguous slice of it; the loss gradient is scaled by ``slice / global batch``, so the sum of
+the ranks' gradients is the gradient of the global batch, formed by one in-place Allreduce of a
+flat buffer that every ``Parameter.grad`` is a view of. Rank 0 reads checkpoints (the contents
+are broadcast) and alone writes files.
 
 BatchNorm sees this rank's slice (as PyTorch DDP does) unless ``sync_bn``: then every BatchNorm
 adds its per-channel sums up over the ranks through one hook, ``reduce_sums``, and the ranks
@@ -240,7 +241,7 @@ class MPIWorld(Communicator):
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.buckets = []
-        self._scale = 1.0
+        self._scale, self._rows = 1.0, None  # the batch being trained: its share, (n, lo, hi)
         self._waiting = None  # (what, since) while in a watched collective
         self._nccl = None  # the NCCL sum of device arrays, once set up (False: none)
         self.local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
@@ -361,12 +362,13 @@ class MPIWorld(Communicator):
             )
         state = self.bcast({k: backend.asnumpy(v) for k, v in model.state_dict().items()} if self.is_root else None)
         model.load_state_dict(state)
-        if getattr(cfg, "sync_bn", False):
-            from xpnet import nn
+        from xpnet import nn
 
-            for m in model.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.reduce_sums = self.reduce_sums
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d) and getattr(cfg, "sync_bn", False):
+                m.reduce_sums = self.reduce_sums
+            if isinstance(m, nn.Dropout):
+                m.draw_rows = self.draw_rows
         self.buckets = _flat_grads(model.parameters())
 
     def shard(self, batches):
@@ -375,8 +377,19 @@ class MPIWorld(Communicator):
             if n < self.size:
                 continue  # a last batch smaller than the world: no rank may go without images
             lo, hi = _slice(n, self.size, self.rank)
-            self._scale = (hi - lo) / n
+            self._scale, self._rows = (hi - lo) / n, (n, lo, hi)
             yield x[lo:hi], y[lo:hi]
+
+    def draw_rows(self, rng, shape, dtype, seed=None):
+        """Dropout's samples for this rank's rows (shape (hi - lo, ...)) of the global batch
+        being trained: drawn for all n of its rows and sliced, so every rank's generator moves
+        alike (the ranks shuffle the next epoch alike, a checkpoint's one state resumes them all)
+        and the masks are those one process draws."""
+        n, lo, hi = self._rows or (shape[0], 0, 0)
+        if shape[0] != hi - lo:
+            raise DistributedError(f"dropout saw {shape[0]} rows that are not this rank's slice of a batch from "
+                                   "shard()", self.rank)
+        return backend.uniform(rng, (n, *shape[1:]), dtype, seed=seed)[lo:hi]
 
     def loss(self, loss_fn):
         return _ShardedLoss(loss_fn, self)

@@ -266,7 +266,12 @@ class Dropout(_Cached):
 
     ``rng`` is the host generator the masks are drawn from; share the training loop's generator
     so one saved state resumes a run exactly.
+
+    ``draw_rows``: None, or the hook that draws the samples of a data-parallel rank's rows of the
+    global batch (``xpnet.distributed`` sets it), taking ``backend.uniform``'s arguments.
     """
+
+    draw_rows = None
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()
@@ -289,7 +294,8 @@ class Dropout(_Cached):
         if not self.training or self.p == 0.0:
             self._keep(None)
             return x
-        u = backend.uniform(self.rng, x.shape, x.dtype, seed=self.device_seed)
+        draw = backend.uniform if self.draw_rows is None else self.draw_rows
+        u = draw(self.rng, x.shape, x.dtype, seed=self.device_seed)
         y, mask = F.dropout_forward(x, self.p, u)
         self._keep(mask)
         return y
