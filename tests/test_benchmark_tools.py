@@ -19,6 +19,12 @@ def test_ab_compares_a_tree_with_itself_under_other_constants():
     assert line.startswith("width 0.125 batch 16:") and "(1.000)" in line and line.count("img/s") == 2
 
 
+def test_ab_times_a_tree_with_the_command_lines_allocator():
+    r = _run("ab.py", ".", '.@{"allocator": true}', "--configs", "0.125:8", "--rounds", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1].count("img/s") == 2
+
+
 def test_ab_names_a_tree_that_fails():
     r = _run("ab.py", ".", '.@{"NO_SUCH_CONSTANT": [', "--configs", "0.125:2", "--rounds", "1")
     assert r.returncode != 0 and "failed" in r.stderr

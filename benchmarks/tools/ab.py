@@ -4,7 +4,11 @@
     python benchmarks/tools/ab.py . '.@{"ELEMENTWISE_CHUNK_BYTES": 262144}' --configs 0.25:64
 
 A tree is a checkout of this repository (``git worktree add /somewhere OLD``), optionally followed
-by ``@`` and a JSON object of ``xpnet.functional.fused`` constants to set first. Each config is
+by ``@`` and a JSON object of ``xpnet.functional.fused`` constants to set first; its key
+``"allocator": true`` fixes malloc's thresholds first, as the command line does
+(``xpnet.allocator``; the child process is not the command line, so by default it does not):
+
+    python benchmarks/tools/ab.py . '.@{"allocator": true}' --configs 0.25:128 --rounds 3 Each config is
 WIDTH:BATCH. Every measurement runs in a new interpreter that imports xpnet from its tree, times
 the train step ``xpnet bench`` times (``fit``'s, through ``xpnet.tools.bench.Timed``; in trees older
 than it, the bench's own), and reports the best of 3 blocks; the
@@ -33,7 +37,11 @@ except ImportError:  # a tree from before the package was regrouped
 from xpnet.functional import fused
 width, batch = float(sys.argv[1]), int(sys.argv[2])
 clock = time.process_time if sys.argv[4] == "cpu" else time.perf_counter
-for name, value in json.loads(sys.argv[3]).items():
+settings = json.loads(sys.argv[3])
+if settings.pop("allocator", False):  # as the command line does (xpnet.allocator)
+    from xpnet import allocator
+    allocator.keep_freed_memory()
+for name, value in settings.items():
     setattr(fused, name, value)
 if hasattr(bench, "Timed"):
     runner = bench.Timed(bench.bench_config(width, batch))
